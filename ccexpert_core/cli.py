@@ -1,0 +1,49 @@
+"""The ``ccexpert`` command.
+
+Each subcommand lives in its own module under :mod:`ccexpert_core.commands` with a ``register(subparsers)``
+function; heavy imports happen inside the command's handler, so ``ccexpert --help`` stays fast.
+A :class:`~ccexpert_core.errors.CCExpertError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from ccexpert_core import __version__, commands
+from ccexpert_core.errors import CCExpertError
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand found in :mod:`ccexpert_core.commands`."""
+    parser = argparse.ArgumentParser(
+        prog="ccexpert", description="Describe in plain language what changed between two images of the same place."
+    )
+    parser.add_argument("--version", action="version", version=f"ccexpert {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except CCExpertError as error:
+        print(f"ccexpert {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"ccexpert {args.command}: interrupted; work finished so far is kept.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``ccexpert``: one module each, exposing ``register(subparsers)`` and setting ``handler``."""
