@@ -1,0 +1,73 @@
+"""CCExpert's configuration: LLaVA-OneVision's, plus the settings of the Difference-aware Integration Module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlavaOnevisionConfig
+
+#: The base model type a CCExpert can be built from (its config is adopted, the DIM added).
+BASE_MODEL_TYPE = "llava_onevision"
+
+#: Vision layers the DIM reads, in transformers' indexing of the 26-layer SigLIP tower's hidden states
+#: (the reference's -11, -8, -5, -2 of its 27-layer tower). The last one is also the residual base.
+PAPER_DIM_LAYERS = [17, 20, 23, 26]
+
+
+@strict
+class CCExpertConfig(LlavaOnevisionConfig):
+    r"""LLaVA-OneVision configuration with the Difference-aware Integration Module (DIM).
+
+    dim_enabled (`bool`, defaults to `True`):
+        With `False` the model is plain LLaVA-OneVision (the paper's baseline) in the same class: no DIM weights,
+        each image's features are the vision tower's last layer through the projector.
+    dim_vision_layers (`list[int]`, defaults to `[17, 20, 23, 26]`):
+        Indices into the vision tower's hidden states (0 = embeddings) of the levels the DIM refines. The last
+        level's raw features are the residual base of the DIM's output.
+    dim_depth (`int`, defaults to 2):
+        Number of Change Aware Transformer layers.
+    dim_num_heads (`int`, *optional*):
+        Attention heads of the DIM; by default the vision width / 128 (9 for SigLIP-so400m).
+    dim_mlp_ratio (`int`, defaults to 4):
+        Width of the DIM's MLP as a multiple of the vision width.
+    """
+
+    model_type = "ccexpert"
+
+    dim_enabled: bool = True
+    dim_vision_layers: list[int] | None = None
+    dim_depth: int = 2
+    dim_num_heads: int | None = None
+    dim_mlp_ratio: int = 4
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.dim_vision_layers is None:
+            self.dim_vision_layers = list(PAPER_DIM_LAYERS)
+        self.dim_vision_layers = [int(i) for i in self.dim_vision_layers]
+        super().__post_init__(**kwargs)
+        width = self.vision_config.hidden_size
+        if self.dim_num_heads is None:
+            self.dim_num_heads = max(1, width // 128)
+        if width % self.dim_num_heads:
+            raise ValueError(f"dim_num_heads={self.dim_num_heads} does not divide the vision width {width}")
+        n_hidden = self.vision_config.num_hidden_layers + 1
+        bad = [i for i in self.dim_vision_layers if not -n_hidden <= i < n_hidden]
+        if bad or not self.dim_vision_layers:
+            raise ValueError(
+                f"dim_vision_layers {self.dim_vision_layers} must index the vision tower's {n_hidden} hidden states"
+            )
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> tuple[dict, dict]:
+        """Read a config; a LLaVA-OneVision base config is adopted as a CCExpert one with the DIM's defaults."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == BASE_MODEL_TYPE:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Visual tokens per image: (image size / patch size)² — 729 at 384 px with patch 14."""
+        grid = self.vision_config.image_size // self.vision_config.patch_size
+        return grid * grid

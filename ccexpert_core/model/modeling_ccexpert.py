@@ -1,0 +1,148 @@
+"""CCExpert on transformers: LLaVA-OneVision with the Difference-aware Integration Module.
+
+Each sample holds one pair of images. ``pixel_values`` has one row per image, the pairs' images interleaved:
+(before₁, after₁, before₂, after₂, …) — shape (2B, 3, H, W). Each image contributes N = (H / patch)² tokens;
+the prompt holds N image tokens per ``<image>`` placeholder, with no newline token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionModel,
+    LlavaOnevisionPreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from torch import nn
+
+from ccexpert_core.model.configuration_ccexpert import BASE_MODEL_TYPE, CCExpertConfig
+from ccexpert_core.model.dim import ChangeAwareLayer, DifferenceAwareIntegration, DimLinear
+
+
+@dataclass
+class CCExpertImageOutput(BaseModelOutputWithPooling):
+    """Vision-side output: ``pooler_output`` is a tuple of per-image (N, d) features ready for the prompt.
+
+    change_features: the DIM's change queries (L, B, N, C), None with the DIM off.
+    level_weights: the DIM's adaptive level weights (L, B), None with the DIM off.
+    """
+
+    change_features: torch.Tensor | None = None
+    level_weights: torch.Tensor | None = None
+
+
+class CCExpertModel(LlavaOnevisionModel):
+    """LLaVA-OneVision's model with the DIM between the vision tower and the projector."""
+
+    config_class = CCExpertConfig
+    config: CCExpertConfig
+
+    def __init__(self, config: CCExpertConfig) -> None:
+        super().__init__(config)
+        self.dim = (
+            DifferenceAwareIntegration(
+                width=config.vision_config.hidden_size,
+                num_heads=config.dim_num_heads,
+                depth=config.dim_depth,
+                mlp_ratio=config.dim_mlp_ratio,
+            )
+            if config.dim_enabled
+            else None
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The DIM as the reference initialises it: truncated normal (std 0.02) Linear weights, zero biases,
+        LayerNorm (1, 0) (the generic default), type embeddings N(0, 1) like the reference's ``nn.Embedding``.
+        Nothing is zero-initialised, so the module changes the features from the first step. The ``init``
+        functions leave weights loaded from a checkpoint alone."""
+        if isinstance(module, DimLinear):
+            init.trunc_normal_(module.weight, std=0.02)
+            init.zeros_(module.bias)
+        elif isinstance(module, ChangeAwareLayer):
+            for embedding in (module.type_image_a, module.type_image_b, module.type_change):
+                init.normal_(embedding, std=1.0)
+        else:
+            super()._init_weights(module)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+        batch_num_images: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CCExpertImageOutput:
+        """pixel_values (2B, 3, H, W), pairs interleaved → per-image projected features (N, d), in order.
+
+        With the DIM off this is the stock vision tower (``vision_feature_layer``) + projector, image by image.
+        """
+        if pixel_values.dim() != 4 or pixel_values.shape[0] % 2:
+            raise ValueError(
+                f"pixel_values must be (2·pairs, 3, H, W) with before/after interleaved, got {tuple(pixel_values.shape)}"
+            )
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        if not isinstance(layer, int):
+            raise ValueError("CCExpert selects one vision feature layer (an int); the DIM picks its own levels")
+        # Ask only for the hidden states used: the others are not kept (memory at large batches).
+        kwargs.update(output_hidden_states=[layer, *self._dim_layers()], return_dict=True)
+        vision = self.vision_tower(pixel_values, **kwargs)
+        hidden = vision.hidden_states
+        change = weights = None
+        if self.dim is None:
+            features = hidden[layer]
+        else:
+            levels = torch.stack([hidden[i] for i in self._dim_layers()])  # (L, 2B, N, C)
+            out = self.dim(levels[:, 0::2], levels[:, 1::2])
+            features = torch.stack((out.image_a, out.image_b), dim=1).flatten(0, 1)  # interleave again
+            change, weights = out.change, out.level_weights
+        projected = self.multi_modal_projector(features)
+        return CCExpertImageOutput(
+            last_hidden_state=vision.last_hidden_state,
+            pooler_output=tuple(projected),
+            change_features=change,
+            level_weights=weights,
+        )
+
+    def _dim_layers(self) -> list[int]:
+        return list(self.config.dim_vision_layers) if self.dim is not None else []
+
+
+class CCExpertForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+    """CCExpert for caption generation: ``from_pretrained`` takes a CCExpert folder or a LLaVA-OneVision base
+    folder (every base weight loaded, the DIM freshly initialised)."""
+
+    config_class = CCExpertConfig
+    config: CCExpertConfig
+
+    def __init__(self, config: CCExpertConfig) -> None:
+        # The stock __init__ would build a plain LlavaOnevisionModel first, only to replace it.
+        LlavaOnevisionPreTrainedModel.__init__(self, config)
+        self.model = CCExpertModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+
+def _register() -> None:
+    """Make the Auto classes and transformers' checkpoint key renaming know CCExpert (idempotent)."""
+    AutoConfig.register(CCExpertConfig.model_type, CCExpertConfig, exist_ok=True)
+    AutoModel.register(CCExpertConfig, CCExpertModel, exist_ok=True)
+    AutoModelForImageTextToText.register(CCExpertConfig, CCExpertForConditionalGeneration, exist_ok=True)
+    # Custom classes don't get the library's renaming of LLaVA-OneVision checkpoint keys; without it the language
+    # model would load as missing, i.e. silently random.
+    register_checkpoint_conversion_mapping(
+        CCExpertConfig.model_type, get_checkpoint_conversion_mapping(BASE_MODEL_TYPE), overwrite=True
+    )
+
+
+_register()
