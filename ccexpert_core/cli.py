@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -35,11 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    # Library chatter (load reports, generation hints) is not for users; our own notes are warnings, one line each.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return int(args.handler(args) or 0)
     except CCExpertError as error:
         print(f"ccexpert {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): nothing left to say to it.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"ccexpert {args.command}: interrupted; work finished so far is kept.", file=sys.stderr)
         return 130

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.model.configuration_ccexpert import BASE_MODEL_TYPE, CCExpertConfig
@@ -25,17 +25,20 @@ def processor_for(config: CCExpertConfig, tokenizer_source: str | Path) -> PairP
     return PairProcessor.from_pretrained(tokenizer_source, config.vision_config.image_size, config.tokens_per_image)
 
 
-def build_tiny_model(seed: int = 0, **overrides: object) -> tuple[CCExpertForConditionalGeneration, PairProcessor]:
-    """A ``tiny`` preset model with random (seeded) weights and its word-level tokenizer."""
-    tokenizer = build_word_tokenizer()
-    config = preset_config(
-        "tiny",
+def _tokenizer_fields(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Config fields that follow from a tokenizer built here."""
+    return dict(
         vocab_size=len(tokenizer),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **overrides,
     )
+
+
+def build_tiny_model(seed: int = 0, **overrides: object) -> tuple[CCExpertForConditionalGeneration, PairProcessor]:
+    """A ``tiny`` preset model with random (seeded) weights and its word-level tokenizer."""
+    tokenizer = build_word_tokenizer()
+    config = preset_config("tiny", **_tokenizer_fields(tokenizer), **overrides)
     torch.manual_seed(seed)
     model = CCExpertForConditionalGeneration(config).eval()
     processor = PairProcessor(tokenizer, config.vision_config.image_size, config.tokens_per_image)
@@ -117,3 +120,11 @@ def count_parameters(model: CCExpertForConditionalGeneration) -> dict[str, int]:
         "projector": count(inner.multi_modal_projector),
         "dim": count(inner.dim),
     }
+
+
+def preset_on_meta(name: str, **overrides: object) -> CCExpertForConditionalGeneration:
+    """A preset's model with no memory behind its weights (the meta device): for counting and inspection."""
+    extra = _tokenizer_fields(build_word_tokenizer()) if name == "tiny" else {}
+    config = preset_config(name, **extra, **overrides)
+    with torch.device("meta"):
+        return CCExpertForConditionalGeneration(config)
