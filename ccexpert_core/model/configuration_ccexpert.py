@@ -10,9 +10,16 @@ from transformers import LlavaOnevisionConfig
 #: The base model type a CCExpert can be built from (its config is adopted, the DIM added).
 BASE_MODEL_TYPE = "llava_onevision"
 
-#: Vision layers the DIM reads, in transformers' indexing of the 26-layer SigLIP tower's hidden states
-#: (the reference's -11, -8, -5, -2 of its 27-layer tower). The last one is also the residual base.
-PAPER_DIM_LAYERS = [17, 20, 23, 26]
+
+
+def default_dim_layers(vision_layers: int) -> list[int]:
+    """The levels the DIM reads from a tower of ``vision_layers`` layers, as indices into its hidden states.
+
+    The paper's: every third layer up to the last, [17, 20, 23, 26] for the 26-layer -hf SigLIP tower (the
+    reference's -11, -8, -5, -2 of its 27 layers). Shallow towers (small models) use their last four layers.
+    """
+    n = vision_layers
+    return [n - 9, n - 6, n - 3, n] if n >= 10 else list(range(max(1, n - 3), n + 1))
 
 
 @strict
@@ -22,9 +29,10 @@ class CCExpertConfig(LlavaOnevisionConfig):
     dim_enabled (`bool`, defaults to `True`):
         With `False` the model is plain LLaVA-OneVision (the paper's baseline) in the same class: no DIM weights,
         each image's features are the vision tower's last layer through the projector.
-    dim_vision_layers (`list[int]`, defaults to `[17, 20, 23, 26]`):
-        Indices into the vision tower's hidden states (0 = embeddings) of the levels the DIM refines. The last
-        level's raw features are the residual base of the DIM's output.
+    dim_vision_layers (`list[int]`, *optional*):
+        Indices into the vision tower's hidden states (0 = embeddings) of the levels the DIM refines; by default
+        [17, 20, 23, 26] for the 26-layer tower (see `default_dim_layers`). The last level's raw features are the
+        residual base of the DIM's output.
     dim_depth (`int`, defaults to 2):
         Number of Change Aware Transformer layers.
     dim_num_heads (`int`, *optional*):
@@ -42,10 +50,10 @@ class CCExpertConfig(LlavaOnevisionConfig):
     dim_mlp_ratio: int = 4
 
     def __post_init__(self, **kwargs: Any) -> None:
-        if self.dim_vision_layers is None:
-            self.dim_vision_layers = list(PAPER_DIM_LAYERS)
-        self.dim_vision_layers = [int(i) for i in self.dim_vision_layers]
         super().__post_init__(**kwargs)
+        if self.dim_vision_layers is None:
+            self.dim_vision_layers = default_dim_layers(self.vision_config.num_hidden_layers)
+        self.dim_vision_layers = [int(i) for i in self.dim_vision_layers]
         width = self.vision_config.hidden_size
         if self.dim_num_heads is None:
             self.dim_num_heads = max(1, width // 128)

@@ -26,7 +26,7 @@ _LAYER = _DIM + r"layers\.(\d+)\."
 RENAMES: tuple[tuple[str, str], ...] = (
     (r"^model\.(embed_tokens|layers|norm)\.", r"model.language_model.\1."),
     (r"^lm_head\.", "lm_head."),
-    (r"^model\.vision_tower\.vision_tower\.vision_model\.", "model.vision_tower.vision_model."),
+    (r"^model\.vision_tower\.vision_tower\.vision_model\.", "model.vision_tower."),
     (r"^model\.mm_projector\.0\.", "model.multi_modal_projector.linear_1."),
     (r"^model\.mm_projector\.2\.", "model.multi_modal_projector.linear_2."),
     (r"^model\.image_newline$", "model.image_newline"),
@@ -51,7 +51,7 @@ UNUSED = (
     _DIM + r"ChangeAwareTokenReduce\.(change_for_key_proj|cross_attn)\.",
     r"^model\.vision_tower\.vision_tower\.vision_model\.head\.",
 )
-_VISION_LAYER = re.compile(r"^model\.vision_tower\.vision_model\.encoder\.layers\.(\d+)\.")
+_VISION_LAYER = re.compile(r"^model\.vision_tower\.encoder\.layers\.(\d+)\.")
 _EMBEDDINGS = ("model.language_model.embed_tokens.weight", "lm_head.weight")
 
 

@@ -34,7 +34,7 @@ _TINY_TEXT = dict(
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(vision=_TINY_VISION, text=_TINY_TEXT, dim=dict(dim_vision_layers=[1, 2, 3, 4], dim_num_heads=4)),
+    "tiny": dict(vision=_TINY_VISION, text=_TINY_TEXT, dim=dict(dim_num_heads=4)),
     "0.5b": dict(vision=_SIGLIP_SO400M, text=_QWEN2_0_5B, dim={}, image_token_index=151646),
     "7b": dict(vision=_SIGLIP_SO400M, text=_QWEN2_7B, dim={}, image_token_index=151646),
 }
