@@ -86,7 +86,7 @@ def default_images_dir(captions_path: Path) -> Path:
 
 def entry_pairs(entries: Sequence[LevirCCEntry], images_dir: Path, source: Path) -> list[PairSample]:
     """The entries as pairs with image paths ``images_dir/<split>/A|B/<filename>``; every image must exist."""
-    images_dir = Path(images_dir).absolute()
+    images_dir = Path(images_dir).resolve()
     pairs = [
         PairSample(
             uid=entry.uid,
