@@ -46,8 +46,13 @@ class CaptionResult:
     change_detected: bool
     #: Geometric-mean probability of the generated tokens, 0..1: a ranking signal, not a calibrated probability.
     confidence: float
+    #: Where the model has a change-map head: per token of the image grid (rows top to bottom), the probability
+    #: that this place changed. None otherwise.
+    change_map: tuple[tuple[float, ...], ...] | None = None
 
     @classmethod
-    def from_caption(cls, caption: str, confidence: float) -> "CaptionResult":
+    def from_caption(
+        cls, caption: str, confidence: float, change_map: tuple[tuple[float, ...], ...] | None = None
+    ) -> "CaptionResult":
         """Build a result, deciding ``change_detected`` from the caption text."""
-        return cls(caption=caption, change_detected=not is_no_change(caption), confidence=float(confidence))
+        return cls(caption, not is_no_change(caption), float(confidence), change_map)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -87,16 +88,17 @@ class Captioner:
         inputs = self.processor(pairs).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         end_of_turn = self.processor.end_of_turn_id
-        output = self.model.generate(
-            **inputs,
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=self.max_new_tokens,
-            eos_token_id=end_of_turn,
-            pad_token_id=self.processor.tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
+        with self._capture_change_maps() as change_maps:
+            output = self.model.generate(
+                **inputs,
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=end_of_turn,
+                pad_token_id=self.processor.tokenizer.pad_token_id,
+                return_dict_in_generate=True,
+                output_logits=True,
+            )
         generated = output.sequences[:, inputs["input_ids"].shape[1] :]
         # (batch, steps, vocab) → log-probability of each chosen token, from the raw (unprocessed) logits.
         log_probs = torch.stack(output.logits, dim=1).float().log_softmax(dim=-1)
@@ -106,5 +108,27 @@ class Captioner:
             # The answer runs to the first end-of-turn token (included: it is the model's decision to stop).
             length = tokens.index(end_of_turn) + 1 if end_of_turn in tokens else len(tokens)
             confidence = math.exp(chosen[row, :length].mean().item()) if length else 0.0
-            results.append(CaptionResult.from_caption(self.processor.decode(tokens[:length]), confidence))
+            change_map = change_maps[row] if change_maps else None
+            results.append(CaptionResult.from_caption(self.processor.decode(tokens[:length]), confidence, change_map))
         return results
+
+    @contextmanager
+    def _capture_change_maps(self) -> Iterator[list]:
+        """Yield a list that forward passes through the DIM fill with one g×g change map per pair, for models
+        with a change-map head (it stays empty otherwise). Only the prompt's pass sees images."""
+        maps: list = []
+        inner = self.model.model
+        if inner.change_head is None:
+            yield maps
+            return
+
+        def capture(_module, _inputs, output) -> None:
+            probabilities = torch.sigmoid(inner.change_head(output.change).float())
+            grid = math.isqrt(probabilities.shape[1])
+            maps.extend(tuple(tuple(values) for values in row) for row in probabilities.view(-1, grid, grid).tolist())
+
+        handle = inner.dim.register_forward_hook(capture)
+        try:
+            yield maps
+        finally:
+            handle.remove()

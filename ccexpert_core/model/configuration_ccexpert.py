@@ -39,6 +39,9 @@ class CCExpertConfig(LlavaOnevisionConfig):
         Attention heads of the DIM; by default the vision width / 128 (9 for SigLIP-so400m).
     dim_mlp_ratio (`int`, defaults to 4):
         Width of the DIM's MLP as a multiple of the vision width.
+    change_head (`bool`, defaults to `False`):
+        An optional head on the DIM's change features giving one "is this place changed" logit per token (a
+        coarse change map). Off in the paper's configurations and absent from published checkpoints.
     """
 
     model_type = "ccexpert"
@@ -48,6 +51,7 @@ class CCExpertConfig(LlavaOnevisionConfig):
     dim_depth: int = 2
     dim_num_heads: int | None = None
     dim_mlp_ratio: int = 4
+    change_head: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -59,6 +63,8 @@ class CCExpertConfig(LlavaOnevisionConfig):
             self.dim_num_heads = max(1, width // 128)
         if width % self.dim_num_heads:
             raise ValueError(f"dim_num_heads={self.dim_num_heads} does not divide the vision width {width}")
+        if self.change_head and not self.dim_enabled:
+            raise ValueError("the change-map head reads the DIM's change features: it needs dim_enabled=True")
         n_hidden = self.vision_config.num_hidden_layers + 1
         bad = [i for i in self.dim_vision_layers if not -n_hidden <= i < n_hidden]
         if bad or not self.dim_vision_layers:

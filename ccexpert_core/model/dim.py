@@ -203,3 +203,16 @@ class DifferenceAwareIntegration(nn.Module):
             change=change,
             level_weights=weights,
         )
+
+
+class ChangeMapHead(nn.Module):
+    """One "is this place changed" logit per token from the DIM's change features (averaged over the levels)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(DimLinear(width, width), nn.GELU(), DimLinear(width, 1))
+
+    def forward(self, change: torch.Tensor) -> torch.Tensor:
+        """change (L, B, N, C) → logits (B, N)."""
+        return self.mlp(self.norm(change.mean(dim=0))).squeeze(-1)

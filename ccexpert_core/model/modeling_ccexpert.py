@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from torch import nn
 
 from ccexpert_core.model.configuration_ccexpert import BASE_MODEL_TYPE, CCExpertConfig
-from ccexpert_core.model.dim import ChangeAwareLayer, DifferenceAwareIntegration, DimLinear
+from ccexpert_core.model.dim import ChangeAwareLayer, ChangeMapHead, DifferenceAwareIntegration, DimLinear
 
 
 @dataclass
@@ -57,6 +57,7 @@ class CCExpertModel(LlavaOnevisionModel):
             if config.dim_enabled
             else None
         )
+        self.change_head = ChangeMapHead(config.vision_config.hidden_size) if config.change_head else None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -131,6 +132,14 @@ class CCExpertForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
         self.model = CCExpertModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+
+    def change_logits(self, image_outputs: CCExpertImageOutput | None) -> torch.Tensor | None:
+        """Per-token change logits (B, N), row-major over the image grid, from a forward pass's
+        ``image_outputs``; None without a change-map head (or without images in that pass)."""
+        head = self.model.change_head
+        if head is None or image_outputs is None or getattr(image_outputs, "change_features", None) is None:
+            return None
+        return head(image_outputs.change_features)
 
 
 def _register() -> None:
