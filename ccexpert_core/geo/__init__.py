@@ -1,0 +1,10 @@
+"""Captioning a whole region from two rasters.
+
+- :mod:`~ccexpert_core.geo.grid`: the tile grid over an area (pure Python + numpy; the QGIS plugin bundles it).
+- :mod:`~ccexpert_core.geo.raster`: reading both dates on one grid, band choice, 8-bit mapping, nodata (rasterio).
+- :mod:`~ccexpert_core.geo.gpkg` and :mod:`~ccexpert_core.geo.captions_layer`: the GeoPackage output (sqlite3).
+- :mod:`~ccexpert_core.geo.region`: the streaming pipeline behind ``ccexpert caption-region``.
+- :mod:`~ccexpert_core.geo.report`: the self-contained HTML report.
+
+Nothing is imported here, so that importing one module (e.g. ``grid`` in QGIS) does not pull in rasterio.
+"""

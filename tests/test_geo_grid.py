@@ -1,0 +1,147 @@
+"""The tile grid: coverage without gaps, stable ids, full-size edge tiles, areas as bounds and polygons."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from ccexpert_core.geo.grid import Area, TileGrid, invert_transform, parse_overlap, pixel_to_geo
+
+GT = (431000.0, 1.0, 0.0, 4829000.0, 0.0, -1.0)
+
+
+def coverage(grid: TileGrid, tiles) -> np.ndarray:
+    covered = np.zeros((grid.height, grid.width), dtype=int)
+    for tile in tiles:
+        covered[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width] += 1
+    return covered
+
+
+@pytest.mark.parametrize(
+    "width, height, tile_size, overlap",
+    [(1000, 700, 384, 0), (1000, 700, 384, 64), (385, 384, 384, 0), (97, 53, 32, 7), (1, 1, 16, 0), (100, 30, 64, 10)],
+)
+def test_grid_covers_the_raster_with_full_size_tiles(width: int, height: int, tile_size: int, overlap: int) -> None:
+    grid = TileGrid(width, height, GT, tile_size, overlap)
+    tiles = grid.tiles()
+    assert coverage(grid, tiles).min() >= 1  # no gap
+    for tile in tiles:
+        assert (tile.width, tile.height) == (min(tile_size, width), min(tile_size, height))  # no padding
+        assert 0 <= tile.x and tile.x + tile.width <= width and 0 <= tile.y and tile.y + tile.height <= height
+    ids = [t.tile_id for t in tiles]
+    assert len(set(ids)) == len(ids)
+    assert ids == [t.tile_id for t in TileGrid(width, height, GT, tile_size, overlap).tiles()]  # deterministic
+    # Neighbours overlap by the requested amount, except where an edge tile was shifted inward (more overlap).
+    xs = sorted({t.x for t in tiles})
+    assert all(b - a == tile_size - overlap for a, b in itertools.pairwise(xs[:-1]))
+
+
+def test_ids_do_not_depend_on_the_area() -> None:
+    grid = TileGrid(1000, 1000, GT, 256, 32)
+    by_id = {t.tile_id: t for t in grid.tiles()}
+    for tile in grid.tiles(Area.from_bounds((431300, 4828300, 431700, 4828700))):
+        assert by_id[tile.tile_id] == tile
+
+
+@pytest.mark.parametrize("bounds", [(431000, 4828000, 432000, 4829000), (431100.5, 4828250, 431690, 4828420)])
+def test_bounds_area_is_covered_and_nothing_outside_is_taken(bounds) -> None:
+    grid = TileGrid(1000, 1000, GT, 128, 16)
+    area = Area.from_bounds(bounds)
+    tiles = grid.tiles(area)
+    covered = coverage(grid, tiles) > 0
+    xmin, ymin, xmax, ymax = bounds
+    col0, col1 = int(np.floor(xmin - GT[0])), int(np.ceil(xmax - GT[0]))
+    row0, row1 = int(np.floor(GT[3] - ymax)), int(np.ceil(GT[3] - ymin))
+    assert covered[row0:row1, col0:col1].all()
+    for tile in set(grid.tiles()) - set(tiles):
+        tx0, ty0, tx1, ty1 = grid.bounds(tile)
+        assert tx1 <= xmin or tx0 >= xmax or ty1 <= ymin or ty0 >= ymax
+
+
+def test_tiles_that_only_touch_the_area_are_left_out() -> None:
+    grid = TileGrid(512, 512, GT, 128)
+    # Exactly the first two tile columns and rows.
+    area = Area.from_bounds((431000, 4829000 - 256, 431256, 4829000))
+    assert sorted(t.tile_id for t in grid.tiles(area)) == ["r0_c0", "r0_c1", "r1_c0", "r1_c1"]
+
+
+def test_polygon_area_with_a_hole() -> None:
+    grid = TileGrid(300, 300, GT, 100)
+    x0, y0 = GT[0], GT[3]
+
+    def square(a: float, b: float) -> list[tuple[float, float]]:
+        return [(x0 + a, y0 - a), (x0 + b, y0 - a), (x0 + b, y0 - b), (x0 + a, y0 - b)]
+
+    # A hole that holds the centre tile (pixels 100..200) whole leaves it out; a smaller hole does not.
+    assert {t.tile_id for t in grid.tiles(Area([[square(0, 300), square(99, 201)]]))} == {
+        f"r{r}_c{c}" for r in range(3) for c in range(3) if (r, c) != (1, 1)
+    }
+    ring_area = Area([[square(0, 300), square(110, 190)]])
+    assert len(grid.tiles(ring_area)) == 9
+    assert ring_area.contains(x0 + 50, y0 - 50) and not ring_area.contains(x0 + 150, y0 - 150)
+
+
+def test_triangle_area_takes_the_tiles_it_crosses() -> None:
+    grid = TileGrid(400, 400, GT, 100)
+    x0, y0 = GT[0], GT[3]
+    # The upper-left triangle of the raster, its diagonal through tile corners.
+    triangle = [(x0, y0), (x0 + 400, y0), (x0, y0 - 400)]
+    selected = {(t.row, t.col) for t in grid.tiles(Area([[triangle]]))}
+    assert selected == {(r, c) for r in range(4) for c in range(4) if r + c <= 3}
+
+
+def test_several_polygons_and_a_polygon_inside_one_tile() -> None:
+    grid = TileGrid(400, 400, GT, 100)
+    x0, y0 = GT[0], GT[3]
+    speck = [(x0 + 340, y0 - 340), (x0 + 345, y0 - 340), (x0 + 345, y0 - 345)]
+    square = [(x0 + 10, y0 - 10), (x0 + 20, y0 - 10), (x0 + 20, y0 - 20), (x0 + 10, y0 - 20)]
+    assert {t.tile_id for t in grid.tiles(Area([[speck], [square]]))} == {"r3_c3", "r0_c0"}
+
+
+def test_rotated_geotransform_footprints_and_selection() -> None:
+    angle = np.radians(30)
+    gt = (1000.0, np.cos(angle), -np.sin(angle), 2000.0, np.sin(angle), np.cos(angle))
+    grid = TileGrid(200, 200, gt, 100)
+    tile = grid.tiles()[3]
+    ring = grid.footprint(tile)
+    assert ring[0] == ring[-1] and len(ring) == 5
+    inverse = invert_transform(gt)
+    col, row = pixel_to_geo(inverse, *ring[2])
+    assert (col, row) == pytest.approx((tile.x + tile.width, tile.y + tile.height))
+    # An area around the centre of that tile selects just it.
+    centre = pixel_to_geo(gt, tile.x + 50, tile.y + 50)
+    small = Area([[[(centre[0] + dx, centre[1] + dy) for dx, dy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]]])
+    assert [t.tile_id for t in grid.tiles(small)] == [tile.tile_id]
+
+
+def test_parse_overlap_and_bad_values() -> None:
+    assert parse_overlap("32", 384) == 32
+    assert parse_overlap("10%", 384) == 38
+    assert parse_overlap(0, 384) == 0
+    for bad in ("384", "100%", "-1", "abc"):
+        with pytest.raises(ValueError):
+            parse_overlap(bad, 384)
+    with pytest.raises(ValueError):
+        Area.from_bounds((1, 1, 0, 2))
+    with pytest.raises(ValueError):
+        Area([[[(0, 0), (1, 1)]]])
+    with pytest.raises(ValueError):
+        TileGrid(10, 10, GT, 16, 16)
+
+
+def test_grid_module_imports_only_numpy() -> None:
+    import ast
+    from pathlib import Path
+
+    import ccexpert_core.geo.grid as grid
+
+    tree = ast.parse(Path(grid.__file__).read_text())
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert imported <= {"__future__", "math", "collections", "dataclasses", "numpy"}
