@@ -1,0 +1,189 @@
+"""The ``captions`` layer of a region's GeoPackage: one polygon per tile with its caption, status and thumbnails.
+
+Resumable: ``tile_id`` is unique, a batch is written in one transaction, and a rerun skips the tiles already
+captioned or skipped (failed tiles are tried again). The options that decide which pixels a tile holds and who
+captions it are stored with the layer, and a rerun with other options is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccexpert_core.captions import CaptionResult
+from ccexpert_core.errors import CCExpertError
+from ccexpert_core.geo.gpkg import Bounds, GeoPackage, Point, SpatialRef, blob_bounds, polygon_blob, quote, timestamp
+from ccexpert_core.geo.grid import Tile
+
+LAYER = "captions"
+THUMBNAILS_TABLE = "ccexpert_thumbnails"
+OPTIONS_TABLE = "ccexpert_run_options"
+
+CAPTIONED = "captioned"
+SKIPPED_NODATA = "skipped_nodata"
+FAILED = "failed"
+#: Tiles with these statuses are done: a rerun does not redo them.
+FINAL_STATUSES = (CAPTIONED, SKIPPED_NODATA)
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("tile_id", "TEXT NOT NULL UNIQUE"),
+    ("row", "INTEGER NOT NULL"),
+    ("col", "INTEGER NOT NULL"),
+    ("caption", "TEXT"),
+    ("change_detected", "BOOLEAN"),
+    ("confidence", "REAL"),
+    ("status", "TEXT NOT NULL"),
+    ("before_source", "TEXT"),
+    ("after_source", "TEXT"),
+    ("model_id", "TEXT"),
+    ("created_at", "DATETIME"),
+)
+_NAMES = [name for name, _ in COLUMNS]
+_UPSERT = (
+    f"INSERT INTO {LAYER} (geom, {', '.join(quote(n) for n in _NAMES)}) VALUES ({', '.join('?' * (len(_NAMES) + 1))}) "
+    f"ON CONFLICT(tile_id) DO UPDATE SET geom = excluded.geom, "
+    + ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in _NAMES[1:])
+)
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """What a run learned about one tile, ready to be written."""
+
+    tile: Tile
+    footprint: Sequence[Point]
+    status: str
+    result: CaptionResult | None = None
+    #: PNG bytes of the before and after thumbnails, for the report.
+    thumbnails: tuple[bytes, bytes] | None = None
+
+
+@dataclass(frozen=True)
+class StoredTile:
+    """One feature of the layer as read back (for the report and summaries)."""
+
+    tile_id: str
+    row: int
+    col: int
+    caption: str | None
+    change_detected: bool | None
+    confidence: float | None
+    status: str
+    bounds: Bounds
+    before_png: bytes | None
+    after_png: bytes | None
+
+
+class CaptionsLayer:
+    """The ``captions`` layer of ``path``, created if missing; refuses to resume a run made with other options."""
+
+    def __init__(
+        self, path: Path, srs: SpatialRef, options: Mapping[str, str], before_source: str, after_source: str,
+        model_id: str,
+    ) -> None:
+        self.package = GeoPackage(path)
+        self.before_source, self.after_source, self.model_id = before_source, after_source, model_id
+        try:
+            with self.package.connection:
+                self.srs_id = self.package.srs_id(srs)
+            self.package.create_feature_table(LAYER, COLUMNS, self.srs_id, "POLYGON", "ccexpert change captions")
+            self.package.create_attribute_table(
+                THUMBNAILS_TABLE,
+                [("tile_id", "TEXT NOT NULL UNIQUE"), ("before_png", "BLOB"), ("after_png", "BLOB")],
+                "ccexpert: tile thumbnails for the HTML report",
+            )
+            self.package.create_attribute_table(
+                OPTIONS_TABLE, [("key", "TEXT NOT NULL UNIQUE"), ("value", "TEXT")],
+                "ccexpert: the options the captions were made with",
+            )
+            self._check_options(options)
+        except BaseException:
+            self.package.close()
+            raise
+
+    def _check_options(self, options: Mapping[str, str]) -> None:
+        connection = self.package.connection
+        stored = dict(connection.execute(f"SELECT key, value FROM {OPTIONS_TABLE}").fetchall())
+        has_tiles = connection.execute(f"SELECT count(*) FROM {LAYER}").fetchone()[0] > 0
+        if stored and has_tiles:
+            changed = [key for key in options if stored.get(key) != options[key]]
+            if changed:
+                key = changed[0]
+                raise CCExpertError(
+                    f"{self.package.path} holds tiles made with other options ({key}: {stored.get(key)} there, "
+                    f"{options[key]} now): rerun with the same options to resume, or choose another --out"
+                )
+            return
+        with connection:
+            connection.execute(f"DELETE FROM {OPTIONS_TABLE}")
+            connection.executemany(f"INSERT INTO {OPTIONS_TABLE} (key, value) VALUES (?, ?)", options.items())
+
+    def finished_ids(self) -> set[str]:
+        """Ids of the tiles already captioned or skipped."""
+        marks = ", ".join("?" * len(FINAL_STATUSES))
+        rows = self.package.connection.execute(f"SELECT tile_id FROM {LAYER} WHERE status IN ({marks})", FINAL_STATUSES)
+        return {row[0] for row in rows}
+
+    def write(self, records: Sequence[TileRecord]) -> None:
+        """Write a batch of tiles in one transaction (a tile written before is replaced, never duplicated)."""
+        now = timestamp()
+        rows, thumbnails = [], []
+        for record in records:
+            result = record.result
+            rows.append((
+                polygon_blob(record.footprint, self.srs_id), record.tile.tile_id, record.tile.row, record.tile.col,
+                None if result is None else result.caption,
+                None if result is None else int(result.change_detected),
+                None if result is None else result.confidence,
+                record.status, self.before_source, self.after_source, self.model_id, now,
+            ))
+            if record.thumbnails is not None:
+                thumbnails.append((record.tile.tile_id, *record.thumbnails))
+        xs = [x for record in records for x, _ in record.footprint]
+        ys = [y for record in records for _, y in record.footprint]
+        try:
+            with self.package.connection as connection:
+                connection.executemany(_UPSERT, rows)
+                connection.executemany(
+                    f"INSERT OR REPLACE INTO {THUMBNAILS_TABLE} (tile_id, before_png, after_png) VALUES (?, ?, ?)",
+                    thumbnails,
+                )
+                if records:
+                    self.package.extend_extent(LAYER, (min(xs), min(ys), max(xs), max(ys)))
+        except sqlite3.Error as error:
+            raise CCExpertError(f"cannot write to {self.package.path}: {error}") from None
+
+    def close(self) -> None:
+        """Close the GeoPackage."""
+        self.package.close()
+
+    def __enter__(self) -> "CaptionsLayer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_tiles(path: Path) -> Iterator[StoredTile]:
+    """The tiles of a region's GeoPackage, row by row, with their thumbnails where stored."""
+    try:
+        connection = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+    except sqlite3.Error as error:
+        raise CCExpertError(f"cannot read {path}: {error}") from None
+    try:
+        query = (
+            f"SELECT c.tile_id, c.row, c.col, c.caption, c.change_detected, c.confidence, c.status, c.geom, "
+            f"t.before_png, t.after_png FROM {LAYER} c LEFT JOIN {THUMBNAILS_TABLE} t ON t.tile_id = c.tile_id "
+            f"ORDER BY c.row, c.col"
+        )
+        for tile_id, row, col, caption, change, confidence, status, geom, before, after in connection.execute(query):
+            yield StoredTile(
+                tile_id, row, col, caption, None if change is None else bool(change), confidence, status,
+                blob_bounds(geom), before, after,
+            )
+    except sqlite3.Error as error:
+        raise CCExpertError(f"cannot read the captions of {path}: {error}") from None
+    finally:
+        connection.close()

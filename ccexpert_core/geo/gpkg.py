@@ -1,0 +1,202 @@
+"""A small GeoPackage writer on sqlite3 (OGC GeoPackage 1.3): feature and attribute tables that GDAL/OGR and
+QGIS open, written in transactions.
+
+Standard library only. There is no spatial index (its triggers need SpatiaLite functions); GDAL adds one on
+demand: ``ogrinfo out.gpkg -sql "SELECT CreateSpatialIndex('captions', 'geom')"``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ccexpert_core.errors import CCExpertError
+
+Point = tuple[float, float]
+Bounds = tuple[float, float, float, float]
+
+APPLICATION_ID = 0x47504B47  # "GPKG"
+USER_VERSION = 10300  # GeoPackage 1.3.0
+#: srs_id values for CRSs without an EPSG code start here (GDAL does the same).
+FIRST_CUSTOM_SRS_ID = 100000
+
+_WGS84_WKT = (
+    'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],'
+    'AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,'
+    'AUTHORITY["EPSG","9122"]],AXIS["Latitude",NORTH],AXIS["Longitude",EAST],AUTHORITY["EPSG","4326"]]'
+)
+
+# The mandatory tables (spec §1.1.2, §1.1.3, §2.1.5) and their required rows.
+_CORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gpkg_spatial_ref_sys (
+  srs_name TEXT NOT NULL, srs_id INTEGER PRIMARY KEY, organization TEXT NOT NULL,
+  organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL, description TEXT);
+CREATE TABLE IF NOT EXISTS gpkg_contents (
+  table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL, identifier TEXT UNIQUE,
+  description TEXT DEFAULT '',
+  last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER,
+  CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id));
+CREATE TABLE IF NOT EXISTS gpkg_geometry_columns (
+  table_name TEXT NOT NULL, column_name TEXT NOT NULL, geometry_type_name TEXT NOT NULL,
+  srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT NULL,
+  CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name),
+  CONSTRAINT uk_gc_table_name UNIQUE (table_name),
+  CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
+  CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id));
+INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES
+  ('WGS 84 geodetic', 4326, 'EPSG', 4326, '{wgs84}', 'longitude/latitude coordinates in decimal degrees'),
+  ('Undefined cartesian SRS', -1, 'NONE', -1, 'undefined', 'undefined cartesian coordinate reference system'),
+  ('Undefined geographic SRS', 0, 'NONE', 0, 'undefined', 'undefined geographic coordinate reference system');
+""".replace("{wgs84}", _WGS84_WKT)
+
+
+@dataclass(frozen=True)
+class SpatialRef:
+    """A row of ``gpkg_spatial_ref_sys``; ``srs_id`` None lets the GeoPackage pick one (CRSs without a code)."""
+
+    name: str
+    srs_id: int | None
+    organization: str
+    organization_coordsys_id: int | None
+    definition: str
+
+
+def timestamp() -> str:
+    """Now, in the GeoPackage DATETIME format (ISO 8601, UTC, milliseconds)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def polygon_blob(ring: Sequence[Point], srs_id: int) -> bytes:
+    """A one-ring polygon as a GeoPackage geometry: the ``GP`` header with an XY envelope, then little-endian WKB."""
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    flags = 0b0000_0011  # envelope [minx, maxx, miny, maxy] (bits 1-3 = 1), little-endian (bit 0 = 1)
+    header = struct.pack("<2sBBi4d", b"GP", 0, flags, srs_id, min(xs), max(xs), min(ys), max(ys))
+    wkb = struct.pack("<BIII", 1, 3, 1, len(ring)) + struct.pack(f"<{2 * len(ring)}d", *(c for p in ring for c in p))
+    return header + wkb
+
+
+def blob_bounds(blob: bytes) -> Bounds:
+    """``(xmin, ymin, xmax, ymax)`` from the envelope of a geometry written by :func:`polygon_blob`."""
+    min_x, max_x, min_y, max_y = struct.unpack_from("<4d", blob, 8)
+    return min_x, min_y, max_x, max_y
+
+
+def quote(name: str) -> str:
+    """An SQL identifier, quoted (``row``, ``before`` and such are SQLite keywords)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class GeoPackage:
+    """An open GeoPackage file: created when missing, refused when the file is something else."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.connection = sqlite3.connect(self.path, timeout=30)
+        except sqlite3.Error as error:
+            raise CCExpertError(f"cannot write the GeoPackage {self.path}: {error}") from None
+        try:
+            self._check_or_create()
+        except sqlite3.OperationalError as error:  # locked, read-only, disk full...
+            self.connection.close()
+            raise CCExpertError(f"cannot write the GeoPackage {self.path}: {error}") from None
+        except sqlite3.DatabaseError:  # the other database errors here mean "not an SQLite file at all"
+            self.connection.close()
+            raise CCExpertError(f"{self.path} exists and is not a GeoPackage: choose another output file") from None
+        except BaseException:
+            self.connection.close()
+            raise
+
+    def _check_or_create(self) -> None:
+        connection = self.connection
+        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+        has_tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+        if has_tables and application_id != APPLICATION_ID:
+            raise CCExpertError(f"{self.path} exists and is not a GeoPackage: choose another output file")
+        # Take the write lock now, so that a read-only file fails before any work is done.
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        connection.execute(f"PRAGMA user_version = {USER_VERSION}")
+        connection.executescript(_CORE_SCHEMA)  # executescript commits the transaction first, then runs
+        connection.commit()
+
+    def close(self) -> None:
+        """Close the file."""
+        self.connection.close()
+
+    def table_exists(self, name: str) -> bool:
+        """Whether a table of that name is in the file."""
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self.connection.execute(query, (name,)).fetchone() is not None
+
+    def srs_id(self, ref: SpatialRef) -> int:
+        """The id of ``ref`` in ``gpkg_spatial_ref_sys``, adding the row if needed (call inside a transaction)."""
+        connection = self.connection
+        if ref.srs_id is not None:
+            found = connection.execute("SELECT 1 FROM gpkg_spatial_ref_sys WHERE srs_id = ?", (ref.srs_id,))
+            if found.fetchone() is None:
+                connection.execute(
+                    "INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, NULL)",
+                    (ref.name, ref.srs_id, ref.organization, ref.organization_coordsys_id, ref.definition),
+                )
+            return ref.srs_id
+        same = connection.execute("SELECT srs_id FROM gpkg_spatial_ref_sys WHERE definition = ?", (ref.definition,))
+        row = same.fetchone()
+        if row is not None:
+            return int(row[0])
+        highest = connection.execute("SELECT max(srs_id) FROM gpkg_spatial_ref_sys").fetchone()[0]
+        srs_id = max(FIRST_CUSTOM_SRS_ID, highest + 1)
+        connection.execute(
+            "INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, NULL)",
+            (ref.name, srs_id, ref.organization, srs_id, ref.definition),
+        )
+        return srs_id
+
+    def create_feature_table(
+        self, name: str, columns: Sequence[tuple[str, str]], srs_id: int, geometry_type: str, description: str = ""
+    ) -> None:
+        """Add a feature table (``fid``, ``geom`` and ``columns`` as (name, SQL type)) unless it exists."""
+        if self.table_exists(name):
+            return
+        with self.connection:
+            self._create_table(name, [("geom", geometry_type), *columns])
+            self._register(name, "features", description, srs_id)
+            self.connection.execute(
+                "INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', ?, ?, 0, 0)", (name, geometry_type, srs_id)
+            )
+
+    def create_attribute_table(self, name: str, columns: Sequence[tuple[str, str]], description: str = "") -> None:
+        """Add a table without geometry (``fid`` and ``columns``) unless it exists."""
+        if self.table_exists(name):
+            return
+        with self.connection:
+            self._create_table(name, columns)
+            self._register(name, "attributes", description, None)
+
+    def _create_table(self, name: str, columns: Sequence[tuple[str, str]]) -> None:
+        definitions = ", ".join(f"{quote(column)} {sql_type}" for column, sql_type in columns)
+        self.connection.execute(
+            f"CREATE TABLE {quote(name)} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, {definitions})"
+        )
+
+    def _register(self, name: str, data_type: str, description: str, srs_id: int | None) -> None:
+        self.connection.execute(
+            "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change, srs_id) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (name, data_type, name, description, timestamp(), srs_id),
+        )
+
+    def extend_extent(self, name: str, bounds: Bounds) -> None:
+        """Grow a table's extent in ``gpkg_contents`` to cover ``bounds`` (call inside a transaction)."""
+        min_x, min_y, max_x, max_y = bounds
+        self.connection.execute(
+            "UPDATE gpkg_contents SET min_x = min(coalesce(min_x, ?1), ?1), min_y = min(coalesce(min_y, ?2), ?2), "
+            "max_x = max(coalesce(max_x, ?3), ?3), max_y = max(coalesce(max_y, ?4), ?4), last_change = ?5 "
+            "WHERE table_name = ?6",
+            (min_x, min_y, max_x, max_y, timestamp(), name),
+        )

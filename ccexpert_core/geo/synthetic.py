@@ -1,0 +1,72 @@
+"""Georeferenced test and demo rasters: a small synthetic area where buildings appear between two dates.
+
+A stand-in until the richer synthetic-town generator of the training work: :func:`write_demo_rasters` keeps its
+interface so that it can be swapped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+
+#: The demo area: UTM zone 31N, 0.5 m per pixel (about LEVIR-CC's resolution).
+DEMO_CRS = "EPSG:32631"
+DEMO_ORIGIN = (431000.0, 4829000.0)
+DEMO_PIXEL_SIZE = 0.5
+DEMO_SIZE = 768
+
+
+def write_geotiff(
+    path: Path, data: np.ndarray, crs: str, transform: Affine, nodata: float | None = None
+) -> Path:
+    """Write ``data`` (bands × H × W, or H × W × 3 uint8 as images come) as a tiled, deflated GeoTIFF."""
+    if data.ndim == 3 and data.shape[-1] == 3 and data.shape[0] != 3:
+        data = data.transpose(2, 0, 1)
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    tiled = height >= 256 and width >= 256
+    profile = dict(
+        driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name, crs=crs,
+        transform=transform, nodata=nodata, compress="deflate", tiled=tiled,
+        **({"blockxsize": 256, "blockysize": 256} if tiled else {}),
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(data)
+    return Path(path)
+
+
+def synthetic_pair(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two H×W×3 uint8 images of the same fields and roads; buildings are added in the second one."""
+    rng = np.random.default_rng(seed)
+    # Fields: a coarse random grid of greens and browns, blown up, plus fine texture.
+    cells = max(2, size // 96)
+    palette = np.array([[88, 120, 60], [110, 140, 70], [140, 120, 80], [95, 110, 55]], np.float32)
+    coarse = palette[rng.integers(0, len(palette), (cells, cells))]
+    scene = np.kron(coarse, np.ones((size // cells + 1, size // cells + 1, 1)))[:size, :size]
+    scene = scene + rng.normal(0, 6, scene.shape)
+    road = slice(size // 2 - 6, size // 2 + 6)
+    scene[road, :], scene[:, road] = 150, 150
+    before = scene.copy()
+    after = scene + rng.normal(0, 3, scene.shape)  # the second date is a different acquisition
+    for _ in range(max(1, size // 64)):
+        height, width = rng.integers(14, 36, 2)
+        top, left = rng.integers(0, size - 40, 2)
+        after[top : top + height, left : left + width] = rng.choice([[180, 70, 60], [200, 200, 200], [120, 120, 130]])
+    return (np.clip(before, 0, 255).astype(np.uint8), np.clip(after, 0, 255).astype(np.uint8))
+
+
+def write_demo_rasters(folder: Path) -> tuple[Path, Path]:
+    """The demo's georeferenced GeoTIFF pair under ``folder`` (written once, then reused): before, after."""
+    folder = Path(folder)
+    before, after = folder / "before.tif", folder / "after.tif"
+    if not (before.is_file() and after.is_file()):
+        transform = Affine(DEMO_PIXEL_SIZE, 0, DEMO_ORIGIN[0], 0, -DEMO_PIXEL_SIZE, DEMO_ORIGIN[1])
+        first, second = synthetic_pair(DEMO_SIZE)
+        write_geotiff(before, first, DEMO_CRS, transform)
+        write_geotiff(after, second, DEMO_CRS, transform)
+    return before, after

@@ -1,0 +1,60 @@
+"""Helpers for the region tests: small georeferenced rasters and an engine that needs no model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+
+from ccexpert_core.captions import CaptionResult
+from ccexpert_core.geo.synthetic import synthetic_pair, write_geotiff
+
+CRS = "EPSG:32631"
+ORIGIN = (431000.0, 4829000.0)
+NO_CHANGE = "there is no difference"
+
+
+def utm_transform(pixel_size: float = 1.0, origin: tuple[float, float] = ORIGIN) -> Affine:
+    """A north-up transform in the test CRS."""
+    return Affine(pixel_size, 0, origin[0], 0, -pixel_size, origin[1])
+
+
+def write_pair(folder: Path, size: int = 160, seed: int = 0, **kwargs) -> tuple[Path, Path]:
+    """A synthetic before/after GeoTIFF pair on the same 1 m grid."""
+    first, second = synthetic_pair(size, seed)
+    return (
+        write_geotiff(folder / "before.tif", first, CRS, utm_transform(), **kwargs),
+        write_geotiff(folder / "after.tif", second, CRS, utm_transform(), **kwargs),
+    )
+
+
+class FakeEngine:
+    """Says "change" when the two images differ on average, and remembers what it was given."""
+
+    model_id = "fake-engine"
+
+    def __init__(self, fail_on_calls: Sequence[int] = (), error: BaseException | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.fail_on_calls = set(fail_on_calls)
+        self.error = error or RuntimeError("injected failure")
+
+    def caption(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], tile_ids: Sequence[str]) -> list[CaptionResult]:
+        self.calls.append(list(tile_ids))
+        if len(self.calls) in self.fail_on_calls:
+            raise self.error
+        self.pairs.extend(pairs)
+        results = []
+        for before, after in pairs:
+            assert before.dtype == np.uint8 and before.ndim == 3 and before.shape[2] == 3
+            difference = np.abs(before.astype(int) - after.astype(int)).mean()
+            caption = f"changed by {difference:.1f}" if difference > 4 else NO_CHANGE
+            results.append(CaptionResult.from_caption(caption, 0.5))
+        return results
+
+    @property
+    def captioned_ids(self) -> list[str]:
+        """Every tile id it captioned (successful calls only)."""
+        return [i for n, call in enumerate(self.calls, 1) if n not in self.fail_on_calls for i in call]
