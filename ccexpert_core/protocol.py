@@ -1,0 +1,136 @@
+"""The wire format between clients and the CCExpert backend (API v1): paths, field names, limits, bodies.
+
+This module is the one definition both sides use: the backend builds its routes and OpenAPI models from it,
+:mod:`ccexpert_core.client` and the QGIS plugin (which bundles this file) build their requests from it.
+Standard library only, so it runs in any Python, QGIS's included.
+
+A captions request is ``multipart/form-data`` with the fields :data:`FIELD_BEFORE` and :data:`FIELD_AFTER`
+repeated once per pair (the i-th ``before`` goes with the i-th ``after``; PNG, JPEG or TIFF bytes) and, optionally,
+:data:`FIELD_TILE_IDS` repeated once per pair. Authenticated backends want ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypedDict
+
+API_VERSION = "1"
+API_PREFIX = f"/v{API_VERSION}"
+HEALTH_PATH = f"{API_PREFIX}/health"
+INFO_PATH = f"{API_PREFIX}/info"
+CAPTIONS_PATH = f"{API_PREFIX}/captions"
+#: The Gradio UI's mount point; ``gradio_client`` connects to ``URL + UI_PATH + "/"``.
+UI_PATH = "/ui"
+#: The Gradio endpoint name: ``Client(...).predict(before, after, api_name=UI_API_NAME)``.
+UI_API_NAME = "/caption"
+
+FIELD_BEFORE = "before"
+FIELD_AFTER = "after"
+FIELD_TILE_IDS = "tile_ids"
+
+AUTH_HEADER = "Authorization"
+AUTH_SCHEME = "Bearer"
+
+DEFAULT_PORT = 8000
+DEFAULT_MAX_BATCH = 16
+DEFAULT_MAX_WAIT_MS = 20.0
+
+#: Error codes in :class:`ErrorBody` (``error``); the HTTP status says the class, the code says which problem.
+ERROR_UNAUTHORIZED = "unauthorized"
+ERROR_INVALID_REQUEST = "invalid_request"
+ERROR_INVALID_IMAGE = "invalid_image"
+ERROR_TOO_LARGE = "too_large"
+ERROR_TOO_MANY_PAIRS = "too_many_pairs"
+ERROR_BUSY = "busy"
+ERROR_TIMEOUT = "timeout"
+ERROR_NOT_FOUND = "not_found"
+ERROR_INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold; the backend rejects more with 413 (sizes) or 422 (counts)."""
+
+    #: Pairs in one captions request (clients split longer lists).
+    max_pairs_per_request: int = 32
+    #: Encoded bytes of one image.
+    max_image_bytes: int = 16 * 1024 * 1024
+    #: Decoded pixels (width × height) of one image, checked from the header before decoding.
+    max_image_pixels: int = 4096 * 4096
+    #: Seconds a captions request may wait for its results (queue + model) before a 503.
+    request_timeout_s: float = 120.0
+    #: Pairs waiting for the model across all requests; more are refused with 503 until the queue drains.
+    max_queued_pairs: int = 512
+
+    def max_body_bytes(self) -> int:
+        """The largest multipart body a full request can need (images plus generous room for the framing)."""
+        return self.max_pairs_per_request * 2 * (self.max_image_bytes + 64 * 1024) + 1024 * 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        """The limits as JSON-ready values (the ``limits`` of :class:`InfoBody`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Limits":
+        """Limits from an info body; unknown keys (a newer backend's) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+class HealthBody(TypedDict):
+    """``GET /v1/health`` (no auth)."""
+
+    status: str  # "ok" once the model is loaded, else "loading"
+    model_loaded: bool
+    api_version: str
+
+
+class BatchingStats(TypedDict):
+    """How the dynamic batcher has grouped pairs since the backend started."""
+
+    max_batch: int
+    max_wait_ms: float
+    batches: int
+    pairs: int
+    mean_batch_size: float
+    max_batch_size: int
+    queued_pairs: int
+
+
+class InfoBody(TypedDict):
+    """``GET /v1/info``."""
+
+    api_version: str
+    version: str  # the ccexpert package version
+    model_id: str
+    tile_size: int
+    prompt: str
+    device: str
+    dtype: str
+    limits: dict[str, Any]  # Limits.to_dict()
+    batching: BatchingStats
+    internal_errors: int  # requests that ended in a 500: should stay 0
+
+
+class CaptionItem(TypedDict, total=False):
+    """One pair's result; ``tile_id`` only when the request gave tile ids."""
+
+    caption: str
+    change_detected: bool
+    confidence: float
+    tile_id: str
+
+
+class CaptionsBody(TypedDict):
+    """``POST /v1/captions``: one item per pair, in request order."""
+
+    model_id: str
+    results: list[CaptionItem]
+
+
+class ErrorBody(TypedDict, total=False):
+    """Every 4xx/5xx: a code from the ``ERROR_*`` constants, a message for a person, the field at fault if any."""
+
+    error: str
+    detail: str
+    field: str
