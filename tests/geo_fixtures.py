@@ -31,11 +31,16 @@ def write_pair(folder: Path, size: int = 160, seed: int = 0, **kwargs) -> tuple[
 
 
 class FakeEngine:
-    """Says "change" when the two images differ on average, and remembers what it was given."""
+    """Says "change" when the two images differ on average, and remembers what it was given; gives every tile
+    ``change_map`` as its change map, like a model with a change-map head would."""
 
     model_id = "fake-engine"
 
-    def __init__(self, fail_on_calls: Sequence[int] = (), error: BaseException | None = None) -> None:
+    def __init__(
+        self, fail_on_calls: Sequence[int] = (), error: BaseException | None = None,
+        change_map: tuple[tuple[float, ...], ...] | None = None,
+    ) -> None:
+        self.change_map = change_map
         self.calls: list[list[str]] = []
         self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
         self.fail_on_calls = set(fail_on_calls)
@@ -51,7 +56,7 @@ class FakeEngine:
             assert before.dtype == np.uint8 and before.ndim == 3 and before.shape[2] == 3
             difference = np.abs(before.astype(int) - after.astype(int)).mean()
             caption = f"changed by {difference:.1f}" if difference > 4 else NO_CHANGE
-            results.append(CaptionResult.from_caption(caption, 0.5))
+            results.append(CaptionResult.from_caption(caption, 0.5, self.change_map))
         return results
 
     @property

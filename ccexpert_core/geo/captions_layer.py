@@ -1,4 +1,5 @@
-"""The ``captions`` layer of a region's GeoPackage: one polygon per tile with its caption, status and thumbnails.
+"""The ``captions`` layer of a region's GeoPackage: one polygon per tile with its caption, status and thumbnails;
+and, for models with a change-map head, the ``changes`` layer: one multipolygon per tile around the changed places.
 
 Resumable: ``tile_id`` is unique, a batch is written in one transaction, and a rerun skips the tiles already
 captioned or skipped (failed tiles are tried again). The options that decide which pixels a tile holds and who
@@ -14,10 +15,13 @@ from pathlib import Path
 
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
-from ccexpert_core.geo.gpkg import Bounds, GeoPackage, Point, SpatialRef, blob_bounds, polygon_blob, quote, timestamp
-from ccexpert_core.geo.grid import Tile
+from ccexpert_core.geo.gpkg import (
+    Bounds, GeoPackage, Point, SpatialRef, blob_bounds, multipolygon_blob, polygon_blob, quote, timestamp,
+)
+from ccexpert_core.geo.grid import Polygon, Tile
 
 LAYER = "captions"
+CHANGES_LAYER = "changes"
 THUMBNAILS_TABLE = "ccexpert_thumbnails"
 OPTIONS_TABLE = "ccexpert_run_options"
 
@@ -58,6 +62,8 @@ class TileRecord:
     result: CaptionResult | None = None
     #: PNG bytes of the before and after thumbnails, for the report.
     thumbnails: tuple[bytes, bytes] | None = None
+    #: Polygons around the changed places, where the model gives a change map (None where it does not).
+    changes: list[Polygon] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ class CaptionsLayer:
                 thumbnails.append((record.tile.tile_id, *record.thumbnails))
         xs = [x for record in records for x, _ in record.footprint]
         ys = [y for record in records for _, y in record.footprint]
+        mapped = [record for record in records if record.changes is not None]
         try:
             with self.package.connection as connection:
                 connection.executemany(_UPSERT, rows)
@@ -152,8 +159,29 @@ class CaptionsLayer:
                 )
                 if records:
                     self.package.extend_extent(LAYER, (min(xs), min(ys), max(xs), max(ys)))
+            if mapped:
+                self._write_changes(mapped, now)
         except sqlite3.Error as error:
             raise CCExpertError(f"cannot write to {self.package.path}: {error}") from None
+
+    def _write_changes(self, records: Sequence[TileRecord], now: str) -> None:
+        # Made on first use, so that outputs of models without a change-map head have no empty layer.
+        self.package.create_feature_table(
+            CHANGES_LAYER, [("tile_id", "TEXT NOT NULL UNIQUE"), ("model_id", "TEXT"), ("created_at", "DATETIME")],
+            self.srs_id, "MULTIPOLYGON", "ccexpert: changed places from the model's change map",
+        )
+        with self.package.connection as connection:
+            for record in records:
+                tile_id = record.tile.tile_id
+                connection.execute(f"DELETE FROM {CHANGES_LAYER} WHERE tile_id = ?", (tile_id,))
+                if record.changes:
+                    connection.execute(
+                        f"INSERT INTO {CHANGES_LAYER} (geom, tile_id, model_id, created_at) VALUES (?, ?, ?, ?)",
+                        (multipolygon_blob(record.changes, self.srs_id), tile_id, self.model_id, now),
+                    )
+                    points = [p for polygon in record.changes for p in polygon[0]]
+                    xs, ys = [p[0] for p in points], [p[1] for p in points]
+                    self.package.extend_extent(CHANGES_LAYER, (min(xs), min(ys), max(xs), max(ys)))
 
     def close(self) -> None:
         """Close the GeoPackage."""

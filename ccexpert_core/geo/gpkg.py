@@ -71,17 +71,34 @@ def timestamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def polygon_blob(ring: Sequence[Point], srs_id: int) -> bytes:
-    """A one-ring polygon as a GeoPackage geometry: the ``GP`` header with an XY envelope, then little-endian WKB."""
-    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+def _header(points: Sequence[Point], srs_id: int) -> bytes:
+    """The ``GP`` header with an XY envelope ``[minx, maxx, miny, maxy]``, little-endian."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
     flags = 0b0000_0011  # envelope [minx, maxx, miny, maxy] (bits 1-3 = 1), little-endian (bit 0 = 1)
-    header = struct.pack("<2sBBi4d", b"GP", 0, flags, srs_id, min(xs), max(xs), min(ys), max(ys))
-    wkb = struct.pack("<BIII", 1, 3, 1, len(ring)) + struct.pack(f"<{2 * len(ring)}d", *(c for p in ring for c in p))
-    return header + wkb
+    return struct.pack("<2sBBi4d", b"GP", 0, flags, srs_id, min(xs), max(xs), min(ys), max(ys))
+
+
+def _wkb_polygon(rings: Sequence[Sequence[Point]]) -> bytes:
+    parts = [struct.pack("<BII", 1, 3, len(rings))]
+    for ring in rings:
+        parts.append(struct.pack("<I", len(ring)) + struct.pack(f"<{2 * len(ring)}d", *(c for p in ring for c in p)))
+    return b"".join(parts)
+
+
+def polygon_blob(ring: Sequence[Point], srs_id: int) -> bytes:
+    """A one-ring polygon as a GeoPackage geometry (header, then little-endian WKB)."""
+    return _header(ring, srs_id) + _wkb_polygon([ring])
+
+
+def multipolygon_blob(polygons: Sequence[Sequence[Sequence[Point]]], srs_id: int) -> bytes:
+    """Polygons (each a list of rings, the exterior first) as one GeoPackage MULTIPOLYGON."""
+    points = [p for polygon in polygons for p in polygon[0]]
+    body = struct.pack("<BII", 1, 6, len(polygons)) + b"".join(_wkb_polygon(polygon) for polygon in polygons)
+    return _header(points, srs_id) + body
 
 
 def blob_bounds(blob: bytes) -> Bounds:
-    """``(xmin, ymin, xmax, ymax)`` from the envelope of a geometry written by :func:`polygon_blob`."""
+    """``(xmin, ymin, xmax, ymax)`` from the envelope of a geometry written by this module."""
     min_x, max_x, min_y, max_y = struct.unpack_from("<4d", blob, 8)
     return min_x, min_y, max_x, max_y
 
