@@ -1,0 +1,82 @@
+"""What captions the tiles of a region: a model in this process, or a CCExpert backend over HTTP.
+
+Both fit :class:`CaptionEngine`, so the region pipeline (and tests, with a stand-in) need not know which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from ccexpert_core.captions import CaptionResult
+from ccexpert_core.errors import CCExpertError
+
+if TYPE_CHECKING:
+    from ccexpert_core.inference.captioner import Captioner
+
+ImagePair = tuple[np.ndarray, np.ndarray]
+
+#: The model used when none is given: random weights until a trained demo model ships.
+DEFAULT_MODEL = "preset:tiny"
+UNTRAINED_NOTE = (
+    "the default model (preset:tiny) has random weights: its captions are placeholders, not descriptions. "
+    "A trained demo model is coming; until then give --model DIR or --backend URL for real captions."
+)
+
+
+class CaptionEngine(Protocol):
+    """Captions one batch of (before, after) H×W×3 uint8 pairs, in order.
+
+    ``tile_ids`` name the pairs (for a backend's logs and replies); an engine may ignore them.
+    """
+
+    model_id: str
+
+    def caption(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> list[CaptionResult]:
+        """One result per pair, in order."""
+        ...
+
+
+class InProcessEngine:
+    """A :class:`~ccexpert_core.inference.captioner.Captioner` in this process; one batch is one forward pass."""
+
+    def __init__(self, captioner: "Captioner") -> None:
+        self.captioner = captioner
+        self.model_id = captioner.model_id
+
+    def caption(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> list[CaptionResult]:
+        """Caption the whole batch at once (the region pipeline already sized it)."""
+        return self.captioner.caption(list(pairs), batch_size=max(1, len(pairs)))
+
+
+def load_model_engine(model: str | Path, device: str = "auto") -> InProcessEngine:
+    """Load a model folder, hub id or ``preset:tiny`` into this process."""
+    from ccexpert_core.inference.captioner import Captioner
+
+    return InProcessEngine(Captioner.load(model, device=device))
+
+
+def read_token(path: Path) -> str:
+    """The token in a token file: its first line that is not blank or a ``#`` comment (so the backend's own token
+    file, one token per line, works too)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CCExpertError(f"cannot read the token file {path}: {error}") from None
+    tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not tokens:
+        raise CCExpertError(f"the token file {path} holds no token (blank and # lines are ignored)")
+    return tokens[0]
+
+
+def load_backend_engine(url: str, token_file: Path | None) -> CaptionEngine:
+    """A CCExpert backend at ``url``, authenticated with the token in ``token_file``; it is asked for its model
+    id at once, so that a wrong URL or token fails before any tile is read."""
+    from ccexpert_core.client import BackendClient
+
+    client = BackendClient(url, None if token_file is None else read_token(token_file))
+    client.info()  # a wrong URL or a refused token fails here, with the client's message
+    return client
