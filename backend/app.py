@@ -1,0 +1,63 @@
+"""The app factory: one :class:`~ccexpert_core.inference.Captioner` behind API v1, the batcher, auth and the UI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from backend.auth import TokenChecker, TokenGuard
+from backend.batching import DynamicBatcher
+from backend.errors import install_error_handlers
+from backend.limits import BodySizeLimit, guard_pillow
+from backend.routers import captions, status
+from backend.state import BackendState, ServerSettings
+from ccexpert_core import __version__
+from ccexpert_core.inference import Captioner
+
+DESCRIPTION = """Plain-language change captions for pairs of co-registered images.
+
+Send pairs to `POST /v1/captions` (multipart: `before` and `after` repeated once per pair); concurrent requests
+share model batches. Protected routes want `Authorization: Bearer <token>` when the backend has a token file.
+The Gradio UI is at `/ui/`. The wire format is `ccexpert_core/protocol.py`."""
+
+
+def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> FastAPI:
+    """A FastAPI app serving ``captioner``; the batcher starts and stops with the app's lifespan."""
+    settings = settings or ServerSettings()
+    guard_pillow(settings.limits)
+    batcher = DynamicBatcher(
+        lambda pairs: captioner.caption(pairs, batch_size=settings.max_batch),
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        max_queued=settings.limits.max_queued_pairs,
+    )
+    state = BackendState(captioner=captioner, batcher=batcher, settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(
+        title="CCExpert backend",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.backend = state
+    install_error_handlers(app, on_internal_error=state.record_internal_error)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes())
+    app.include_router(status.router)
+    app.include_router(captions.router)
+    if settings.ui:
+        from backend.ui import mount_ui  # gradio is heavy: imported only when the UI is served
+
+        mount_ui(app, state)
+    # Added last, so outermost: a request without a token is turned away before its body is read.
+    app.add_middleware(TokenGuard, checker=TokenChecker(settings.tokens))
+    return app

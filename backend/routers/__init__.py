@@ -1,0 +1,1 @@
+"""The API v1 routers: status (health, info) and captions."""

@@ -1,0 +1,43 @@
+"""What the routes share: the Captioner, the batcher, the settings, and the count of internal errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from PIL import Image
+
+from backend.batching import DynamicBatcher
+from ccexpert_core.captions import CaptionResult
+from ccexpert_core.inference import Captioner
+from ccexpert_core.protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Limits
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How one backend behaves: batching, limits, and the tokens it accepts (``None``: no auth)."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    limits: Limits = field(default_factory=Limits)
+    tokens: tuple[bytes, ...] | None = None
+    ui: bool = True
+
+
+@dataclass
+class BackendState:
+    """One per app, at ``app.state.backend``."""
+
+    captioner: Captioner
+    batcher: DynamicBatcher[tuple[Image.Image, Image.Image], CaptionResult]
+    settings: ServerSettings
+    internal_errors: int = 0
+
+    def record_internal_error(self) -> None:
+        """Count a request that ended in a 500 (shown at /v1/info: it should stay 0)."""
+        self.internal_errors += 1
+
+
+def backend_state(request: Request) -> BackendState:
+    """FastAPI dependency: the app's :class:`BackendState`."""
+    return request.app.state.backend

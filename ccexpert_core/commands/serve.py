@@ -1,0 +1,126 @@
+"""``ccexpert serve``: run the backend (REST API v1, dynamic batching, token auth, limits, Gradio UI) with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+from ccexpert_core import protocol
+from ccexpert_core.errors import CCExpertError
+
+DEFAULT_MODEL = "preset:tiny"
+_LIMITS = protocol.Limits()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP for the QGIS plugin, scripts and a web UI",
+        description=(
+            "Serve one model over HTTP: API v1 under /v1 (OpenAPI docs at /docs), a web UI at /ui/. "
+            "Concurrent requests are batched together. Without --token-file the backend listens on loopback only."
+        ),
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id or preset:tiny (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help="port (default: %(default)s)")
+    parser.add_argument("--token-file", help="file of accepted bearer tokens, one per line (# comments allowed)")
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow listening on a non-loopback address without tokens (only on a network you trust)",
+    )
+    parser.add_argument("--max-batch", type=int, default=protocol.DEFAULT_MAX_BATCH, help="pairs per model batch")
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=protocol.DEFAULT_MAX_WAIT_MS,
+        help="how long a pair may wait for others to fill its batch (default: %(default)s)",
+    )
+    parser.add_argument("--max-pairs", type=int, default=_LIMITS.max_pairs_per_request, help="pairs per request")
+    parser.add_argument("--max-image-bytes", type=int, default=_LIMITS.max_image_bytes, help="bytes per image")
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=_LIMITS.max_image_pixels, help="decoded pixels (width × height) per image"
+    )
+    parser.add_argument(
+        "--request-timeout", type=float, default=_LIMITS.request_timeout_s, help="seconds a request may wait for results"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: %(default)s)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--no-ui", action="store_true", help="serve the API only, without the Gradio UI")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.set_defaults(handler=run)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, has_tokens: bool, insecure_no_auth: bool) -> None:
+    """Refuse to expose an unauthenticated backend beyond this machine unless the operator insists."""
+    if not has_tokens and not insecure_no_auth and not is_loopback(host):
+        raise CCExpertError(
+            f"refusing to listen on {host} without authentication: give --token-file FILE (one token per line), "
+            "listen on 127.0.0.1, or pass --insecure-no-auth on a network you trust"
+        )
+
+
+def _check_positive(args: argparse.Namespace) -> None:
+    for name in ("max_batch", "max_pairs", "max_image_bytes", "max_image_pixels", "request_timeout"):
+        if getattr(args, name) <= 0:
+            raise CCExpertError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
+    if args.max_wait_ms < 0:
+        raise CCExpertError(f"--max-wait-ms must be 0 or more, not {args.max_wait_ms}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the options, load the model, serve until interrupted."""
+    _check_positive(args)
+    from backend.auth import read_tokens
+
+    tokens = read_tokens(args.token_file) if args.token_file else None
+    check_bind(args.host, tokens is not None, args.insecure_no_auth)
+
+    import uvicorn
+
+    from backend.app import create_app
+    from backend.state import ServerSettings
+    from ccexpert_core.inference import Captioner
+
+    if args.model == DEFAULT_MODEL:
+        print(
+            "note: serving preset:tiny, a tiny model with random weights: its captions are noise. "
+            "Give --model DIR for a trained model.",
+            file=sys.stderr,
+        )
+    captioner = Captioner.load(args.model, device=args.device, dtype=args.dtype)
+    limits = protocol.Limits(
+        max_pairs_per_request=args.max_pairs,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        request_timeout_s=args.request_timeout,
+        # The queue must hold at least a couple of full requests, or big requests would always be refused.
+        max_queued_pairs=max(_LIMITS.max_queued_pairs, 2 * args.max_pairs),
+    )
+    settings = ServerSettings(
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits, tokens=tokens, ui=not args.no_ui
+    )
+    app = create_app(captioner, settings)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    auth = f"tokens from {args.token_file}" if tokens else "none"
+    print(
+        f"CCExpert backend: http://{shown}:{args.port}  (API {protocol.API_PREFIX}, docs /docs"
+        f"{'' if args.no_ui else ', UI ' + protocol.UI_PATH + '/'}; auth: {auth}; model {captioner.model_id} "
+        f"on {captioner.device})",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host.strip("[]"), port=args.port, log_level=args.log_level)
+    return 0
