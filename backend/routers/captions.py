@@ -51,8 +51,8 @@ def _check_counts(before: list[UploadFile], after: list[UploadFile], tile_ids: l
 )
 async def create_captions(
     state: Annotated[BackendState, Depends(backend_state)],
-    before: Annotated[list[UploadFile], File(description="Earlier images (PNG, JPEG or TIFF), one per pair")],
-    after: Annotated[list[UploadFile], File(description="Later images, in the same order as `before`")],
+    before: Annotated[list[UploadFile], File(min_length=1, description="Earlier images (PNG, JPEG or TIFF), one per pair")],
+    after: Annotated[list[UploadFile], File(min_length=1, description="Later images, in the same order as `before`")],
     tile_ids: Annotated[list[str] | None, Form(description="Optional: one id per pair, echoed in the results")] = None,
 ) -> protocol.CaptionsBody:
     """For each pair, in order: the caption, whether it describes a change, and the model's confidence."""
