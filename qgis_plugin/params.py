@@ -1,0 +1,164 @@
+"""What the analyst chose in the dialog, as one dataclass, remembered between sessions in QgsSettings.
+
+The dialog only fills a :class:`CaptionParams`; :func:`job_from_params` turns it into a :class:`~.job.Job` (plain
+values, safe to hand to a background task) against the current project and map canvas.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem, QgsMapLayer, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorLayer,
+)
+
+from .area import polygons_in_crs, rectangle_in_crs
+from .captions_gpkg import DEFAULT_LAYER
+from .errors import CaptionRunError
+from .job import Job, RasterInput
+
+SETTINGS_GROUP = "ccexpert"
+DEFAULT_BACKEND_URL = "http://127.0.0.1:8000"
+
+
+class AreaMode(str, Enum):
+    """Where to caption."""
+
+    OVERLAP = "overlap"  # wherever both rasters have pixels
+    CANVAS = "canvas"  # the map canvas's visible extent
+    LAYER = "layer"  # the polygons of a layer, optionally its selected features only
+    RECTANGLE = "rectangle"  # a rectangle drawn on the map
+
+
+@dataclass(frozen=True)
+class CaptionParams:
+    """Every choice of the dialog (the token itself lives in the authentication database: see :mod:`.auth`)."""
+
+    before_layer_id: str = ""
+    after_layer_id: str = ""
+    #: Optional dates, used to label the result layer.
+    before_date: str = ""
+    after_date: str = ""
+    area_mode: AreaMode = AreaMode.OVERLAP
+    area_layer_id: str = ""
+    selected_only: bool = False
+    #: The rectangle drawn on the map (xmin, ymin, xmax, ymax) and its CRS (WKT).
+    rectangle: tuple[float, float, float, float] | None = None
+    rectangle_crs: str = ""
+    tile_size: int = 384
+    #: Pixels ("32") or a share of the tile ("10%").
+    overlap: str = "0"
+    #: Metres per pixel; None keeps BEFORE's native resolution.
+    resolution: float | None = None
+    #: One or three 1-based band numbers; None for the first three.
+    bands: tuple[int, ...] | None = None
+    #: Values mapped to 0 and 255 for data that is not 8-bit; None for a 2–98 % stretch.
+    value_range: tuple[float, float] | None = None
+    backend_url: str = DEFAULT_BACKEND_URL
+    #: The QGIS authentication configuration holding the backend token ("" for none).
+    auth_config_id: str = ""
+    output: str = ""
+    layer_name: str = DEFAULT_LAYER
+    batch_size: int = 8
+
+    def save(self, settings: QgsSettings | None = None) -> None:
+        """Remember these choices (one JSON value per field under ``ccexpert/``)."""
+        settings = settings or QgsSettings()
+        for name, value in asdict(self).items():
+            settings.setValue(f"{SETTINGS_GROUP}/{name}", json.dumps(value))
+
+    @classmethod
+    def load(cls, settings: QgsSettings | None = None) -> "CaptionParams":
+        """The choices remembered last time; defaults for anything missing or unreadable."""
+        settings = settings or QgsSettings()
+        values = {}
+        for spec in fields(cls):
+            text = settings.value(f"{SETTINGS_GROUP}/{spec.name}", None)
+            if text is None:
+                continue
+            try:
+                values[spec.name] = json.loads(text)
+            except (TypeError, ValueError):
+                continue
+        params = cls(**values)
+        try:
+            mode = AreaMode(params.area_mode)
+        except ValueError:
+            mode = AreaMode.OVERLAP
+        # JSON gives lists where the fields hold tuples.
+        return replace(
+            params, area_mode=mode,
+            rectangle=None if params.rectangle is None else tuple(params.rectangle),
+            bands=None if params.bands is None else tuple(params.bands),
+            value_range=None if params.value_range is None else tuple(params.value_range),
+        )
+
+
+def parse_bands(text: str) -> tuple[int, ...] | None:
+    """``"4,3,2"`` → (4, 3, 2); empty → None (the first three bands)."""
+    if not text.strip():
+        return None
+    try:
+        bands = tuple(int(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise CaptionRunError(f"bands: give one or three band numbers separated by commas (e.g. 4,3,2), not '{text}'")
+    if len(bands) not in (1, 3):
+        raise CaptionRunError(f"bands: give one or three band numbers, not {len(bands)}")
+    return bands
+
+
+def _layer(project: QgsProject, layer_id: str, kind: type, what: str) -> QgsMapLayer:
+    layer = project.mapLayer(layer_id) if layer_id else None
+    if not isinstance(layer, kind) or not layer.isValid():
+        raise CaptionRunError(f"choose the {what} (no valid layer is selected)")
+    return layer
+
+
+def raster_input(layer: QgsRasterLayer, role: str) -> RasterInput:
+    """A raster layer as the job reads it: through GDAL, so only layers of QGIS's gdal provider."""
+    if layer.providerType() != "gdal":
+        raise CaptionRunError(
+            f"{role} layer '{layer.name()}' comes from the {layer.providerType()} provider: the plugin reads rasters "
+            "that GDAL opens (GeoTIFF, VRT, JPEG2000…); save it as a GeoTIFF first (Export › Save As…)"
+        )
+    return RasterInput.from_source(layer.source())
+
+
+def job_from_params(
+    params: CaptionParams, project: QgsProject, canvas_extent: QgsRectangle, canvas_crs: QgsCoordinateReferenceSystem,
+    token: str,
+) -> Job:
+    """The run these choices describe; the area is resolved now, in the BEFORE layer's CRS."""
+    before_layer = _layer(project, params.before_layer_id, QgsRasterLayer, "BEFORE raster layer")
+    target, context = before_layer.crs(), project.transformContext()
+    area = None
+    if params.area_mode == AreaMode.CANVAS:
+        area = rectangle_in_crs(canvas_extent, canvas_crs, target, context, "the map extent")
+    elif params.area_mode == AreaMode.RECTANGLE:
+        if params.rectangle is None:
+            raise CaptionRunError("draw a rectangle on the map first (Area › Draw on map)")
+        crs = QgsCoordinateReferenceSystem.fromWkt(params.rectangle_crs)
+        area = rectangle_in_crs(QgsRectangle(*params.rectangle), crs, target, context, "the drawn rectangle")
+    elif params.area_mode == AreaMode.LAYER:
+        layer = _layer(project, params.area_layer_id, QgsVectorLayer, "polygon layer of the area")
+        if params.selected_only and layer.selectedFeatureCount() == 0:
+            raise CaptionRunError(f"no feature of '{layer.name()}' is selected: select some, or use all features")
+        features = layer.getSelectedFeatures() if params.selected_only else layer.getFeatures()
+        area = polygons_in_crs(
+            (f.geometry() for f in features), layer.crs(), target, context, f"the layer '{layer.name()}'"
+        )
+    return Job(
+        before=raster_input(before_layer, "BEFORE"),
+        after=raster_input(_layer(project, params.after_layer_id, QgsRasterLayer, "AFTER raster layer"), "AFTER"),
+        output=params.output, backend_url=params.backend_url, token=token, area=area, tile_size=params.tile_size,
+        overlap=params.overlap, resolution=params.resolution, bands=params.bands, value_range=params.value_range,
+        batch_size=params.batch_size, layer_name=params.layer_name,
+    )
+
+
+def result_title(params: CaptionParams) -> str:
+    """The result layer's name in the project: the layer name, with the dates when given."""
+    dates = " → ".join(d for d in (params.before_date.strip(), params.after_date.strip()) if d)
+    return f"{params.layer_name} ({dates})" if dates else params.layer_name

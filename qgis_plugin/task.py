@@ -1,0 +1,52 @@
+"""The background run: a QgsTask around :func:`~.job.run_job`, with progress per tile and cancel between batches."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+
+from .job import Job, JobSummary, run_job
+from .result_layer import LOG_TAG
+
+
+class _TaskFeedback:
+    """The task seen as the job's feedback (progress bar in QGIS's task manager, messages in the log panel)."""
+
+    def __init__(self, task: QgsTask) -> None:
+        self._task = task
+
+    def isCanceled(self) -> bool:  # noqa: N802
+        return self._task.isCanceled()
+
+    def setProgress(self, percent: float) -> None:  # noqa: N802
+        self._task.setProgress(percent)
+
+    def pushInfo(self, text: str) -> None:  # noqa: N802
+        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Info)
+
+
+class CaptionTask(QgsTask):
+    """Runs a job off the main thread; ``on_done`` gets its summary on the main thread (add layers there)."""
+
+    def __init__(self, job: Job, on_done: Callable[[JobSummary], None]) -> None:
+        super().__init__(f"CCExpert: captions {job.before.name} → {job.after.name}", QgsTask.CanCancel)
+        self.job, self.on_done = job, on_done
+        self.summary: JobSummary | None = None
+
+    def run(self) -> bool:
+        """In the task's thread: the whole job. An unexpected error is logged, never raised into QGIS."""
+        try:
+            self.summary = run_job(self.job, _TaskFeedback(self))
+        except Exception:  # a bug, not the analyst's problem: keep its traceback for the report
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+            return False
+        return self.summary.error is None and not self.summary.canceled
+
+    def finished(self, result: bool) -> None:
+        """On the main thread, once run() has returned (or the task was canceled before it started)."""
+        summary = self.summary or JobSummary(self.job.output, self.job.layer_name, canceled=self.isCanceled())
+        if self.summary is None and not self.isCanceled():
+            summary.error = "the run stopped on an unexpected error (details in the CCExpert log panel)"
+        self.on_done(summary)

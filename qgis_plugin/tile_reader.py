@@ -1,0 +1,336 @@
+"""Both dates read on one pixel grid, tile by tile, as 8-bit RGB with their validity (GDAL as QGIS ships it).
+
+The rules are the ``caption-region`` command's (``ccexpert_core/geo/raster.py``, on rasterio), so that the plugin
+and the command send the backend the same pixels, which a test checks: tiles are cut on BEFORE's grid (optionally
+resampled to a ground resolution); AFTER is warped onto it (bilinear) when its CRS, resolution or origin differ;
+the first three bands are read by default and one band is repeated to grey; data that is not 8-bit is stretched
+(2–98 % over the area) or mapped from a fixed range; nodata values, masks, alpha bands and pixels outside a raster
+are invalid. Not thread-safe: open, read and close a reader in one thread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal, gdal_array, osr
+
+from .errors import CaptionRunError
+from .shared_modules import grid as tiling
+
+#: Percentiles of the default stretch for data that is not 8-bit (as the command, and QGIS's own default).
+STRETCH_PERCENTILES = (2.0, 98.0)
+#: The stretch's percentiles come from a read of the area decimated to at most this many pixels a side.
+STATS_READ_SIZE = 1024
+
+Log = Callable[[str], None]
+Window = tuple[int, int, int, int]  # x, y, width, height in grid pixels
+
+
+def _srs(wkt: str) -> osr.SpatialReference:
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(wkt)
+    # x = easting/longitude whatever the CRS's axis order, as geotransforms and QGIS have it.
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def crs_name(wkt: str) -> str:
+    """``EPSG:32631`` where the CRS has an EPSG code, else its name (the command's wording)."""
+    srs = _srs(wkt)
+    if srs.GetAuthorityName(None) == "EPSG" and srs.GetAuthorityCode(None):
+        return f"EPSG:{srs.GetAuthorityCode(None)}"
+    return srs.GetName() or "a custom CRS"
+
+
+def format_bounds(bounds: tiling.Bounds) -> str:
+    """Bounds for a message: ``(xmin, ymin, xmax, ymax)`` with six significant digits."""
+    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
+
+
+@dataclass(frozen=True)
+class PixelGrid:
+    """Where tiles are cut: a CRS (WKT), a GDAL geotransform and a size in pixels."""
+
+    wkt: str
+    transform: tiling.GeoTransform
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, dataset: gdal.Dataset) -> "PixelGrid":
+        """A dataset's own grid."""
+        return cls(dataset.GetProjection(), tuple(dataset.GetGeoTransform()), dataset.RasterXSize, dataset.RasterYSize)
+
+    def same_as(self, other: "PixelGrid") -> bool:
+        """Same pixels on the ground: transform, size and CRS."""
+        return (self.transform, self.width, self.height) == (other.transform, other.width, other.height) and bool(
+            _srs(self.wkt).IsSame(_srs(other.wkt))
+        )
+
+    @property
+    def bounds(self) -> tiling.Bounds:
+        """``(xmin, ymin, xmax, ymax)`` in the grid's CRS."""
+        corners = [tiling.pixel_to_geo(self.transform, c, r) for c in (0, self.width) for r in (0, self.height)]
+        xs, ys = zip(*corners)
+        return min(xs), min(ys), max(xs), max(ys)
+
+    @property
+    def north_up(self) -> bool:
+        """No rotation terms and rows going south."""
+        _, _, row_rotation, _, column_rotation, pixel_height = self.transform
+        return row_rotation == 0 and column_rotation == 0 and pixel_height < 0
+
+    @property
+    def pixel_size(self) -> float:
+        """The side of a pixel in CRS units (the larger one where pixels are not square)."""
+        _, a, b, _, d, e = self.transform
+        return max(math.hypot(a, d), math.hypot(b, e))
+
+    def metres_per_unit(self) -> float:
+        """The CRS's linear unit in metres."""
+        return _srs(self.wkt).GetLinearUnits()
+
+    def resampled(self, metres: float) -> "PixelGrid":
+        """The same extent with pixels of ``metres`` on the ground (north-up grids in a projected CRS)."""
+        if metres <= 0:
+            raise CaptionRunError(f"the resolution must be a positive number of metres per pixel, not {metres}")
+        if _srs(self.wkt).IsGeographic():
+            raise CaptionRunError(
+                f"the resolution is in metres but BEFORE's CRS ({crs_name(self.wkt)}) is in degrees: reproject the "
+                "rasters to a projected CRS first, or keep the native resolution"
+            )
+        if not self.north_up:
+            raise CaptionRunError("a resolution in metres needs a north-up BEFORE raster (it has rotation terms)")
+        x0, a, _, y0, _, e = self.transform
+        size = metres / self.metres_per_unit()
+        width = max(1, round(self.width * abs(a) / size))
+        height = max(1, round(self.height * abs(e) / size))
+        return PixelGrid(self.wkt, (x0, math.copysign(size, a), 0.0, y0, 0.0, math.copysign(size, e)), width, height)
+
+
+def open_raster(source: str, role: str) -> gdal.Dataset:
+    """Open a georeferenced raster, with errors that say which input is wrong and why."""
+    dataset = gdal.OpenEx(source, gdal.OF_RASTER | gdal.OF_READONLY)
+    if dataset is None:
+        raise CaptionRunError(f"{role} raster {source} cannot be read: {gdal.GetLastErrorMsg() or 'unknown format'}")
+    if not dataset.GetProjection():
+        raise CaptionRunError(
+            f"{role} raster {source} has no coordinate reference system in the file: give a georeferenced raster "
+            "(e.g. a GeoTIFF with a CRS)"
+        )
+    return dataset
+
+
+def pick_bands(dataset: gdal.Dataset, bands: Sequence[int] | None, role: str, log: Log) -> tuple[int, ...]:
+    """The band numbers to read (1-based): the first three by default; one band is repeated to grey RGB."""
+    count = dataset.RasterCount
+    if bands is None:
+        if count == 2:
+            raise CaptionRunError(f"{role} raster has 2 bands: choose one or three bands (e.g. 1)")
+        bands = (1, 2, 3) if count >= 3 else (1,)
+    bands = tuple(bands)
+    if len(bands) not in (1, 3):
+        raise CaptionRunError(f"choose one or three band numbers, not {len(bands)}")
+    missing = [b for b in bands if not 1 <= b <= count]
+    if missing:
+        raise CaptionRunError(f"{role} raster has {count} band(s): band {missing[0]} does not exist (bands count from 1)")
+    if len(bands) == 1:
+        log(f"{role} is read from one band ({bands[0]}), repeated to grey RGB; the model expects colour")
+    return bands
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """A linear map of each band's ``low``..``high`` onto 0..255 (values outside are clipped).
+
+    The same arithmetic, in the same float32 steps, as the command's, so that both give the same bytes.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """(bands, H, W) values → (bands, H, W) uint8."""
+        low, high = self.low[:, None, None], self.high[:, None, None]
+        # A constant band (high == low) maps to black rather than dividing by zero.
+        span = np.where(high > low, high - low, np.inf)
+        scaled = (data.astype(np.float32) - low) * (255.0 / span)
+        return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+
+
+def _warped(dataset: gdal.Dataset, target: PixelGrid, role: str) -> gdal.Dataset:
+    """``dataset`` seen on ``target``'s grid through a warped VRT (bilinear, with an alpha band for the outside)."""
+    if not target.north_up:
+        raise CaptionRunError(f"{role} cannot be aligned onto a rotated grid: warp BEFORE to a north-up raster first")
+    x0, a, _, y0, _, e = target.transform
+    view = gdal.Warp(
+        "", dataset, format="VRT", dstSRS=target.wkt, resampleAlg="bilinear", dstAlpha=True,
+        # Bounds and resolution together fix the geotransform exactly (bounds with a size would round it).
+        outputBounds=(x0, y0 + target.height * e, x0 + target.width * a, y0), xRes=a, yRes=-e,
+    )
+    if view is None:
+        raise CaptionRunError(f"{role} cannot be aligned onto BEFORE's grid: {gdal.GetLastErrorMsg()}")
+    return view
+
+
+class DateSource:
+    """One date seen on the working grid: its bands, its 8-bit mapping and its validity mask."""
+
+    def __init__(self, source: str, role: str, target: PixelGrid, bands: Sequence[int] | None, log: Log) -> None:
+        self.source, self.role = source, role
+        self.dataset = open_raster(source, role)
+        self.bands = pick_bands(self.dataset, bands, role, log)
+        data_types = [self.dataset.GetRasterBand(b).DataType for b in self.bands]
+        self.is_float = np.issubdtype(gdal_array.GDALTypeCodeToNumericTypeCode(data_types[0]), np.floating)
+        self.needs_stretch = any(t != gdal.GDT_Byte for t in data_types)
+        self.native = PixelGrid.of(self.dataset)
+        # Reading through a warped VRT would resample even on the dataset's own grid: read directly then.
+        self.view = self.dataset if self.native.same_as(target) else _warped(self.dataset, target, role)
+        self.stretch: Stretch | None = None
+
+    def close(self) -> None:
+        """Let GDAL close the view and the file."""
+        self.view = self.dataset = None
+
+    def _read(self, window: Window, out_shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(data, masks)``: (bands, H, W) values and (bands, H, W) GDAL validity masks (0 = invalid)."""
+        x, y, width, height = window
+        buf_height, buf_width = out_shape or (height, width)
+        size = dict(buf_xsize=buf_width, buf_ysize=buf_height, resample_alg=gdal.GRIORA_NearestNeighbour)
+        data = self.view.ReadAsArray(x, y, width, height, band_list=list(self.bands), **size)
+        masks = [self.view.GetRasterBand(b).GetMaskBand().ReadAsArray(x, y, width, height, **size) for b in self.bands]
+        if data is None or any(m is None for m in masks):
+            raise CaptionRunError(f"{self.role} raster {self.source} cannot be read: {gdal.GetLastErrorMsg()}")
+        return data.reshape(len(self.bands), buf_height, buf_width), np.stack(masks)
+
+    def fit_stretch(self, window: Window, value_range: tuple[float, float] | None) -> None:
+        """Decide the 8-bit mapping: ``value_range`` if given, else percentiles over ``window`` when not 8-bit."""
+        if value_range is not None:
+            low, high = value_range
+            count = len(self.bands)
+            self.stretch = Stretch(np.full(count, low, np.float32), np.full(count, high, np.float32))
+            return
+        if not self.needs_stretch:
+            return
+        _, _, width, height = window
+        scale = min(1.0, STATS_READ_SIZE / max(width, height))
+        shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+        data, masks = self._read(window, shape)
+        lows, highs = [], []
+        for band, mask in zip(data, masks):
+            values = band[mask > 0]
+            values = values[np.isfinite(values)] if self.is_float else values
+            low, high = np.percentile(values, STRETCH_PERCENTILES) if values.size else (0.0, 1.0)
+            lows.append(low)
+            highs.append(high)
+        self.stretch = Stretch(np.asarray(lows, np.float32), np.asarray(highs, np.float32))
+
+    def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(rgb, valid)``: H×W×3 uint8 (invalid pixels black) and the H×W validity of every picked band."""
+        data, masks = self._read(window, out_shape)
+        valid = np.all(masks > 0, axis=0)
+        if self.is_float:
+            valid &= np.all(np.isfinite(data), axis=0)
+        pixels = self.stretch.apply(data) if self.stretch is not None else data.astype(np.uint8)
+        pixels[:, ~valid] = 0
+        if len(self.bands) == 1:
+            pixels = np.repeat(pixels, 3, axis=0)
+        return np.ascontiguousarray(pixels.transpose(1, 2, 0)), valid
+
+
+@dataclass(frozen=True)
+class TilePixels:
+    """One tile of both dates as H×W×3 uint8, and the larger share of invalid pixels of the two."""
+
+    before: np.ndarray
+    after: np.ndarray
+    nodata_share: float
+
+
+class RasterPairReader:
+    """BEFORE and AFTER on BEFORE's grid (resampled to ``resolution`` metres per pixel if given)."""
+
+    def __init__(
+        self,
+        before: str,
+        after: str,
+        bands: Sequence[int] | None = None,
+        resolution: float | None = None,
+        log: Log = lambda message: None,
+    ) -> None:
+        native = PixelGrid.of(open_raster(before, "BEFORE"))
+        self.grid = native if resolution is None else native.resampled(resolution)
+        if resolution is not None:
+            log(f"both rasters are resampled to {resolution:g} m per pixel "
+                f"(BEFORE has {native.pixel_size * native.metres_per_unit():g} m)")
+        self.before = DateSource(before, "BEFORE", self.grid, bands, log)
+        self.after = DateSource(after, "AFTER", self.grid, bands, log)
+        self.after_bounds = self._after_bounds_on_grid()
+        if not self.after.native.same_as(native):
+            log(f"AFTER is aligned onto BEFORE's grid with bilinear resampling: "
+                f"{_grid_difference(self.after.native, native)}")
+
+    def _after_bounds_on_grid(self) -> tiling.Bounds:
+        """AFTER's extent in the grid's CRS; refuses rasters that do not overlap."""
+        after = self.after.native
+        transform = osr.CoordinateTransformation(_srs(after.wkt), _srs(self.grid.wkt))
+        if transform is None:
+            raise CaptionRunError(f"AFTER's CRS cannot be transformed to BEFORE's: {gdal.GetLastErrorMsg()}")
+        ax0, ay0, ax1, ay1 = transform.TransformBounds(*after.bounds, 21)
+        bx0, by0, bx1, by1 = self.grid.bounds
+        if ax0 >= bx1 or ax1 <= bx0 or ay0 >= by1 or ay1 <= by0:
+            raise CaptionRunError(
+                f"BEFORE and AFTER do not overlap: BEFORE covers {format_bounds((bx0, by0, bx1, by1))}, AFTER covers "
+                f"{format_bounds((ax0, ay0, ax1, ay1))} (in {crs_name(self.grid.wkt)})"
+            )
+        return ax0, ay0, ax1, ay1
+
+    @property
+    def overlap_bounds(self) -> tiling.Bounds:
+        """Where both rasters have pixels, in the grid's CRS."""
+        bx0, by0, bx1, by1 = self.grid.bounds
+        ax0, ay0, ax1, ay1 = self.after_bounds
+        return max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+
+    def close(self) -> None:
+        """Close both rasters."""
+        self.before.close()
+        self.after.close()
+
+    def __enter__(self) -> "RasterPairReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fit_stretch(self, tiles: Sequence[tiling.Tile], value_range: tuple[float, float] | None) -> None:
+        """Fit each date's 8-bit mapping over the tiles' extent (once, before any tile is read)."""
+        x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
+        x1, y1 = max(t.x + t.width for t in tiles), max(t.y + t.height for t in tiles)
+        window = (x0, y0, x1 - x0, y1 - y0)
+        self.before.fit_stretch(window, value_range)
+        self.after.fit_stretch(window, value_range)
+
+    def read_tile(self, tile: tiling.Tile) -> TilePixels:
+        """Both dates' pixels of a tile."""
+        window = (tile.x, tile.y, tile.width, tile.height)
+        before, before_valid = self.before.read(window)
+        after, after_valid = self.after.read(window)
+        share = 1.0 - min(before_valid.mean(), after_valid.mean())
+        return TilePixels(before, after, float(share))
+
+
+def _grid_difference(source: PixelGrid, target: PixelGrid) -> str:
+    differences = []
+    if not _srs(source.wkt).IsSame(_srs(target.wkt)):
+        differences.append(f"CRS {crs_name(source.wkt)} → {crs_name(target.wkt)}")
+    if not math.isclose(source.pixel_size, target.pixel_size, rel_tol=1e-9):
+        differences.append(f"pixel size {source.pixel_size:g} → {target.pixel_size:g}")
+    if (source.transform[0], source.transform[3]) != (target.transform[0], target.transform[3]):
+        differences.append("origin differs")
+    if (source.width, source.height) != (target.width, target.height):
+        differences.append(f"size {source.width}×{source.height} → {target.width}×{target.height} px")
+    return ", ".join(differences)

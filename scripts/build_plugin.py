@@ -1,0 +1,73 @@
+"""Build the QGIS plugin zip: qgis_plugin/ + metadata.txt + the shared pure modules, as "Install from ZIP" wants it.
+
+The zip holds one folder, ``ccexpert_qgis/``, with the plugin's modules, ``metadata.txt``, ``icon.png``, ``LICENSE``
+and ``bundled/`` — copies of ``ccexpert_core/geo/grid.py`` and ``ccexpert_core/protocol.py``, which the plugin
+imports from there (one tiler, one wire format, nothing to install in QGIS's Python).
+
+Usage: python3 scripts/build_plugin.py [--out DIR]   → DIR/ccexpert_qgis-VERSION.zip (default DIR: dist)
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_FOLDER = "ccexpert_qgis"
+SOURCE = REPO / "qgis_plugin"
+METADATA = REPO / "metadata.txt"
+#: The shared modules, by their name in bundled/.
+BUNDLED = {"grid.py": REPO / "ccexpert_core" / "geo" / "grid.py", "protocol.py": REPO / "ccexpert_core" / "protocol.py"}
+BUNDLED_INIT = '"""Copies of the project\'s pure modules (ccexpert_core), made by `make plugin`: do not edit here."""\n'
+REQUIRED_METADATA = (
+    "name", "qgisMinimumVersion", "description", "version", "author", "email", "about", "tracker", "repository",
+    "homepage", "tags", "category", "icon", "experimental", "hasProcessingProvider",
+)
+
+
+def read_metadata() -> configparser.SectionProxy:
+    """metadata.txt's [general] section, checked for the fields the QGIS plugin repository requires."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keys are case-sensitive (qgisMinimumVersion)
+    parser.read(METADATA, encoding="utf-8")
+    general = parser["general"]
+    missing = [key for key in REQUIRED_METADATA if not general.get(key, "").strip()]
+    if missing:
+        sys.exit(f"metadata.txt lacks {', '.join(missing)}")
+    return general
+
+
+def check_bundled(name: str, text: str) -> None:
+    """A bundled module must stand alone: an import of the project would fail inside QGIS."""
+    if re.search(r"^\s*(from|import)\s+(ccexpert_core|backend)\b", text, re.MULTILINE):
+        sys.exit(f"{BUNDLED[name]} imports from the project: it cannot be bundled into the plugin as it is")
+
+
+def build(out_dir: Path) -> Path:
+    """Write the zip and return its path."""
+    metadata = read_metadata()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{PLUGIN_FOLDER}-{metadata['version']}.zip"
+    sources = sorted(p for p in SOURCE.iterdir() if p.is_file() and (p.suffix in {".py", ".png"} or p.name == "LICENSE"))
+    if metadata["icon"] not in {p.name for p in sources}:
+        sys.exit(f"metadata.txt names the icon {metadata['icon']}, which qgis_plugin/ lacks")
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sources:
+            archive.write(path, f"{PLUGIN_FOLDER}/{path.name}")
+        archive.write(METADATA, f"{PLUGIN_FOLDER}/metadata.txt")
+        archive.writestr(f"{PLUGIN_FOLDER}/bundled/__init__.py", BUNDLED_INIT)
+        for name, path in BUNDLED.items():
+            text = path.read_text(encoding="utf-8")
+            check_bundled(name, text)
+            archive.writestr(f"{PLUGIN_FOLDER}/bundled/{name}", text)
+    return target
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "dist", help="folder for the zip (default: dist)")
+    print(build(parser.parse_args().out))
