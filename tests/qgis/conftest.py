@@ -1,0 +1,173 @@
+"""Fixtures of the plugin suite: real QGIS (pytest-qgis, offscreen), a real backend from the project's .venv.
+
+The backend is ``ccexpert serve`` with a tiny random-weights model made by ``ccexpert create-model``, on
+127.0.0.1, with a token file: started once per session, stopped at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from osgeo import gdal
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+from qgis.PyQt.QtCore import QCoreApplication
+
+REPO = Path(__file__).resolve().parents[2]
+CCEXPERT = REPO / ".venv" / "bin" / "ccexpert"
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+TOKEN = "plugin-test-token"
+MASTER_PASSWORD = "ccexpert-plugin-tests"
+BACKEND_START_S = 240.0
+#: Safety net for waits on QGIS tasks (a hung run fails the test instead of the suite hanging).
+WAIT_LIMIT_S = 300.0
+
+# Inputs are read-only for the analyst: no .aux.xml beside them.
+os.environ["GDAL_PAM_ENABLED"] = "NO"
+gdal.SetConfigOption("GDAL_PAM_ENABLED", "NO")
+
+
+def require_project_venv() -> None:
+    """The backend runs from the project's .venv (torch, the model); `make test` builds it first."""
+    if not CCEXPERT.exists():
+        pytest.fail(f"{CCEXPERT} is missing: run `make venv` (or `make test`) first")
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Backend:
+    """A running ``ccexpert serve``."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def info(self) -> dict:
+        """``/v1/info``, with the token."""
+        request = urllib.request.Request(self.url + "/v1/info", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_backend(model: Path, folder: Path) -> Backend:
+    """``ccexpert serve`` on a free loopback port with the test token; returns once /v1/health answers."""
+    require_project_venv()
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = folder / "tokens.txt"
+    tokens.write_text(f"{TOKEN}\n", encoding="utf-8")
+    port = free_port()
+    log = folder / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(CCEXPERT), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+             "--token-file", str(tokens), "--no-ui"],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )
+    backend = Backend(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + BACKEND_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"ccexpert serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(backend.url + "/v1/health", timeout=2):
+                return backend
+        except OSError:
+            time.sleep(0.5)
+    backend.stop()
+    pytest.fail(f"ccexpert serve did not answer within {BACKEND_START_S:g} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weights CCExpert saved by ``ccexpert create-model``."""
+    require_project_venv()
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    subprocess.run([str(CCEXPERT), "create-model", str(folder)], check=True, capture_output=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def backend(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """The session's backend (token auth)."""
+    server = start_backend(tiny_model, tmp_path_factory.mktemp("backend"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_ready(qgis_app: QgsApplication) -> None:
+    """QGIS's authentication database unlocked (a user types the master password; tests set it)."""
+    manager = QgsApplication.authManager()
+    manager.setPasswordHelperEnabled(False)
+    assert manager.setMasterPassword(MASTER_PASSWORD, True), "the test auth database has another master password"
+
+
+def _stored_token(token: str) -> Iterator[str]:
+    from qgis_plugin.auth import store_token
+
+    config_id = store_token(token)
+    yield config_id
+    QgsApplication.authManager().removeAuthenticationConfig(config_id)
+
+
+@pytest.fixture(scope="session")
+def token_id(auth_ready) -> Iterator[str]:
+    """An authentication configuration holding the backend's token."""
+    yield from _stored_token(TOKEN)
+
+
+@pytest.fixture(scope="session")
+def wrong_token_id(auth_ready) -> Iterator[str]:
+    """An authentication configuration holding a token the backend does not know."""
+    yield from _stored_token("not-the-token")
+
+
+@pytest.fixture
+def project(qgis_app: QgsApplication) -> Iterator[QgsProject]:
+    """The project, emptied after the test (layers it owns are freed before QGIS exits)."""
+    current = QgsProject.instance()
+    yield current
+    current.removeAllMapLayers()
+
+
+def add_raster(project: QgsProject, path: Path, name: str) -> QgsRasterLayer:
+    """A GDAL raster layer in the project."""
+    layer = QgsRasterLayer(str(path), name, "gdal")
+    assert layer.isValid(), path
+    project.addMapLayer(layer)
+    return layer
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Process Qt events until ``condition`` holds (tasks report and finish through the event loop)."""
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        QCoreApplication.processEvents()
+        time.sleep(0.02)

@@ -1,0 +1,264 @@
+"""Full runs through the plugin's own path (params → preflight → QgsTask → GeoPackage → styled layer), against a
+real backend: expected tiles and captions, resume after cancel, a backend that stops, a wrong token, Processing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CCEXPERT, TOKEN, Backend, add_raster, start_backend, wait_until
+from osgeo import gdal
+from qgis.core import Qgis, QgsCategorizedSymbolRenderer, QgsProject, QgsVectorLayer
+from rasters import write_pair
+
+from qgis_plugin import classFactory
+from qgis_plugin.backend_client import multipart_body
+from qgis_plugin.params import CaptionParams
+from qgis_plugin.plugin import CCExpertPlugin
+from qgis_plugin.task import CaptionTask
+
+SIZE, TILE = 256, 128  # 2 × 2 tiles
+TILE_IDS = ["r0_c0", "r0_c1", "r1_c0", "r1_c1"]
+
+
+@pytest.fixture(scope="module")
+def plugin(qgis_iface, auth_ready) -> Iterator[CCExpertPlugin]:
+    """The plugin from the repository, started as QGIS starts it (once: its Processing provider id is unique)."""
+    started = classFactory(qgis_iface)
+    started.initGui()
+    yield started
+    started.unload()
+
+
+@pytest.fixture(autouse=True)
+def fresh_messages(qgis_iface) -> None:
+    """Each test reads only its own messages."""
+    qgis_iface.messageBar().clear_messages()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A before/after GeoTIFF pair, 256 px on the same 1 m grid."""
+    return write_pair(tmp_path_factory.mktemp("scene"), SIZE)
+
+
+def make_params(
+    project: QgsProject, scene: tuple[Path, Path], backend_url: str, output: Path, token_id: str, **changes
+) -> CaptionParams:
+    """Parameters as the dialog would collect them, the token's authentication configuration included."""
+    before = add_raster(project, scene[0], "before")
+    after = add_raster(project, scene[1], "after")
+    params = CaptionParams(
+        before_layer_id=before.id(), after_layer_id=after.id(), before_date="2019", after_date="2021",
+        tile_size=TILE, backend_url=backend_url, auth_config_id=token_id, output=str(output), batch_size=2,
+    )
+    return replace(params, **changes)
+
+
+def run_to_end(plugin: CCExpertPlugin, params: CaptionParams) -> CaptionTask:
+    """Start a run as the dialog's Run button does and wait until its result is shown."""
+    task = plugin.start(params)
+    assert task is not None, plugin.iface.messageBar().get_messages(Qgis.Critical)
+    wait_until(lambda: task not in plugin.tasks, "the captioning task")
+    return task
+
+
+def rows(output: Path, layer: str = "captions") -> list[tuple]:
+    """(tile_id, status, caption, change_detected, confidence, before_source, after_source, model_id) by tile."""
+    with sqlite3.connect(output) as connection:
+        return connection.execute(
+            f'SELECT tile_id, status, caption, change_detected, confidence, before_source, after_source, model_id '
+            f'FROM "{layer}" ORDER BY "row", "col"'
+        ).fetchall()
+
+
+def backend_captions(backend: Backend, scene: tuple[Path, Path], batches: list[list[str]]) -> dict[str, str]:
+    """What the backend says for each tile's raw pixels (read from the files, encoded by GDAL), batch by batch."""
+    before, after = (gdal.Open(str(path)).ReadAsArray() for path in scene)
+    captions = {}
+    for batch in batches:
+        pairs = []
+        for tile_id in batch:
+            row, col = (int(part[1:]) for part in tile_id.split("_"))
+            window = np.s_[:, row * TILE : (row + 1) * TILE, col * TILE : (col + 1) * TILE]
+            pairs.append((_png(before[window]), _png(after[window])))
+        body, content_type = multipart_body(pairs, batch)
+        request = urllib.request.Request(
+            backend.url + "/v1/captions", body, {"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            captions.update({item["tile_id"]: item["caption"] for item in json.loads(answer.read())["results"]})
+    return captions
+
+
+def _png(bands: np.ndarray) -> bytes:
+    name = f"/vsimem/{uuid.uuid4().hex}.png"
+    memory = gdal.GetDriverByName("MEM").Create("", bands.shape[2], bands.shape[1], 3, gdal.GDT_Byte)
+    for index in range(3):
+        memory.GetRasterBand(index + 1).WriteArray(bands[index])
+    gdal.GetDriverByName("PNG").CreateCopy(name, memory)
+    handle = gdal.VSIFOpenL(name, "rb")
+    data = gdal.VSIFReadL(1, gdal.VSIStatL(name).size, handle)
+    gdal.VSIFCloseL(handle)
+    gdal.Unlink(name)
+    return data
+
+
+@pytest.fixture(scope="module")
+def full_run(
+    plugin: CCExpertPlugin, backend: Backend, scene: tuple[Path, Path], token_id: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, list[str]]]:
+    """One complete run into a fresh GeoPackage: (output, message bar successes); its layer stays in the project
+    until the module ends (the tests reading it come first)."""
+    project = QgsProject.instance()
+    plugin.iface.messageBar().clear_messages()
+    output = tmp_path_factory.mktemp("full") / "changes.gpkg"
+    run_to_end(plugin, make_params(project, scene, backend.url, output, token_id))
+    yield output, list(plugin.iface.messageBar().get_messages(Qgis.Success))
+    project.removeAllMapLayers()
+
+
+def test_full_run_writes_every_tile_with_the_backends_caption(
+    full_run, backend: Backend, scene: tuple[Path, Path]
+) -> None:
+    output, successes = full_run
+    written = rows(output)
+    assert [r[0] for r in written] == TILE_IDS
+    assert {r[1] for r in written} == {"captioned"}
+    expected = backend_captions(backend, scene, [TILE_IDS[:2], TILE_IDS[2:]])
+    assert {r[0]: r[2] for r in written} == expected
+    assert all(0.0 <= r[4] <= 1.0 and r[3] in (0, 1) for r in written)
+    assert {r[5:] for r in written} == {("before.tif", "after.tif", backend.info()["model_id"])}
+    assert len(successes) == 1 and "4 captioned" in successes[0] and str(output) in successes[0]
+
+
+def test_full_run_adds_the_styled_layer_with_footprints_on_the_raster_grid(full_run) -> None:
+    output, _ = full_run
+    layers = QgsProject.instance().mapLayersByName("captions (2019 → 2021)")
+    assert len(layers) == 1
+    layer = layers[0]
+    assert isinstance(layer, QgsVectorLayer) and layer.featureCount() == 4
+    assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)
+    assert {c.value() for c in layer.renderer().categories()} >= {"changed", "unchanged"}
+    assert layer.labelsEnabled() and layer.displayExpression() == '"caption"'
+    assert layer.crs().authid() == "EPSG:32631"
+    extent = layer.extent()
+    assert (extent.xMinimum(), extent.yMaximum(), extent.width(), extent.height()) == (431000, 4829000, SIZE, SIZE)
+    first = next(layer.getFeatures('"tile_id" = \'r0_c1\''))
+    assert first.geometry().boundingBox().toRectF().getRect() == (431000 + TILE, 4829000 - TILE, TILE, TILE)
+    with sqlite3.connect(output) as connection:  # the style travels with the file
+        assert connection.execute("SELECT useAsDefault FROM layer_styles").fetchone() == (1,)
+
+
+def test_caption_region_resumes_the_plugins_geopackage_with_nothing_left_to_do(
+    full_run, backend: Backend, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    output, _ = full_run
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(TOKEN, encoding="utf-8")
+    result = subprocess.run(
+        [str(CCEXPERT), "caption-region", "--before", str(scene[0]), "--after", str(scene[1]), "--out", str(output),
+         "--backend", backend.url, "--token-file", str(token_file), "--tile-size", str(TILE)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "4 already in" in result.stderr and "0 to do" in result.stderr
+    assert len(rows(output)) == 4
+
+
+def test_cancel_keeps_finished_tiles_and_a_second_run_completes_without_duplicates(
+    plugin: CCExpertPlugin, project: QgsProject, backend: Backend, scene: tuple[Path, Path], token_id: str,
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "resumed.gpkg"
+    params = make_params(project, scene, backend.url, output, token_id, batch_size=1)
+    task = plugin.start(params)
+    wait_until(lambda: task.progress() > 0, "the first batch")
+    task.cancel()
+    wait_until(lambda: task not in plugin.tasks, "the canceled task to end")
+    assert task.summary.canceled and task.summary.error is None
+    kept = rows(output)
+    assert 1 <= len(kept) < 4 and {r[1] for r in kept} == {"captioned"}
+    assert any("Canceled" in m for m in plugin.iface.messageBar().get_messages(Qgis.Warning))
+
+    second = run_to_end(plugin, params)
+    assert second.summary.already_done == len(kept) and second.summary.counts["captioned"] == 4 - len(kept)
+    assert [r[0] for r in rows(output)] == TILE_IDS  # unique tile ids, all of them
+    assert [r[:3] for r in rows(output)][: len(kept)] == [r[:3] for r in kept]  # finished tiles untouched
+    shown = [layer for layer in project.mapLayers().values() if layer.source().startswith(str(output))]
+    assert len(shown) == 1 and shown[0].featureCount() == 4  # refreshed, not added twice
+
+
+def test_a_backend_that_stops_mid_run_ends_with_a_clear_message_and_keeps_finished_tiles(
+    plugin: CCExpertPlugin, project: QgsProject, tiny_model: Path, scene: tuple[Path, Path], token_id: str,
+    tmp_path: Path,
+) -> None:
+    doomed = start_backend(tiny_model, tmp_path / "doomed")
+    try:
+        output = tmp_path / "interrupted.gpkg"
+        task = plugin.start(make_params(project, scene, doomed.url, output, token_id, batch_size=1))
+        wait_until(lambda: task.progress() > 0, "the first batch")
+        doomed.stop()
+        wait_until(lambda: task not in plugin.tasks, "the task to give up")
+    finally:
+        doomed.stop()
+    errors = plugin.iface.messageBar().get_messages(Qgis.Critical)
+    assert len(errors) == 1 and f"cannot reach the backend at {doomed.url}" in errors[0]
+    assert "run again to resume" in errors[0]
+    statuses = [r[1] for r in rows(output)]
+    # The batch in flight when the backend stopped is written as failed (a rerun retries it), nothing after it.
+    assert statuses.count("captioned") >= 1 and statuses.count("failed") == 1 and len(statuses) < 4
+    shown = [layer for layer in project.mapLayers().values() if layer.source().startswith(str(output))]
+    assert len(shown) == 1 and shown[0].featureCount() == len(statuses)
+
+
+def test_a_wrong_token_is_refused_with_a_clear_message(
+    plugin: CCExpertPlugin, project: QgsProject, backend: Backend, scene: tuple[Path, Path], wrong_token_id: str,
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "refused.gpkg"
+    params = make_params(project, scene, backend.url, output, wrong_token_id)
+    task = run_to_end(plugin, params)
+    assert task.summary.written == 0
+    errors = plugin.iface.messageBar().get_messages(Qgis.Critical)
+    assert len(errors) == 1 and "refused the token (401)" in errors[0]
+    assert not output.exists()
+
+
+def test_rasters_that_do_not_overlap_are_refused_before_any_task(
+    plugin: CCExpertPlugin, project: QgsProject, backend: Backend, scene: tuple[Path, Path], token_id: str,
+    tmp_path: Path,
+) -> None:
+    far = tmp_path / "far.tif"
+    gdal.Translate(str(far), str(scene[1]), outputBounds=[500000, 4100000, 500256, 4099744])
+    params = make_params(project, (scene[0], far), backend.url, tmp_path / "none.gpkg", token_id)
+    assert plugin.start(params) is None and not plugin.tasks
+    errors = plugin.iface.messageBar().get_messages(Qgis.Critical)
+    assert len(errors) == 1 and "do not overlap" in errors[0]
+
+
+def test_the_processing_algorithm_gives_the_same_output(
+    full_run, qgis_processing, backend: Backend, scene: tuple[Path, Path], token_id: str, tmp_path: Path
+) -> None:
+    import processing
+
+    output, _ = full_run
+    processed = tmp_path / "processed.gpkg"
+    result = processing.run("ccexpert:captionchanges", {
+        "BEFORE": str(scene[0]), "AFTER": str(scene[1]), "TILE_SIZE": TILE, "BATCH_SIZE": 2,
+        "BACKEND_URL": backend.url, "AUTH_CONFIG": token_id, "OUTPUT": str(processed),
+    })
+    assert result["OUTPUT"] == str(processed) and result["CAPTIONED"] == 4 and result["FAILED"] == 0
+    assert rows(processed) == rows(output)
+    with sqlite3.connect(output) as a, sqlite3.connect(processed) as b:
+        geometries = 'SELECT geom FROM captions ORDER BY "row", "col"'
+        assert a.execute(geometries).fetchall() == b.execute(geometries).fetchall()
