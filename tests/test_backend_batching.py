@@ -1,0 +1,164 @@
+"""The batcher and the request path in-process, with a stand-in model: grouping, timeouts, a full queue, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.app import create_app
+from backend.batching import DynamicBatcher, QueueFull
+from backend.state import ServerSettings
+from backend_server import encode, multipart, random_image
+from ccexpert_core import protocol
+from ccexpert_core.captions import CaptionResult
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def _with_batcher(batcher: DynamicBatcher, body):
+    await batcher.start()
+    try:
+        return await body()
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_submits_share_batches_and_keep_their_own_results() -> None:
+    calls: list[list[int]] = []
+
+    def model(pairs: list[int]) -> list[int]:
+        calls.append(list(pairs))
+        return [pair * 10 for pair in pairs]
+
+    batcher = DynamicBatcher(model, max_batch=4, max_wait_ms=50, max_queued=100)
+
+    async def body():
+        return await asyncio.gather(*(batcher.submit([3 * i, 3 * i + 1, 3 * i + 2]) for i in range(3)))
+
+    results = run(_with_batcher(batcher, body))
+    assert results == [[0, 10, 20], [30, 40, 50], [60, 70, 80]]
+    assert all(len(call) <= 4 for call in calls)
+    assert sorted(pair for call in calls for pair in call) == list(range(9))
+    assert len(calls) == 3  # 9 pairs in batches of at most 4: 4 + 4 + 1
+    stats = batcher.stats()
+    assert (stats["batches"], stats["pairs"], stats["max_batch_size"]) == (3, 9, 4)
+
+
+def test_max_batch_one_never_merges() -> None:
+    calls: list[list[int]] = []
+    batcher = DynamicBatcher(lambda pairs: calls.append(pairs) or pairs, max_batch=1, max_wait_ms=50, max_queued=100)
+
+    async def body():
+        return await asyncio.gather(*(batcher.submit([i]) for i in range(5)))
+
+    assert run(_with_batcher(batcher, body)) == [[i] for i in range(5)]
+    assert [len(call) for call in calls] == [1] * 5
+
+
+def test_a_withdrawn_request_is_skipped_and_a_full_queue_refused() -> None:
+    release = threading.Event()
+    calls: list[list[str]] = []
+
+    def model(pairs: list[str]) -> list[str]:
+        calls.append(list(pairs))
+        release.wait(10)
+        return pairs
+
+    batcher = DynamicBatcher(model, max_batch=2, max_wait_ms=0, max_queued=3)
+
+    async def body():
+        blocking = asyncio.ensure_future(batcher.submit(["first"]))
+        await asyncio.sleep(0.05)  # the model is now busy with "first"
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(batcher.submit(["late-1", "late-2"]), 0.05)
+        waiting = asyncio.ensure_future(batcher.submit(["kept"]))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.submit(["x", "y", "z"])
+        release.set()
+        return await blocking, await waiting
+
+    assert run(_with_batcher(batcher, body)) == (["first"], ["kept"])
+    assert calls == [["first"], ["kept"]]  # the timed-out request never reached the model
+
+
+def test_a_model_failure_reaches_every_request_of_its_batch() -> None:
+    def model(pairs: list[int]) -> list[int]:
+        raise RuntimeError("out of memory")
+
+    batcher = DynamicBatcher(model, max_batch=8, max_wait_ms=20, max_queued=100)
+
+    async def body():
+        return await asyncio.gather(batcher.submit([1]), batcher.submit([2]), return_exceptions=True)
+
+    outcomes = run(_with_batcher(batcher, body))
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
+
+
+@dataclass
+class StandInCaptioner:
+    """Duck-types the Captioner for the app: fixed answers, and a gate to hold the model busy."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+    fail: bool = False
+    model_id: str = "stand-in"
+    tile_size: int = 16
+    prompt: str = "What changed?"
+    device: str = "cpu"
+    dtype: str = "torch.float32"
+
+    def caption(self, pairs, batch_size: int) -> list[CaptionResult]:
+        assert all(image.size == (16, 16) and image.mode == "RGB" for pair in pairs for image in pair)
+        self.gate.wait(10)
+        if self.fail:
+            raise RuntimeError("the GPU fell off the bus")
+        return [CaptionResult.from_caption("there is no difference", 0.9) for _ in pairs]
+
+
+def _app(captioner: StandInCaptioner, **limits: float) -> TestClient:
+    settings = ServerSettings(limits=protocol.Limits(**limits), ui=False)
+    return TestClient(create_app(captioner, settings), raise_server_exceptions=False)
+
+
+def _pair() -> dict[str, object]:
+    image = encode(random_image(5, (20, 12)))
+    return multipart([(image, image)])
+
+
+def test_request_path_returns_results_and_info() -> None:
+    captioner = StandInCaptioner()
+    captioner.gate.set()
+    with _app(captioner) as client:
+        response = client.post(protocol.CAPTIONS_PATH, **_pair())
+        assert response.status_code == 200
+        assert response.json() == {
+            "model_id": "stand-in",
+            "results": [{"caption": "there is no difference", "change_detected": False, "confidence": 0.9}],
+        }
+        info = client.get(protocol.INFO_PATH).json()
+        assert (info["dtype"], info["batching"]["pairs"], info["internal_errors"]) == ("float32", 1, 0)
+
+
+def test_a_slow_model_gives_503_timeout() -> None:
+    captioner = StandInCaptioner()  # gate closed: the model does not answer in time
+    with _app(captioner, request_timeout_s=0.2) as client:
+        response = client.post(protocol.CAPTIONS_PATH, **_pair())
+        captioner.gate.set()
+    assert response.status_code == 503
+    assert response.json()["error"] == protocol.ERROR_TIMEOUT
+
+
+def test_an_unexpected_failure_is_a_generic_counted_500() -> None:
+    captioner = StandInCaptioner(fail=True)
+    captioner.gate.set()
+    with _app(captioner) as client:
+        response = client.post(protocol.CAPTIONS_PATH, **_pair())
+        assert response.status_code == 500
+        assert response.json() == {"error": protocol.ERROR_INTERNAL, "detail": "internal error in the backend; see its log"}
+        assert client.get(protocol.INFO_PATH).json()["internal_errors"] == 1
