@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from backend.auth import TokenChecker, TokenGuard
 from backend.batching import DynamicBatcher
 from backend.errors import install_error_handlers
-from backend.limits import BodySizeLimit, guard_pillow
+from backend.limits import BodySizeLimit
 from backend.routers import captions, status
 from backend.state import BackendState, ServerSettings
 from ccexpert_core import __version__
@@ -24,9 +24,11 @@ The Gradio UI is at `/ui/`. The wire format is `ccexpert_core/protocol.py`."""
 
 
 def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> FastAPI:
-    """A FastAPI app serving ``captioner``; the batcher starts and stops with the app's lifespan."""
+    """A FastAPI app serving ``captioner``; the batcher starts and stops with the app's lifespan.
+
+    Process-wide settings are the caller's: ``ccexpert serve`` also calls :func:`backend.limits.guard_pillow`.
+    """
     settings = settings or ServerSettings()
-    guard_pillow(settings.limits)
     batcher = DynamicBatcher(
         lambda pairs: captioner.caption(pairs, batch_size=settings.max_batch),
         max_batch=settings.max_batch,

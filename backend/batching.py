@@ -137,6 +137,6 @@ class DynamicBatcher(Generic[Pair, Result]):
         self.batches += 1
         self.pairs += len(batch)
         self.max_batch_size = max(self.max_batch_size, len(batch))
-        for item, result in zip(batch, results):
+        for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)

@@ -21,7 +21,9 @@ from ccexpert_core.captions import CaptionResult
 Loader = Callable[[], bytes]
 
 
-def _decode_pairs(state: BackendState, uploads: Sequence[tuple[Loader, Loader]]) -> list[tuple[Image.Image, Image.Image]]:
+def _decode_pairs(
+    state: BackendState, uploads: Sequence[tuple[Loader, Loader]]
+) -> list[tuple[Image.Image, Image.Image]]:
     limits, tile = state.settings.limits, state.captioner.tile_size
     return [
         (

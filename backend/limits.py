@@ -24,7 +24,7 @@ def guard_pillow(limits: Limits) -> None:
     """Make Pillow itself refuse images over the pixel limit, as a second line behind :func:`decode_image`'s check.
 
     Pillow raises ``DecompressionBombError`` above twice ``MAX_IMAGE_PIXELS`` when it opens a file (and only warns
-    between one and two times); the backend owns its process, so setting the global is fine.
+    between one and two times). The setting is process-wide: ``ccexpert serve``, which owns its process, calls this.
     """
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # decode_image rejects those images itself
@@ -97,7 +97,9 @@ class BodySizeLimit:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             response = error_response(
-                413, protocol.ERROR_TOO_LARGE, f"the request body is {declared} bytes, over the limit of {self.max_bytes}"
+                413,
+                protocol.ERROR_TOO_LARGE,
+                f"the request body is {declared} bytes, over the limit of {self.max_bytes}",
             )
             await response(scope, receive, send)
             return

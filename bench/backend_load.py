@@ -42,10 +42,9 @@ def start(model: str, max_batch: int, max_wait_ms: float) -> tuple[subprocess.Po
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [
-        str(Path(sys.executable).with_name("ccexpert")), "serve", "--model", model, "--no-ui", "--host", "127.0.0.1",
-        "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning",
-    ]
+    options = {"--model": model, "--port": port, "--max-batch": max_batch, "--max-wait-ms": max_wait_ms}
+    command = [str(Path(sys.executable).with_name("ccexpert")), "serve", "--no-ui", "--host", "127.0.0.1"]
+    command += [str(part) for option in options.items() for part in option] + ["--log-level", "warning"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

@@ -42,11 +42,14 @@ def encode_image(image: ImageSource) -> bytes:
     if not isinstance(image, Image.Image):
         dtype = str(getattr(image, "dtype", type(image).__name__))
         if dtype != "uint8":
-            raise CCExpertError(f"an image array must be uint8 (0..255), got {dtype}; or give a path, bytes or PIL image")
+            raise CCExpertError(
+                f"an image array must be uint8 (0..255), got {dtype}; or give a path, bytes or PIL image"
+            )
         try:
             image = Image.fromarray(image)
         except (TypeError, ValueError) as error:
-            raise CCExpertError(f"cannot turn an array of shape {getattr(image, 'shape', '?')} into an image: {error}")
+            shape = getattr(image, "shape", "?")
+            raise CCExpertError(f"cannot turn an array of shape {shape} into an image: {error}") from None
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # lossless; light compression is cheaper than sending more
     return buffer.getvalue()
@@ -96,8 +99,8 @@ class BackendClient:
         body: protocol.InfoBody = self._json(self._request("GET", protocol.INFO_PATH))
         if body.get("api_version") != protocol.API_VERSION:
             raise CCExpertError(
-                f"the backend at {self.url} speaks API v{body.get('api_version')}, this client v{protocol.API_VERSION}: "
-                "update the older of the two"
+                f"the backend at {self.url} speaks API v{body.get('api_version')}, "
+                f"this client v{protocol.API_VERSION}: update the older of the two"
             )
         self._info = body
         return body
@@ -139,7 +142,9 @@ class BackendClient:
             raise CCExpertError(f"the backend at {self.url} returned {len(items)} results for {len(pairs)} pairs")
         return [
             CaptionResult(
-                caption=item["caption"], change_detected=bool(item["change_detected"]), confidence=float(item["confidence"])
+                caption=item["caption"],
+                change_detected=bool(item["change_detected"]),
+                confidence=float(item["confidence"]),
             )
             for item in items
         ]
@@ -185,8 +190,10 @@ class BackendClient:
             kind = "rejected the request" if response.status_code < 500 else "failed"
             raise CCExpertError(f"the backend at {self.url} {kind} ({response.status_code}): {detail}")
         if body is None:
-            raise CCExpertError(f"{self.url} answered {response.request.path_url} with something other than JSON: "
-                                "is it a CCExpert backend?")
+            raise CCExpertError(
+                f"{self.url} answered {response.request.path_url} with something other than JSON: "
+                "is it a CCExpert backend?"
+            )
         return body
 
 

@@ -114,20 +114,17 @@ def auth_server(request: pytest.FixtureRequest, model_dir: Path) -> Server:
     folder = request.getfixturevalue("tmp_path_factory").mktemp("tokens")
     token_file = folder / "tokens.txt"
     token_file.write_text(f"# CCExpert test tokens\n\n{TOKEN}\n  {OTHER_TOKEN}  \n", encoding="utf-8")
-    return shared_server(
-        request,
-        "auth",
-        [
-            "--model", str(model_dir),
-            "--token-file", str(token_file),
-            "--max-pairs", str(TEST_LIMITS.max_pairs_per_request),
-            "--max-image-bytes", str(TEST_LIMITS.max_image_bytes),
-            "--max-image-pixels", str(TEST_LIMITS.max_image_pixels),
-            "--max-batch", "16",
-            # A generous wait, so the concurrency test's requests surely meet in batches.
-            "--max-wait-ms", "200",
-        ],
-    )
+    options = {
+        "--model": model_dir,
+        "--token-file": token_file,
+        "--max-pairs": TEST_LIMITS.max_pairs_per_request,
+        "--max-image-bytes": TEST_LIMITS.max_image_bytes,
+        "--max-image-pixels": TEST_LIMITS.max_image_pixels,
+        "--max-batch": 16,
+        # A generous wait, so the concurrency test's requests surely meet in batches.
+        "--max-wait-ms": 200,
+    }
+    return shared_server(request, "auth", [str(part) for option in options.items() for part in option])
 
 
 def open_server(request: pytest.FixtureRequest, model_dir: Path) -> Server:
@@ -154,7 +151,9 @@ def png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def multipart(pairs: list[tuple[bytes, bytes]], tile_ids: list[str] | None = None) -> dict[str, object]:

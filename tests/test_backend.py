@@ -64,7 +64,9 @@ def info(server: Server) -> protocol.InfoBody:
 
 
 def post_captions(server: Server, pairs: list[tuple[bytes, bytes]], tile_ids=None, headers=AUTH) -> requests.Response:
-    return requests.post(server.url + protocol.CAPTIONS_PATH, headers=headers, timeout=300, **multipart(pairs, tile_ids))
+    return requests.post(
+        server.url + protocol.CAPTIONS_PATH, headers=headers, timeout=300, **multipart(pairs, tile_ids)
+    )
 
 
 def assert_same(item: protocol.CaptionItem, result) -> None:
@@ -145,8 +147,13 @@ def test_concurrent_clients_share_batches_and_get_their_own_results(server: Serv
 
 @pytest.mark.parametrize(
     ("headers", "status"),
-    [({}, 401), (bearer("wrong-token"), 401), ({"Authorization": "Basic Zm9vOmJhcg=="}, 401), (AUTH, 200),
-     (bearer(OTHER_TOKEN), 200)],
+    [
+        ({}, 401),
+        (bearer("wrong-token"), 401),
+        ({"Authorization": "Basic Zm9vOmJhcg=="}, 401),
+        (AUTH, 200),
+        (bearer(OTHER_TOKEN), 200),
+    ],
     ids=["none", "wrong", "other-scheme", "right", "second-token"],
 )
 def test_protected_routes_want_a_listed_token(server: Server, headers: dict[str, str], status: int) -> None:
@@ -189,17 +196,29 @@ def _good() -> bytes:
 
 # Each bad-input class, with the status and error code it must get (and never a 500).
 BAD_REQUESTS = {
-    "corrupt-image": (lambda: multipart([(b"\x89PNG\r\n\x1a\nnot really", _good())]), 422, protocol.ERROR_INVALID_IMAGE),
+    "corrupt-image": (
+        lambda: multipart([(b"\x89PNG\r\n\x1a\nnot really", _good())]),
+        422,
+        protocol.ERROR_INVALID_IMAGE,
+    ),
     "truncated-png": (lambda: multipart([(_good(), encode(random_image(2))[:200])]), 422, protocol.ERROR_INVALID_IMAGE),
     "gif-not-accepted": (
-        lambda: multipart([(encode(random_image(3, (16, 16)), "GIF"), _good())]), 422, protocol.ERROR_INVALID_IMAGE
+        lambda: multipart([(encode(random_image(3, (16, 16)), "GIF"), _good())]),
+        422,
+        protocol.ERROR_INVALID_IMAGE,
     ),
     "empty-image": (lambda: multipart([(b"", _good())]), 422, protocol.ERROR_INVALID_IMAGE),
     "over-byte-limit": (
         # 400×400 noise PNG: ~480 kB, over 300 kB, though its 160,000 pixels are within the limit.
-        lambda: multipart([(encode(random_image(4, (400, 400))), _good())]), 413, protocol.ERROR_TOO_LARGE
+        lambda: multipart([(encode(random_image(4, (400, 400))), _good())]),
+        413,
+        protocol.ERROR_TOO_LARGE,
     ),
-    "bomb-100000x100000": (lambda: multipart([(_good(), png_declaring(100_000, 100_000))]), 413, protocol.ERROR_TOO_LARGE),
+    "bomb-100000x100000": (
+        lambda: multipart([(_good(), png_declaring(100_000, 100_000))]),
+        413,
+        protocol.ERROR_TOO_LARGE,
+    ),
     "over-pixel-limit": (lambda: multipart([(png_declaring(1200, 1200), _good())]), 413, protocol.ERROR_TOO_LARGE),
     "too-many-pairs": (_too_many_pairs, 422, protocol.ERROR_TOO_MANY_PAIRS),
     "unequal-counts": (

@@ -160,5 +160,8 @@ def test_an_unexpected_failure_is_a_generic_counted_500() -> None:
     with _app(captioner) as client:
         response = client.post(protocol.CAPTIONS_PATH, **_pair())
         assert response.status_code == 500
-        assert response.json() == {"error": protocol.ERROR_INTERNAL, "detail": "internal error in the backend; see its log"}
+        assert response.json() == {
+            "error": protocol.ERROR_INTERNAL,
+            "detail": "internal error in the backend; see its log",
+        }
         assert client.get(protocol.INFO_PATH).json()["internal_errors"] == 1

@@ -39,9 +39,7 @@ def test_generated_requests_never_get_a_server_error(request, tiny_model_dir: Pa
     def run(case) -> None:
         if time.monotonic() > end:
             return
-        response = case.call_and_validate(
-            headers=bearer(TOKEN), timeout=60, excluded_checks=[positive_data_acceptance]
-        )
+        response = case.call_and_validate(headers=bearer(TOKEN), timeout=60, excluded_checks=[positive_data_acceptance])
         sent.append(response.status_code)
 
     run()

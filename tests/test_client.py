@@ -82,7 +82,9 @@ def test_health_info_and_model_id(server: Server, tiny_model_dir: Path) -> None:
         assert client.limits == protocol.Limits()
 
 
-def test_caption_accepts_every_image_kind_and_matches_the_captioner(server: Server, tiny_model_dir: Path, tmp_path: Path):
+def test_caption_accepts_every_image_kind_and_matches_the_captioner(
+    server: Server, tiny_model_dir: Path, tmp_path: Path
+):
     from ccexpert_core.inference import Captioner
 
     arrays = [random_image(300 + i, (48, 40)) for i in range(4)]

@@ -51,7 +51,9 @@ def _check_counts(before: list[UploadFile], after: list[UploadFile], tile_ids: l
 )
 async def create_captions(
     state: Annotated[BackendState, Depends(backend_state)],
-    before: Annotated[list[UploadFile], File(min_length=1, description="Earlier images (PNG, JPEG or TIFF), one per pair")],
+    before: Annotated[
+        list[UploadFile], File(min_length=1, description="Earlier images (PNG, JPEG or TIFF), one per pair")
+    ],
     after: Annotated[list[UploadFile], File(min_length=1, description="Later images, in the same order as `before`")],
     tile_ids: Annotated[list[str] | None, Form(description="Optional: one id per pair, echoed in the results")] = None,
 ) -> protocol.CaptionsBody:
@@ -61,7 +63,7 @@ async def create_captions(
     for name, uploads in ((protocol.FIELD_BEFORE, before), (protocol.FIELD_AFTER, after)):
         for index, upload in enumerate(uploads):
             check_image_bytes(upload.size, limits, f"{name}[{index}]")
-    results = await caption_uploads(state, [(b.file.read, a.file.read) for b, a in zip(before, after)])
+    results = await caption_uploads(state, [(b.file.read, a.file.read) for b, a in zip(before, after, strict=True)])
     items: list[protocol.CaptionItem] = []
     for index, result in enumerate(results):
         item: protocol.CaptionItem = {

@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Concurrent requests are batched together. Without --token-file the backend listens on loopback only."
         ),
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id or preset:tiny (default: %(default)s)")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model folder, hub id or preset:tiny (default: %(default)s)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help="port (default: %(default)s)")
     parser.add_argument("--token-file", help="file of accepted bearer tokens, one per line (# comments allowed)")
@@ -42,10 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-pairs", type=int, default=_LIMITS.max_pairs_per_request, help="pairs per request")
     parser.add_argument("--max-image-bytes", type=int, default=_LIMITS.max_image_bytes, help="bytes per image")
     parser.add_argument(
-        "--max-image-pixels", type=int, default=_LIMITS.max_image_pixels, help="decoded pixels (width × height) per image"
+        "--max-image-pixels",
+        type=int,
+        default=_LIMITS.max_image_pixels,
+        help="decoded pixels (width × height) per image",
     )
     parser.add_argument(
-        "--request-timeout", type=float, default=_LIMITS.request_timeout_s, help="seconds a request may wait for results"
+        "--request-timeout",
+        type=float,
+        default=_LIMITS.request_timeout_s,
+        help="seconds a request may wait for results",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: %(default)s)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on CUDA")
@@ -92,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from backend.app import create_app
+    from backend.limits import guard_pillow
     from backend.state import ServerSettings
     from ccexpert_core.inference import Captioner
 
@@ -113,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits, tokens=tokens, ui=not args.no_ui
     )
+    guard_pillow(limits)
     app = create_app(captioner, settings)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     auth = f"tokens from {args.token_file}" if tokens else "none"
