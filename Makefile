@@ -4,11 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The QGIS plugin's test environment: Debian's QGIS Python, as an analyst has it (see scripts/setup-qgis-venv.sh).
+QGIS_VENV := .venv-qgis
+QGIS_STAMP := $(QGIS_VENV)/.installed
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv system clean
+.PHONY: demo test venv qgis-venv plugin system clean
 
 system:
 	@scripts/ensure-system.sh python java
@@ -23,11 +26,24 @@ $(STAMP): pyproject.toml | system
 
 venv: $(STAMP)
 
+$(QGIS_STAMP): scripts/setup-qgis-venv.sh
+	scripts/setup-qgis-venv.sh $(QGIS_VENV)
+	@touch $@
+
+qgis-venv: $(QGIS_STAMP)
+
+# The installable QGIS plugin: dist/ccexpert_qgis-VERSION.zip (Plugins › Manage and Install Plugins › Install from ZIP).
+plugin:
+	$(PYTHON) scripts/build_plugin.py
+
 demo: venv
 	$(BIN)/python -m ccexpert_core.demo
 
-test: venv
+test: venv qgis-venv
 	$(BIN)/python -m pytest
+	@mkdir -p -m 700 $(QGIS_VENV)/runtime
+	QT_QPA_PLATFORM=offscreen GDAL_PAM_ENABLED=NO XDG_RUNTIME_DIR=$(CURDIR)/$(QGIS_VENV)/runtime \
+		$(QGIS_VENV)/bin/python -m pytest -c tests/qgis/pytest.ini tests/qgis
 
 clean:
-	rm -rf $(VENV) .pytest_cache .torch_extensions
+	rm -rf $(VENV) $(QGIS_VENV) .pytest_cache .torch_extensions
