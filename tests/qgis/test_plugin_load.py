@@ -1,0 +1,72 @@
+"""The plugin loads and unloads in QGIS, from the repository and from the zip that `make plugin` builds."""
+
+from __future__ import annotations
+
+import configparser
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import qgis.utils
+from conftest import REPO
+from qgis.core import QgsApplication
+
+from qgis_plugin import classFactory
+
+BUILD = REPO / "scripts" / "build_plugin.py"
+REQUIRED_METADATA = (
+    "name", "qgisMinimumVersion", "version", "author", "email", "about", "tracker", "repository", "homepage", "tags",
+    "category", "icon", "experimental", "hasProcessingProvider",
+)
+
+
+def registry_has_algorithm() -> bool:
+    return QgsApplication.processingRegistry().algorithmById("ccexpert:captionchanges") is not None
+
+
+def test_the_plugin_loads_opens_its_dialog_and_unloads(qgis_iface) -> None:
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    assert plugin.action is not None and plugin.action.text().startswith("Caption changes")
+    assert registry_has_algorithm()
+    dialog = plugin.show_dialog()
+    assert dialog.isVisible()
+    plugin.unload()
+    assert plugin.action is None and plugin.dialog is None and not registry_has_algorithm()
+
+
+def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip(tmp_path: Path, qgis_iface) -> None:
+    built = subprocess.run([sys.executable, str(BUILD), "--out", str(tmp_path)], check=True, capture_output=True,
+                           text=True)
+    archive = Path(built.stdout.strip())
+    with zipfile.ZipFile(archive) as zipped:
+        names = set(zipped.namelist())
+        assert {f"ccexpert_qgis/{n}" for n in ("__init__.py", "metadata.txt", "icon.png", "LICENSE")} <= names
+        assert all(name.startswith("ccexpert_qgis/") for name in names)
+        for bundled, source in (("grid.py", "ccexpert_core/geo/grid.py"), ("protocol.py", "ccexpert_core/protocol.py")):
+            assert zipped.read(f"ccexpert_qgis/bundled/{bundled}") == (REPO / source).read_bytes()
+        plugins = tmp_path / "plugins"
+        zipped.extractall(plugins)  # what QGIS's "Install from ZIP" does, into the profile's plugins folder
+    metadata = configparser.ConfigParser(interpolation=None)
+    metadata.optionxform = str
+    metadata.read(plugins / "ccexpert_qgis" / "metadata.txt")
+    assert all(metadata["general"].get(key) for key in REQUIRED_METADATA)
+    assert metadata["general"]["qgisMinimumVersion"] == "3.22" and metadata["general"]["hasProcessingProvider"] == "yes"
+
+    sys.path.insert(0, str(plugins))
+    qgis.utils.plugin_paths.insert(0, str(plugins))
+    try:
+        qgis.utils.updateAvailablePlugins()
+        assert "ccexpert_qgis" in qgis.utils.available_plugins
+        assert qgis.utils.pluginMetadata("ccexpert_qgis", "name") == "CCExpert"
+        assert qgis.utils.loadPlugin("ccexpert_qgis") and qgis.utils.startPlugin("ccexpert_qgis")
+        shared = sys.modules["ccexpert_qgis.shared_modules"]
+        assert Path(shared.grid.__file__).parent == plugins / "ccexpert_qgis" / "bundled"  # not the repository's
+        assert registry_has_algorithm()
+        assert qgis.utils.unloadPlugin("ccexpert_qgis")
+        assert not registry_has_algorithm()
+    finally:
+        sys.path.remove(str(plugins))
+        qgis.utils.plugin_paths.remove(str(plugins))
+        qgis.utils.updateAvailablePlugins()
