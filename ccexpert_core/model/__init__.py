@@ -5,7 +5,14 @@ Importing this package registers CCExpert with transformers' Auto classes and ch
 
 from ccexpert_core.model.configuration_ccexpert import CCExpertConfig
 from ccexpert_core.model.dim import DifferenceAwareIntegration, DimOutput, sine_position_encoding
-from ccexpert_core.model.loading import build_tiny_model, count_parameters, load_model, preset_on_meta, save_model
+from ccexpert_core.model.loading import (
+    build_preset_model,
+    build_tiny_model,
+    count_parameters,
+    load_model,
+    preset_on_meta,
+    save_model,
+)
 from ccexpert_core.model.modeling_ccexpert import CCExpertForConditionalGeneration, CCExpertModel
 from ccexpert_core.model.presets import PRESETS, preset_config
 from ccexpert_core.model.processing_ccexpert import PairProcessor, load_rgb
@@ -18,6 +25,7 @@ __all__ = [
     "DimOutput",
     "PRESETS",
     "PairProcessor",
+    "build_preset_model",
     "build_tiny_model",
     "count_parameters",
     "load_model",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from ccexpert_core.model.tokenizer import IMAGE_TOKEN, build_word_tokenizer
 #: ``--model preset:tiny`` builds a tiny model with random weights in memory (seed 0), for trying things out.
 PRESET_PREFIX = "preset:"
 KNOWN_MODEL_TYPES = (CCExpertConfig.model_type, BASE_MODEL_TYPE)
+#: Presets small enough to build with random weights here; they use a word-level tokenizer built on the spot.
+SMALL_PRESETS = ("tiny", "demo")
 
 
 def processor_for(config: CCExpertConfig, tokenizer_source: str | Path) -> PairProcessor:
@@ -37,8 +40,16 @@ def _tokenizer_fields(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
 
 def build_tiny_model(seed: int = 0, **overrides: object) -> tuple[CCExpertForConditionalGeneration, PairProcessor]:
     """A ``tiny`` preset model with random (seeded) weights and its word-level tokenizer."""
-    tokenizer = build_word_tokenizer()
-    config = preset_config("tiny", **_tokenizer_fields(tokenizer), **overrides)
+    return build_preset_model("tiny", seed=seed, **overrides)
+
+
+def build_preset_model(
+    name: str, seed: int = 0, vocabulary_texts: Iterable[str] = (), **overrides: object
+) -> tuple[CCExpertForConditionalGeneration, PairProcessor]:
+    """A small preset (``tiny``, ``demo``) with random (seeded) weights and a word-level tokenizer that knows
+    the words of ``vocabulary_texts`` (e.g. the training captions) besides its base vocabulary."""
+    tokenizer = build_word_tokenizer(vocabulary_texts)
+    config = preset_config(name, **_tokenizer_fields(tokenizer), **overrides)
     torch.manual_seed(seed)
     model = CCExpertForConditionalGeneration(config).eval()
     processor = PairProcessor(tokenizer, config.vision_config.image_size, config.tokens_per_image)
@@ -84,9 +95,11 @@ def load_model(
     text = str(source)
     if text.startswith(PRESET_PREFIX):
         name = text[len(PRESET_PREFIX):]
-        if name != "tiny":
-            raise CCExpertError(f"only preset:tiny can be built with random weights here, not '{text}'")
-        model, processor = build_tiny_model()
+        if name not in SMALL_PRESETS:
+            raise CCExpertError(
+                f"'{text}': only {', '.join('preset:' + p for p in SMALL_PRESETS)} can be built with random weights"
+            )
+        model, processor = build_preset_model(name)
         return model.to(device=device, dtype=dtype), processor
     path = Path(text).expanduser()
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
@@ -124,7 +137,7 @@ def count_parameters(model: CCExpertForConditionalGeneration) -> dict[str, int]:
 
 def preset_on_meta(name: str, **overrides: object) -> CCExpertForConditionalGeneration:
     """A preset's model with no memory behind its weights (the meta device): for counting and inspection."""
-    extra = _tokenizer_fields(build_word_tokenizer()) if name == "tiny" else {}
+    extra = _tokenizer_fields(build_word_tokenizer()) if name in SMALL_PRESETS else {}
     config = preset_config(name, **extra, **overrides)
     with torch.device("meta"):
         return CCExpertForConditionalGeneration(config)

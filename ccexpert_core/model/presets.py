@@ -1,5 +1,6 @@
-"""Named model shapes: ``tiny`` (CPU tests, random weights), ``0.5b`` and ``7b`` (the paper's; for counting on the
-meta device, or to lay out a fresh model on a GPU machine)."""
+"""Named model shapes: ``tiny`` (CPU tests, random weights), ``demo`` (the small model trained here on synthetic
+scenes, with a change-map head), ``0.5b`` and ``7b`` (the paper's; for counting on the meta device, or to lay out
+a fresh model on a GPU machine)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,19 @@ _TINY_TEXT = dict(
     max_position_embeddings=4096, tie_word_embeddings=True,
 )
 
+#: The demo model trained on these CPUs (patch 32: 144 tokens per image; ~3M parameters).
+_DEMO_VISION = dict(
+    hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, patch_size=32,
+    image_size=384, vision_use_head=False,
+)
+_DEMO_TEXT = dict(
+    hidden_size=192, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=1024, tie_word_embeddings=True,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vision=_TINY_VISION, text=_TINY_TEXT, dim=dict(dim_num_heads=4)),
+    "demo": dict(vision=_DEMO_VISION, text=_DEMO_TEXT, dim=dict(dim_num_heads=4, change_head=True)),
     "0.5b": dict(vision=_SIGLIP_SO400M, text=_QWEN2_0_5B, dim={}, image_token_index=151646),
     "7b": dict(vision=_SIGLIP_SO400M, text=_QWEN2_7B, dim={}, image_token_index=151646),
 }
@@ -49,7 +61,8 @@ BASE_CHECKPOINTS = {
 def preset_config(
     name: str, *, vocab_size: int | None = None, image_token_index: int | None = None, **overrides: Any
 ) -> CCExpertConfig:
-    """The CCExpertConfig of a preset. ``tiny`` needs its tokenizer's ``vocab_size`` and ``image_token_index``;
+    """The CCExpertConfig of a preset. ``tiny`` and ``demo`` need their tokenizer's ``vocab_size`` and
+    ``image_token_index``;
     ``overrides`` set any config field (e.g. ``dim_enabled=False`` for the paper's baseline)."""
     if name not in PRESETS:
         raise CCExpertError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")

@@ -96,6 +96,11 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    # Tiles already at the model's size (the usual case in region runs) skip a resampling that changes nothing.
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
 class PairProcessor:
     """Prompt and pixels for pairs of images: ``processor(pairs)`` gives model inputs for generation,
     ``processor(pairs, answers=captions)`` gives inputs with ``labels`` for training (answer + end of turn)."""
@@ -132,9 +137,7 @@ class PairProcessor:
     def pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """(len(images), 3, S, S) float32, normalised."""
         size = (self.image_size, self.image_size)
-        arrays = [
-            np.asarray(load_rgb(image).resize(size, Image.Resampling.BICUBIC), dtype=np.float32) for image in images
-        ]
+        arrays = [np.asarray(_resized(load_rgb(image), size), dtype=np.float32) for image in images]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return (batch / 255.0 - IMAGE_MEAN) / IMAGE_STD
 

@@ -1,0 +1,152 @@
+"""A training stage as configuration: the paper's three stages differ only in these values, never in code.
+
+A stage YAML names its ``stage`` (1, 2, 3 or I, II, III), which fills the paper's defaults (trainable modules,
+learning rates, caption handling, epochs); every other key overrides a default. Unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ccexpert_core.errors import CCExpertError
+
+#: Module groups a stage can train (see :mod:`ccexpert_core.training.trainable`).
+MODULE_GROUPS = ("vision", "dim", "projector", "language")
+CAPTION_HANDLING = ("flatten", "random_choice")
+
+#: The paper's recipe (shared/reference/ccexpert.md, "Training"): what each stage trains and how it reads captions.
+STAGES: dict[int, dict[str, Any]] = {
+    1: dict(trainable=["dim", "projector"], caption_handling="flatten", learning_rate=1e-5, epochs=1.0),
+    2: dict(trainable=list(MODULE_GROUPS), caption_handling="flatten", learning_rate=1e-5, epochs=1.0),
+    3: dict(trainable=list(MODULE_GROUPS), caption_handling="random_choice", learning_rate=1e-5, epochs=50.0),
+}
+_STAGE_NAMES = {"1": 1, "2": 2, "3": 3, "I": 1, "II": 2, "III": 3}
+
+
+@dataclass
+class StageConfig:
+    """Everything one training stage needs. Paths are relative to the YAML file's folder."""
+
+    stage: int
+    #: Where the weights start: a model folder (the previous stage's ``output_dir/final``), a hub id on a machine
+    #: that reaches the hub, or ``preset:demo`` / ``preset:tiny`` (fresh weights, a tokenizer from the captions).
+    init: str
+    output_dir: Path
+    #: A CC JSON file or a YAML mixture of them.
+    data: Path
+    eval_data: Path | None = None
+    eval_pairs: int = 64
+    trainable: list[str] = field(default_factory=list)
+    caption_handling: str = "flatten"
+    learning_rate: float = 1e-5
+    #: The vision tower's own absolute learning rate; default 0.2 × learning_rate.
+    vision_learning_rate: float | None = None
+    per_device_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    epochs: float = 1.0
+    #: Stop after this many optimiser steps (overrides epochs); -1 = run the epochs.
+    max_steps: int = -1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    #: "auto": bf16 on CUDA, fp32 on the CPU.
+    bf16: bool | str = "auto"
+    gradient_checkpointing: bool = True
+    #: A DeepSpeed JSON config (training/deepspeed/zero2.json, zero3.json) or None.
+    deepspeed: Path | None = None
+    eval_steps: int = 200
+    save_steps: int = 200
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    seed: int = 0
+    #: Weight of the change-map loss, for models with a change-map head and data with change masks.
+    change_loss_weight: float = 1.0
+    #: Continue from the newest checkpoint in output_dir (true) or from a given checkpoint folder.
+    resume: bool | Path = False
+    #: Config fields of a fresh preset model (``init: preset:...``), e.g. ``{dim_enabled: false}``.
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    dataloader_workers: int = 0
+
+    @property
+    def vision_lr(self) -> float:
+        """The vision tower's learning rate."""
+        return 0.2 * self.learning_rate if self.vision_learning_rate is None else self.vision_learning_rate
+
+
+_PATH_FIELDS = ("output_dir", "data", "eval_data", "deepspeed")
+
+
+def _parse_stage(value: Any, where: str) -> int:
+    stage = _STAGE_NAMES.get(str(value).strip().upper())
+    if stage is None:
+        raise CCExpertError(f"{where}: unknown stage {value!r}: use 1, 2 or 3 (I, II, III)")
+    return stage
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise CCExpertError(f"override {text!r} should be KEY=VALUE (e.g. max_steps=100)")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_stage_config(values: dict[str, Any], base_dir: Path, where: str) -> StageConfig:
+    """A StageConfig from parsed values: the stage's defaults, then ``values``; paths resolved against base_dir."""
+    if not isinstance(values, dict):
+        raise CCExpertError(f"{where}: a stage config is a mapping of keys to values")
+    known = {f.name for f in dataclasses.fields(StageConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CCExpertError(f"{where}: unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    for required in ("stage", "init", "output_dir", "data"):
+        if values.get(required) in (None, ""):
+            raise CCExpertError(f"{where}: '{required}' is required")
+    stage = _parse_stage(values["stage"], where)
+    merged = {**STAGES[stage], **values, "stage": stage}
+    for name in _PATH_FIELDS:
+        if merged.get(name) is not None:
+            merged[name] = (base_dir / str(merged[name])).resolve()
+    if isinstance(merged.get("resume"), str):
+        merged["resume"] = (base_dir / merged["resume"]).resolve()
+    init = str(merged["init"])
+    if not init.startswith("preset:") and (init.startswith((".", "/")) or (base_dir / init).exists()):
+        merged["init"] = str((base_dir / init).resolve())
+    config = StageConfig(**merged)
+    _validate(config, where)
+    return config
+
+
+def _validate(config: StageConfig, where: str) -> None:
+    bad = sorted(set(config.trainable) - set(MODULE_GROUPS))
+    if bad or not config.trainable:
+        raise CCExpertError(f"{where}: trainable must list some of {', '.join(MODULE_GROUPS)}; got {config.trainable}")
+    if config.caption_handling not in CAPTION_HANDLING:
+        raise CCExpertError(f"{where}: caption_handling must be one of {', '.join(CAPTION_HANDLING)}")
+    for name in ("per_device_batch_size", "gradient_accumulation_steps", "eval_pairs", "eval_steps", "save_steps"):
+        if getattr(config, name) < 1:
+            raise CCExpertError(f"{where}: {name} must be at least 1")
+    if config.learning_rate <= 0 or config.vision_lr < 0:
+        raise CCExpertError(f"{where}: learning rates must be positive")
+    if config.deepspeed is not None and not config.deepspeed.is_file():
+        raise CCExpertError(f"{where}: DeepSpeed config not found: {config.deepspeed}")
+
+
+def load_stage_config(path: str | Path, overrides: list[str] = ()) -> StageConfig:
+    """Read a stage YAML and apply ``KEY=VALUE`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise CCExpertError(f"stage config not found: {path}") from None
+    except (OSError, yaml.YAMLError) as error:
+        raise CCExpertError(f"cannot read stage config {path}: {error}") from None
+    if not isinstance(values, dict):
+        raise CCExpertError(f"{path}: a stage config is a mapping of keys to values")
+    values.update(_parse_override(item) for item in overrides)
+    return build_stage_config(values, path.resolve().parent, str(path))

@@ -1,0 +1,102 @@
+"""Hugging Face Trainer glue: parameter groups, the change-map loss, and evaluation by captioning (S*m)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ccexpert_core.data import PairSample
+from ccexpert_core.evaluation import CaptionScorer, evaluate
+from ccexpert_core.inference import Captioner
+from ccexpert_core.model import PairProcessor
+from ccexpert_core.training.dataset import CaptionDataset
+from ccexpert_core.training.trainable import parameter_groups
+
+
+class EpochCallback(TrainerCallback):
+    """Draws each epoch's random captions (the "random choice" caption handling)."""
+
+    def __init__(self, dataset: CaptionDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs) -> None:
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class CCExpertTrainer(Trainer):
+    """Trainer with the vision tower's own learning rate, the optional change-map loss, and an evaluation that
+    captions ``eval_pairs`` greedily and scores them (S*m and the other published metrics, change accuracy)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        processor: PairProcessor,
+        learning_rate: float,
+        vision_learning_rate: float,
+        change_loss_weight: float = 1.0,
+        eval_pairs: list[PairSample] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.processor = processor
+        self.base_learning_rate = learning_rate
+        self.vision_learning_rate = vision_learning_rate
+        self.change_loss_weight = change_loss_weight
+        self.eval_pairs = eval_pairs or []
+        self._scorer: CaptionScorer | None = None
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """AdamW (or ``args.optim``) over two groups: the vision tower at its own absolute rate, the rest."""
+        if self.optimizer is None:
+            groups = parameter_groups(
+                model or self.model, self.base_learning_rate, self.vision_learning_rate, self.args.weight_decay
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model or self.model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The caption loss (answer + end of turn), plus the weighted change-map loss where targets are given."""
+        change_mask = inputs.pop("change_mask", None)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if change_mask is not None and self.change_loss_weight:
+            logits = self.accelerator.unwrap_model(model).change_logits(outputs.image_outputs)
+            if logits is not None:
+                change_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits.float(), change_mask.to(logits.device).float()
+                )
+                if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                    # The caption loss is already normalised over the accumulated batch; match it.
+                    change_loss = change_loss / self.args.gradient_accumulation_steps
+                loss = loss + self.change_loss_weight * change_loss
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Caption the evaluation pairs greedily and score them; logs ``eval_S*m`` and friends."""
+        if not self.eval_pairs:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        captioner = Captioner(model, self.processor, model_id="training")
+        results = captioner.caption([(p.before_path, p.after_path) for p in self.eval_pairs], batch_size=16)
+        model.train(was_training)
+        predictions = {pair.uid: result.caption for pair, result in zip(self.eval_pairs, results)}
+        references = {pair.uid: list(pair.captions) for pair in self.eval_pairs}
+        if self._scorer is None:
+            self._scorer = CaptionScorer().__enter__()
+        scores = evaluate(predictions, references, scorer=self._scorer)
+        metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}
+        # One caption for every input means the model has collapsed onto the caption prior.
+        metrics[f"{metric_key_prefix}_distinct_captions"] = float(len(set(predictions.values())))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def close(self) -> None:
+        """Stop the METEOR JVM if an evaluation started one."""
+        if self._scorer is not None:
+            self._scorer.__exit__(None, None, None)
+            self._scorer = None

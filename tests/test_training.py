@@ -1,0 +1,169 @@
+"""Three-stage training: stage definitions, parameter groups, caption handling, a real tiny run through all three
+stages (DeepSpeed ZeRO-2 on the CPU in stage II), resuming, and refusals before training starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ccexpert_core.data import read_cc_json
+from ccexpert_core.data.synthetic import write_dataset
+from ccexpert_core.errors import CCExpertError
+from ccexpert_core.model import build_tiny_model, count_parameters, load_model
+from ccexpert_core.training import STAGES, apply_trainable, load_stage_config, parameter_groups
+from ccexpert_core.training.dataset import CaptionDataset
+from ccexpert_core.training.run import _initial_model
+
+REPO = Path(__file__).resolve().parents[1]
+CCEXPERT = Path(sys.executable).parent / "ccexpert"
+ZERO2 = REPO / "training" / "deepspeed" / "zero2.json"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("synthetic")
+    write_dataset(folder / "train", 16, seed=5, size=192)
+    write_dataset(folder / "val", 4, seed=6, size=192)
+    return folder
+
+
+def write_stage(folder: Path, name: str, **values) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_trainable_counts_match_the_stage_definition(stage: int) -> None:
+    model, _ = build_tiny_model(change_head=True)
+    counts = apply_trainable(model, STAGES[stage]["trainable"])
+    sizes = count_parameters(model)
+    head = sum(p.numel() for p in model.model.change_head.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if stage == 1:
+        assert trainable == sizes["dim"] + head + sizes["projector"]
+        assert counts == {"vision": 0, "dim": sizes["dim"] + head, "projector": sizes["projector"], "language": 0}
+    else:
+        # Everything but LLaVA-OneVision's unused image-newline embedding.
+        assert trainable == sizes["total"] - model.model.image_newline.numel()
+    assert sum(counts.values()) == trainable
+
+
+def test_vision_tower_has_its_own_learning_rate_group() -> None:
+    model, _ = build_tiny_model()
+    apply_trainable(model, STAGES[2]["trainable"])
+    groups = parameter_groups(model, learning_rate=1e-5, vision_learning_rate=2e-6, weight_decay=0.0)
+    vision = {id(p) for p in model.model.vision_tower.parameters()}
+    by_name = {group["name"]: group for group in groups}
+    assert by_name["vision"]["lr"] == 2e-6 and by_name["rest"]["lr"] == 1e-5
+    assert {id(p) for p in by_name["vision"]["params"]} == vision
+    assert not vision & {id(p) for p in by_name["rest"]["params"]}
+    assert {id(p) for p in model.model.dim.parameters()} <= {id(p) for p in by_name["rest"]["params"]}
+
+
+def test_default_vision_rate_is_a_fifth_of_the_base(data: Path) -> None:
+    config = load_stage_config(write_stage(data, "lr", stage=2, init="preset:tiny", output_dir="o", data="train/pairs.json"))
+    assert config.vision_lr == pytest.approx(0.2 * config.learning_rate)
+    assert config.caption_handling == "flatten" and config.trainable == ["vision", "dim", "projector", "language"]
+
+
+def test_flatten_and_random_choice_sample_counts(data: Path) -> None:
+    pairs = read_cc_json(data / "train" / "pairs.json")
+    assert len(CaptionDataset(pairs, "flatten")) == 5 * len(pairs)
+    random = CaptionDataset(pairs, "random_choice", seed=3)
+    first = [s.caption for s in random.samples]
+    assert len(random) == len(pairs)
+    random.set_epoch(1)
+    assert [s.caption for s in random.samples] != first
+    random.set_epoch(0)
+    assert [s.caption for s in random.samples] == first
+
+
+def run_train(config: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions")}
+    env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return subprocess.run([str(CCEXPERT), "train", "--config", str(config), *overrides],
+                          capture_output=True, text=True, timeout=900, env=env)
+
+
+def losses(final: Path) -> list[float]:
+    history = json.loads((final / "training_summary.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+@pytest.mark.slow
+def test_three_stages_learn_and_each_starts_from_the_previous(data: Path) -> None:
+    common = dict(data="train/pairs.json", per_device_batch_size=4, logging_steps=1, learning_rate=2e-3,
+                  gradient_checkpointing=False, warmup_ratio=0.0, lr_scheduler="constant")
+    s1 = write_stage(data, "s1", stage=1, init="preset:tiny", output_dir="s1", max_steps=4, save_steps=4,
+                     model_overrides={"change_head": True}, **common)
+    s2 = write_stage(data, "s2", stage=2, init="s1/final", output_dir="s2", max_steps=10, save_steps=10,
+                     deepspeed=str(ZERO2), **common)
+    s3 = write_stage(data, "s3", stage=3, init="s2/final", output_dir="s3", max_steps=4, save_steps=4,
+                     eval_data="val/pairs.json", eval_pairs=4, eval_steps=4, **common)
+    for config in (s1, s2, s3):
+        result = run_train(config)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    fresh, _ = build_tiny_model(change_head=True)
+    stage1, _ = load_model(data / "s1" / "final")
+    # Stage I trains only the DIM (with its head) and the projector.
+    assert torch.equal(stage1.model.vision_tower.embeddings.patch_embedding.weight,
+                       fresh.model.vision_tower.embeddings.patch_embedding.weight)
+    assert not torch.equal(stage1.model.dim.change_init.gate.weight, fresh.model.dim.change_init.gate.weight)
+    # Each stage starts from the previous stage's weights.
+    for config, previous in ((s2, "s1"), (s3, "s2")):
+        started, _ = _initial_model(load_stage_config(config), [])
+        saved, _ = load_model(data / previous / "final")
+        for (key, value), other in zip(started.state_dict().items(), saved.state_dict().values()):
+            assert torch.equal(value, other), key
+    stage2_losses = losses(data / "s2" / "final")
+    assert sum(stage2_losses[-3:]) / 3 < sum(stage2_losses[:3]) / 3
+    summary = json.loads((data / "s3" / "final" / "training_summary.json").read_text())
+    assert "eval_S*m" in summary["eval"] and summary["eval"]["eval_pairs"] == 4
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_saved_step(data: Path) -> None:
+    config = write_stage(data, "resume", stage=2, init="preset:tiny", output_dir="resume", data="train/pairs.json",
+                         per_device_batch_size=4, logging_steps=1, max_steps=2, save_steps=2,
+                         gradient_checkpointing=False)
+    assert run_train(config).returncode == 0
+    result = run_train(config, "max_steps=4", "resume=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((data / "resume" / "final" / "training_summary.json").read_text())["log_history"]
+    steps = [entry["step"] for entry in history if "loss" in entry]
+    assert steps == [3, 4]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(stage=4), "unknown stage"),
+        (dict(stage=1, learning_rat=1e-3), "unknown config key"),
+        (dict(stage=1, trainable=["vision", "eyes"]), "trainable must list"),
+        (dict(stage=1, data="nowhere.json"), "training data not found"),
+        (dict(stage=1, data="missing-images.json"), "image files are missing"),
+        (dict(stage=1, data="empty-captions.json"), "change_caption"),
+        (dict(stage=1, deepspeed="no-such.json"), "DeepSpeed config not found"),
+    ],
+)
+def test_bad_input_is_refused_before_training(values: dict, message: str, data: Path, capsys) -> None:
+    (data / "missing-images.json").write_text(json.dumps(
+        [{"uid": "a", "img1_path": "gone/a.png", "img2_path": "gone/b.png", "change_caption": ["x"]}]))
+    (data / "empty-captions.json").write_text(json.dumps(
+        [{"uid": "a", "img1_path": "train/A/s5_000000.png", "img2_path": "train/B/s5_000000.png", "change_caption": []}]))
+    config = write_stage(data, "bad", **{"init": "preset:tiny", "output_dir": "bad", "data": "train/pairs.json", **values})
+    from ccexpert_core.cli import main
+
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (data / "bad").exists()  # refused before anything was written
