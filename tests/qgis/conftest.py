@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -35,6 +36,15 @@ WAIT_LIMIT_S = 300.0
 # Inputs are read-only for the analyst: no .aux.xml beside them.
 os.environ["GDAL_PAM_ENABLED"] = "NO"
 gdal.SetConfigOption("GDAL_PAM_ENABLED", "NO")
+
+
+def build_plugin_zip(folder: Path) -> Path:
+    """`make plugin`'s zip, built into ``folder``."""
+    built = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_plugin.py"), "--out", str(folder)],
+        check=True, capture_output=True, text=True,
+    )
+    return Path(built.stdout.strip())
 
 
 def require_project_venv() -> None:

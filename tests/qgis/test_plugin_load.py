@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import configparser
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import qgis.utils
-from conftest import REPO
+from conftest import REPO, build_plugin_zip
 from qgis.core import QgsApplication
 
 from qgis_plugin import classFactory
 
-BUILD = REPO / "scripts" / "build_plugin.py"
 REQUIRED_METADATA = (
     "name", "qgisMinimumVersion", "version", "author", "email", "about", "tracker", "repository", "homepage", "tags",
     "category", "icon", "experimental", "hasProcessingProvider",
@@ -37,10 +35,7 @@ def test_the_plugin_loads_opens_its_dialog_and_unloads(qgis_iface) -> None:
 
 
 def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip(tmp_path: Path, qgis_iface) -> None:
-    built = subprocess.run([sys.executable, str(BUILD), "--out", str(tmp_path)], check=True, capture_output=True,
-                           text=True)
-    archive = Path(built.stdout.strip())
-    with zipfile.ZipFile(archive) as zipped:
+    with zipfile.ZipFile(build_plugin_zip(tmp_path)) as zipped:
         names = set(zipped.namelist())
         assert {f"ccexpert_qgis/{n}" for n in ("__init__.py", "metadata.txt", "icon.png", "LICENSE")} <= names
         assert all(name.startswith("ccexpert_qgis/") for name in names)

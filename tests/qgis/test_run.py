@@ -4,20 +4,25 @@ real backend: expected tiles and captions, resume after cancel, a backend that s
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CCEXPERT, SCREENSHOTS, TOKEN, Backend, add_raster, start_backend, wait_until
+from conftest import (
+    CCEXPERT, MASTER_PASSWORD, SCREENSHOTS, TOKEN, Backend, add_raster, build_plugin_zip, start_backend, wait_until,
+)
 from osgeo import gdal
 from qgis.core import (
-    Qgis, QgsCategorizedSymbolRenderer, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, QgsVectorLayer,
+    Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QSize
 from qgis.PyQt.QtGui import QColor
@@ -285,3 +290,31 @@ def test_the_processing_algorithm_gives_the_same_output(
     with sqlite3.connect(output) as a, sqlite3.connect(processed) as b:
         geometries = 'SELECT geom FROM captions ORDER BY "row", "col"'
         assert a.execute(geometries).fetchall() == b.execute(geometries).fetchall()
+
+
+def test_qgis_process_runs_the_algorithm_of_the_installed_zip(
+    full_run, backend: Backend, scene: tuple[Path, Path], token_id: str, tmp_path: Path
+) -> None:
+    # Debian's /usr/bin/qgis_process wrapper passes --noversioncheck, which 3.22's binary refuses: call the binary.
+    executable = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+    profile = tmp_path / "qgis-profile"
+    with zipfile.ZipFile(build_plugin_zip(tmp_path)) as zipped:
+        zipped.extractall(profile / "profiles" / "default" / "python" / "plugins")
+    password = tmp_path / "master-password"
+    password.write_text(MASTER_PASSWORD, encoding="utf-8")
+    env = {
+        **os.environ, "QGIS_CUSTOM_CONFIG_PATH": str(profile), "QGIS_AUTH_PASSWORD_FILE": str(password),
+        # This session's authentication database, where the token's configuration is.
+        "QGIS_AUTH_DB_DIR_PATH": str(Path(QgsApplication.qgisAuthDatabaseFilePath()).parent),
+    }
+    subprocess.run([executable, "plugins", "enable", "ccexpert_qgis"], env=env, check=True, capture_output=True)
+    output, processed = full_run[0], tmp_path / "qgis_process.gpkg"
+    ran = subprocess.run(
+        [executable, "--json", "run", "ccexpert:captionchanges", "--", f"BEFORE={scene[0]}", f"AFTER={scene[1]}",
+         f"TILE_SIZE={TILE}", "BATCH_SIZE=2", f"BACKEND_URL={backend.url}", f"AUTH_CONFIG={token_id}",
+         f"OUTPUT={processed}"],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert json.loads(ran.stdout)["results"]["CAPTIONED"] == 4
+    assert rows(processed) == rows(output)
