@@ -136,11 +136,15 @@ def test_resume_continues_from_the_saved_step(data: Path) -> None:
                          per_device_batch_size=4, logging_steps=1, max_steps=2, save_steps=2,
                          gradient_checkpointing=False)
     assert run_train(config).returncode == 0
+    first = losses(data / "resume" / "final")
     result = run_train(config, "max_steps=4", "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
-    history = json.loads((data / "resume" / "final" / "training_summary.json").read_text())["log_history"]
-    steps = [entry["step"] for entry in history if "loss" in entry]
-    assert steps == [3, 4]
+    summary = json.loads((data / "resume" / "final" / "training_summary.json").read_text())
+    history = [entry for entry in summary["log_history"] if "loss" in entry]
+    # Steps 1-2 come back from checkpoint-2's state as they were; only steps 3-4 were trained again.
+    assert [entry["step"] for entry in history] == [1, 2, 3, 4]
+    assert [entry["loss"] for entry in history[:2]] == first
+    assert summary["global_step"] == 4 and (data / "resume" / "checkpoint-4").is_dir()
 
 
 @pytest.mark.parametrize(
