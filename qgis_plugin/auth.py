@@ -50,6 +50,7 @@ def load_token(config_id: str) -> str:
     config = QgsAuthMethodConfig()
     if not _manager().loadAuthenticationConfig(config_id, config, True):
         raise CaptionRunError(
-            f"the authentication configuration {config_id} holding the backend token was not found: enter the token again"
+            f"the authentication configuration {config_id} holding the backend token was not found: "
+            "enter the token again"
         )
     return config.config("password")

@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from qgis.core import QgsBlockingNetworkRequest
 from qgis.PyQt.QtCore import QByteArray, QUrl
@@ -35,6 +35,13 @@ RETRY_ERRORS = frozenset({
 _SLEEP_STEP_S = 0.1
 
 PngPair = tuple[bytes, bytes]
+
+
+class _Answer(NamedTuple):
+    status: int  # 0 when no HTTP answer came
+    content: bytes
+    error: str  # Qt's words for what went wrong
+    timed_out: bool
 
 
 def multipart_body(pairs: Sequence[PngPair], tile_ids: Sequence[str]) -> tuple[bytes, str]:
@@ -62,23 +69,23 @@ class BackendClient:
 
     def __init__(
         self, url: str, token: str = "", is_canceled: Callable[[], bool] = lambda: False, retries: int = 3,
-        backoff_s: float = 0.5, sleep: Callable[[float], None] = time.sleep,
+        backoff_s: float = 0.5,
     ) -> None:
         self.url = url.strip().rstrip("/")
         if not self.url.startswith(("http://", "https://")):
             raise CaptionRunError(f"the backend URL must start with http:// or https://, not '{url}'")
         self.token = token.strip()
         self.is_canceled = is_canceled
-        self.retries, self.backoff_s, self._sleep = max(0, retries), backoff_s, sleep
+        self.retries, self.backoff_s = max(0, retries), backoff_s
         self._limits: protocol.Limits | None = None
 
     def info(self) -> dict[str, Any]:
         """``GET /v1/info`` (checks the token and the API version; keeps the request limits)."""
-        body = self._json(*self._request(protocol.INFO_PATH))
+        body = self._json(self._request(protocol.INFO_PATH))
         if body.get("api_version") != protocol.API_VERSION:
             raise CaptionRunError(
-                f"the backend at {self.url} speaks API v{body.get('api_version')}, this plugin v{protocol.API_VERSION}: "
-                "update the older of the two"
+                f"the backend at {self.url} speaks API v{body.get('api_version')}, "
+                f"this plugin v{protocol.API_VERSION}: update the older of the two"
             )
         self._limits = protocol.Limits.from_dict(body.get("limits", {}))
         return body
@@ -90,43 +97,53 @@ class BackendClient:
         for start in range(0, len(pairs), step):
             chunk = pairs[start : start + step]
             body, content_type = multipart_body(chunk, tile_ids[start : start + step])
-            answer = self._json(*self._request(protocol.CAPTIONS_PATH, body, content_type))
+            answer = self._json(self._request(protocol.CAPTIONS_PATH, body, content_type))
             items = answer.get("results", [])
             if len(items) != len(chunk):
                 raise CaptionRunError(f"the backend at {self.url} returned {len(items)} results for {len(chunk)} pairs")
             results.extend(items)
         return results
 
-    def _request(self, path: str, body: bytes | None = None, content_type: str = "") -> tuple[int, bytes, str]:
-        """``(HTTP status, content, error text)`` of a GET (no body) or POST, after the retries."""
+    def _request(self, path: str, body: bytes | None = None, content_type: str = "") -> _Answer:
+        """The answer to a GET (no body) or POST, after the retries."""
         for attempt in range(self.retries + 1):
             request = QNetworkRequest(QUrl(self.url + path))
             if self.token:
                 request.setRawHeader(protocol.AUTH_HEADER.encode(), f"{protocol.AUTH_SCHEME} {self.token}".encode())
             blocking = QgsBlockingNetworkRequest()
             if body is None:
-                blocking.get(request, True)
+                outcome = blocking.get(request, True)
             else:
                 request.setHeader(QNetworkRequest.ContentTypeHeader, content_type)
-                blocking.post(request, QByteArray(body), True)
+                outcome = blocking.post(request, QByteArray(body), True)
             reply = blocking.reply()
-            status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute) or 0
-            retry = status in RETRY_STATUSES or (status == 0 and reply.error() in RETRY_ERRORS)
+            answer = _Answer(
+                int(reply.attribute(QNetworkRequest.HttpStatusCodeAttribute) or 0), bytes(reply.content()),
+                blocking.errorMessage(), outcome == QgsBlockingNetworkRequest.TimeoutError,
+            )
+            # A timeout is not retried: the backend is there but slow, and asking again would only add load.
+            retry = answer.status in RETRY_STATUSES or (answer.status == 0 and reply.error() in RETRY_ERRORS)
             if not retry or attempt == self.retries or self.is_canceled():
-                return int(status), bytes(reply.content()), blocking.errorMessage()
+                return answer
             self._wait(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable: the last attempt returns")
 
     def _wait(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.is_canceled():
-            self._sleep(_SLEEP_STEP_S)
+        while (left := deadline - time.monotonic()) > 0 and not self.is_canceled():
+            time.sleep(min(_SLEEP_STEP_S, left))
 
-    def _json(self, status: int, content: bytes, error: str) -> dict[str, Any]:
+    def _json(self, answer: _Answer) -> dict[str, Any]:
+        status = answer.status
+        if answer.timed_out:
+            raise CaptionRunError(
+                f"the backend at {self.url} did not answer within QGIS's network timeout: lower the batch size, or "
+                "raise the timeout in Settings › Options › Network"
+            )
         if status == 0:
             tries = f" (tried {self.retries + 1} times)" if self.retries else ""
             raise CaptionRunError(
-                f"cannot reach the backend at {self.url}{tries}: {error or 'no answer'}. "
+                f"cannot reach the backend at {self.url}{tries}: {answer.error or 'no answer'}. "
                 "Is `ccexpert serve` running there?"
             )
         if status == 401:
@@ -137,13 +154,13 @@ class BackendClient:
                 )
             raise CaptionRunError(f"the backend at {self.url} needs a token (401): enter one in the Backend section")
         try:
-            body = json.loads(content.decode("utf-8"))
+            body = json.loads(answer.content.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             body = None
         if status >= 400:
             detail = body.get("detail") if isinstance(body, dict) else None
             kind = "rejected the request" if status < 500 else "failed"
-            raise CaptionRunError(f"the backend at {self.url} {kind} ({status}): {detail or error}")
+            raise CaptionRunError(f"the backend at {self.url} {kind} ({status}): {detail or answer.error}")
         if not isinstance(body, dict):
             raise CaptionRunError(f"{self.url} answered with something other than JSON: is it a CCExpert backend?")
         return body

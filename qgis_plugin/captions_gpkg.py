@@ -38,7 +38,8 @@ class Field:
     unique: bool = False
 
 
-# OGR's GeoPackage types: OFTInteger64 → INTEGER, OFTInteger/boolean → BOOLEAN, OFTReal → REAL, OFTDateTime → DATETIME.
+# As OGR declares them in a GeoPackage: OFTInteger64 → INTEGER, OFTInteger + boolean → BOOLEAN, OFTReal → REAL,
+# OFTDateTime → DATETIME.
 FIELDS: tuple[Field, ...] = (
     Field("tile_id", ogr.OFTString, not_null=True, unique=True),
     Field("row", ogr.OFTInteger64, not_null=True),
@@ -97,7 +98,9 @@ class CaptionsGeoPackage:
         if Path(self.path).exists():
             dataset = gdal.OpenEx(self.path, gdal.OF_VECTOR | gdal.OF_UPDATE, allowed_drivers=["GPKG"])
             if dataset is None:
-                raise CaptionRunError(f"{self.path} exists and is not a writable GeoPackage: choose another output file")
+                raise CaptionRunError(
+                    f"{self.path} exists and is not a writable GeoPackage: choose another output file"
+                )
             return dataset
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         dataset = gdal.GetDriverByName("GPKG").Create(self.path, 0, 0, 0, gdal.GDT_Unknown)

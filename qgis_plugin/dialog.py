@@ -241,7 +241,8 @@ class CaptionDialog(QDialog):
         return CaptionParams(
             before_layer_id=before.id(), after_layer_id=after.id(), before_date=self.before_date.text().strip(),
             after_date=self.after_date.text().strip(), area_mode=mode,
-            area_layer_id=area_layer.id() if area_layer is not None else "", selected_only=self.selected_only.isChecked(),
+            area_layer_id=area_layer.id() if area_layer is not None else "",
+            selected_only=self.selected_only.isChecked(),
             rectangle=None if rectangle is None else (
                 rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(), rectangle.yMaximum()
             ),
@@ -284,8 +285,9 @@ class CaptionDialog(QDialog):
             return
         limits = info.get("limits", {})
         self.connection_label.setText(
-            f"✓ model {info.get('model_id')} on {info.get('device')} ({info.get('dtype')}), API v{info.get('api_version')}, "
-            f"ccexpert {info.get('version')}, up to {limits.get('max_pairs_per_request', '?')} pairs per request"
+            f"✓ model {info.get('model_id')} on {info.get('device')} ({info.get('dtype')}), "
+            f"API v{info.get('api_version')}, ccexpert {info.get('version')}, "
+            f"up to {limits.get('max_pairs_per_request', '?')} pairs per request"
         )
 
     def start_drawing(self) -> None:

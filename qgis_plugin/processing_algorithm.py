@@ -1,4 +1,4 @@
-"""``ccexpert:captionchanges``: two rasters, an extent or a polygon layer, tiling options, a backend → a GeoPackage."""
+"""``ccexpert:captionchanges``: two rasters, an extent or polygons, tiling options, a backend → a GeoPackage."""
 
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (
-            "Cuts the area into tiles on BEFORE's grid (AFTER is aligned onto it when needed), sends both dates of each "
-            "tile to a CCExpert backend (ccexpert serve) and writes one polygon per tile, with its caption, change flag "
-            "and confidence, to a layer of a GeoPackage, batch by batch. The area is the polygons of AREA if given, "
-            "else EXTENT, else wherever both rasters overlap. Running again with the same output resumes. The backend "
-            "token is read from an authentication configuration (Basic, the token as password)."
+            "Cuts the area into tiles on BEFORE's grid (AFTER is aligned onto it when needed), sends both dates of "
+            "each tile to a CCExpert backend (ccexpert serve) and writes one polygon per tile, with its caption, "
+            "change flag and confidence, to a layer of a GeoPackage, batch by batch. The area is the polygons of AREA "
+            "if given, else EXTENT, else wherever both rasters overlap. Running again with the same output resumes. "
+            "The backend token is read from an authentication configuration (Basic, the token as password)."
         )
 
     def createInstance(self) -> "CaptionChangesAlgorithm":  # noqa: N802

@@ -6,7 +6,7 @@ Confidence stays an attribute: the attribute table opens sorted by it, and it fi
 from __future__ import annotations
 
 from qgis.core import (
-    QgsAttributeTableConfig, QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsPalLayerSettings, QgsRendererCategory,
+    QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsPalLayerSettings, QgsRendererCategory,
     QgsTextBufferSettings, QgsTextFormat, QgsVectorLayer, QgsVectorLayerSimpleLabeling,
 )
 from qgis.PyQt.QtCore import Qt
@@ -25,8 +25,8 @@ LABEL_MAX_CHARACTERS = 90
 #: Only changed tiles are labelled: a region is mostly unchanged, and "no change" labels would bury the rest.
 LABEL_EXPRESSION = (
     f"CASE WHEN \"status\" = '{CAPTIONED}' AND \"change_detected\" THEN "
-    f"CASE WHEN length(\"caption\") > {LABEL_MAX_CHARACTERS} THEN left(\"caption\", {LABEL_MAX_CHARACTERS - 1}) || '…' "
-    f"ELSE \"caption\" END END"
+    f"CASE WHEN length(\"caption\") > {LABEL_MAX_CHARACTERS} "
+    f"THEN left(\"caption\", {LABEL_MAX_CHARACTERS - 1}) || '…' ELSE \"caption\" END END"
 )
 MAP_TIP = (
     "<b>[% \"caption\" %]</b><br>[% \"tile_id\" %] · [% \"status\" %] · "

@@ -136,7 +136,9 @@ def pick_bands(dataset: gdal.Dataset, bands: Sequence[int] | None, role: str, lo
         raise CaptionRunError(f"choose one or three band numbers, not {len(bands)}")
     missing = [b for b in bands if not 1 <= b <= count]
     if missing:
-        raise CaptionRunError(f"{role} raster has {count} band(s): band {missing[0]} does not exist (bands count from 1)")
+        raise CaptionRunError(
+            f"{role} raster has {count} band(s): band {missing[0]} does not exist (bands count from 1)"
+        )
     if len(bands) == 1:
         log(f"{role} is read from one band ({bands[0]}), repeated to grey RGB; the model expects colour")
     return bands

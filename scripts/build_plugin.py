@@ -19,6 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_FOLDER = "ccexpert_qgis"
 SOURCE = REPO / "qgis_plugin"
+#: What goes from qgis_plugin/ into the zip besides LICENSE: the modules and the icon.
+PLUGIN_SUFFIXES = {".py", ".png"}
 METADATA = REPO / "metadata.txt"
 #: The shared modules, by their name in bundled/.
 BUNDLED = {"grid.py": REPO / "ccexpert_core" / "geo" / "grid.py", "protocol.py": REPO / "ccexpert_core" / "protocol.py"}
@@ -52,7 +54,7 @@ def build(out_dir: Path) -> Path:
     metadata = read_metadata()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{PLUGIN_FOLDER}-{metadata['version']}.zip"
-    sources = sorted(p for p in SOURCE.iterdir() if p.is_file() and (p.suffix in {".py", ".png"} or p.name == "LICENSE"))
+    sources = sorted(p for p in SOURCE.iterdir() if p.suffix in PLUGIN_SUFFIXES or p.name == "LICENSE")
     if metadata["icon"] not in {p.name for p in sources}:
         sys.exit(f"metadata.txt names the icon {metadata['icon']}, which qgis_plugin/ lacks")
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:

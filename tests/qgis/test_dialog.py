@@ -88,7 +88,8 @@ def test_run_collects_remembers_and_keeps_the_token_in_the_auth_database(
     assert load_token(params.auth_config_id) == TOKEN
     assert CaptionParams.load() == params
     settings = QgsSettings()
-    stored = [str(settings.value(f"{SETTINGS_GROUP}/{key}")) for key in settings.allKeys() if key.startswith(SETTINGS_GROUP)]
+    keys = [key for key in settings.allKeys() if key.startswith(SETTINGS_GROUP)]
+    stored = [str(settings.value(key)) for key in keys]
     assert stored and not any(TOKEN in value for value in stored)
 
 
@@ -144,7 +145,8 @@ def test_test_connection_shows_the_backends_info_or_why_not(dialog: CaptionDialo
     dialog.backend_url.setText(backend.url)
     dialog.token.setText(TOKEN)
     dialog.test_button.click()
-    assert dialog.connection_label.text().startswith("✓") and backend.info()["model_id"] in dialog.connection_label.text()
+    answer = dialog.connection_label.text()
+    assert answer.startswith("✓") and backend.info()["model_id"] in answer
     dialog.token.setText("wrong")
     dialog.test_button.click()
     assert dialog.connection_label.text().startswith("✗") and "refused the token" in dialog.connection_label.text()

@@ -70,7 +70,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """8-bit RGB on one grid, AFTER reprojected to degrees, and 4-band 16-bit with nodata on a shifted grid."""
     folder = tmp_path_factory.mktemp("pixels")
     first, second = scene_pair(256)
-    paths = {"before": write_geotiff(folder / "before.tif", first), "after": write_geotiff(folder / "after.tif", second)}
+    paths = {
+        "before": write_geotiff(folder / "before.tif", first), "after": write_geotiff(folder / "after.tif", second),
+    }
     paths["after_4326"] = folder / "after_4326.tif"
     gdal.Warp(str(paths["after_4326"]), str(paths["after"]), dstSRS="EPSG:4326", xRes=1.6e-5, yRes=1.6e-5)
     paths["before16"] = write_geotiff(folder / "b16.tif", sixteen_bit(1, np.s_[:20, :30]), nodata=0)

@@ -22,7 +22,8 @@ from conftest import (
 )
 from osgeo import gdal
 from qgis.core import (
-    Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, QgsVectorLayer,
+    Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QSize
 from qgis.PyQt.QtGui import QColor
