@@ -275,6 +275,20 @@ def test_rasters_that_do_not_overlap_are_refused_before_any_task(
     assert len(errors) == 1 and "do not overlap" in errors[0]
 
 
+def test_an_after_raster_on_another_grid_is_aligned_with_a_notice(
+    plugin: CCExpertPlugin, project: QgsProject, backend: Backend, scene: tuple[Path, Path], token_id: str,
+    tmp_path: Path,
+) -> None:
+    degrees = tmp_path / "after_4326.tif"
+    gdal.Warp(str(degrees), str(scene[1]), dstSRS="EPSG:4326")
+    task = plugin.start(make_params(project, (scene[0], degrees), backend.url, tmp_path / "aligned.gpkg", token_id))
+    task.cancel()  # the notice comes before the run: no need to caption
+    wait_until(lambda: task not in plugin.tasks, "the canceled task to end")
+    notices = plugin.iface.messageBar().get_messages(Qgis.Info)
+    assert any("AFTER is aligned onto BEFORE's grid with bilinear resampling: CRS EPSG:4326 → EPSG:32631" in n
+               for n in notices)
+
+
 def test_the_processing_algorithm_gives_the_same_output(
     full_run, qgis_processing, backend: Backend, scene: tuple[Path, Path], token_id: str, tmp_path: Path
 ) -> None:
