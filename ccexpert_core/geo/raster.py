@@ -9,6 +9,7 @@ or with a fixed value range. Nodata values, masks, alpha bands and pixels outsid
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,10 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 #: The stretch's percentiles come from a read of the area decimated to at most this many pixels a side,
 #: so that memory does not grow with the region.
 STATS_READ_SIZE = 1024
+#: GDAL's block cache during a run. Its default (5 % of the RAM) fills up as a region is read, so memory would
+#: grow with the region; this holds a row of tiles' blocks of common rasters. ``GDAL_CACHEMAX`` overrides it
+#: (e.g. for very wide striped rasters, whose strips are decoded again for every tile when they do not fit).
+READ_CACHE_BYTES = 64 * 2**20
 
 Log = Callable[[str], None]
 
@@ -85,6 +90,14 @@ class PixelGrid:
         transform = Affine(math.copysign(size, self.transform.a), 0, self.transform.c,
                            0, math.copysign(size, self.transform.e), self.transform.f)
         return PixelGrid(self.crs, transform, width, height)
+
+
+def bounded_read_cache() -> rasterio.Env:
+    """A rasterio environment with GDAL's block cache at :data:`READ_CACHE_BYTES` (unless ``GDAL_CACHEMAX`` is
+    set); the cache size is process-wide, so it also holds for the reader thread."""
+    if "GDAL_CACHEMAX" in os.environ:
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES)
 
 
 def crs_name(crs: CRS) -> str:
@@ -188,8 +201,8 @@ class DateSource:
     def fit_stretch(self, window: Window, value_range: tuple[float, float] | None) -> None:
         """Decide the 8-bit mapping: ``value_range`` if given, else percentiles over ``window`` when not 8-bit."""
         if value_range is not None:
-            low, high = value_range
-            self.stretch = Stretch(np.full(len(self.bands), low, np.float32), np.full(len(self.bands), high, np.float32))
+            low, high = (np.full(len(self.bands), value, np.float32) for value in value_range)
+            self.stretch = Stretch(low, high)
             return
         if not self.needs_stretch:
             return

@@ -27,7 +27,9 @@ from ccexpert_core.geo.changes import tile_changes
 from ccexpert_core.geo.engine import DEFAULT_MODEL, UNTRAINED_NOTE, CaptionEngine
 from ccexpert_core.geo.gpkg import GeoPackage, timestamp
 from ccexpert_core.geo.grid import Area, Bounds, Tile, TileGrid, parse_overlap
-from ccexpert_core.geo.raster import RasterPair, TilePixels, crs_name, format_bounds, spatial_ref
+from ccexpert_core.geo.raster import (
+    RasterPair, TilePixels, bounded_read_cache, crs_name, format_bounds, spatial_ref,
+)
 from ccexpert_core.geo.report import Overview, png_thumbnail, write_report
 
 READ_AHEAD = 1
@@ -248,7 +250,10 @@ def caption_region(
         raise CCExpertError(f"--batch-size must be at least 1, not {options.batch_size}")
     if not 0 <= options.max_nodata <= 1:
         raise CCExpertError(f"the nodata share must be between 0 and 1, not {options.max_nodata}")
-    with RasterPair(Path(before), Path(after), options.bands, options.resolution, log) as pair:
+    with (
+        bounded_read_cache(),
+        RasterPair(Path(before), Path(after), options.bands, options.resolution, log) as pair,
+    ):
         try:
             overlap = parse_overlap(options.overlap, options.tile_size)
             grid = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, options.tile_size, overlap)
