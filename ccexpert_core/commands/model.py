@@ -5,29 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 
-#: The model used when ``--model`` is not given (a tiny model with random weights until a trained one ships).
-DEFAULT_MODEL = "preset:tiny"
-UNTRAINED_NOTE = "note: preset:tiny has random weights (untrained): its captions are noise, not descriptions"
+from ccexpert_core.defaults import default_model, print_model_note
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--device`` and ``--dtype``, shared by every command that runs the model in-process."""
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model folder, hub id or preset:tiny (default: {DEFAULT_MODEL})"
+        "--model", default=None, help="model folder, hub id or preset:tiny (default: the shipped demo model)"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, else float32")
 
 
 def load_captioner(args: argparse.Namespace):  # -> Captioner (imported lazily: torch)
-    """The Captioner the ``--model/--device/--dtype`` arguments ask for, with a note for untrained presets."""
-    import sys
-
+    """The Captioner the ``--model/--device/--dtype`` arguments ask for, with a note for demo or random models."""
     from ccexpert_core.inference import Captioner
 
-    if str(args.model).startswith("preset:"):
-        print(UNTRAINED_NOTE, file=sys.stderr)
-    return Captioner.load(args.model, device=args.device, dtype=args.dtype)
+    model = args.model or default_model()
+    print_model_note(model)
+    return Captioner.load(model, device=args.device, dtype=args.dtype)
 
 
 def _caption_pair(args: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ import ipaddress
 import sys
 
 from ccexpert_core import protocol
+from ccexpert_core.commands.model import add_model_arguments, load_captioner
 from ccexpert_core.errors import CCExpertError
 
-DEFAULT_MODEL = "preset:tiny"
 _LIMITS = protocol.Limits()
 
 
@@ -23,9 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Concurrent requests are batched together. Without --token-file the backend listens on loopback only."
         ),
     )
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help="model folder, hub id or preset:tiny (default: %(default)s)"
-    )
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help="port (default: %(default)s)")
     parser.add_argument("--token-file", help="file of accepted bearer tokens, one per line (# comments allowed)")
@@ -55,8 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=_LIMITS.request_timeout_s,
         help="seconds a request may wait for results",
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: %(default)s)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--no-ui", action="store_true", help="serve the API only, without the Gradio UI")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
@@ -102,15 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from backend.app import create_app
     from backend.limits import guard_pillow
     from backend.state import ServerSettings
-    from ccexpert_core.inference import Captioner
 
-    if args.model == DEFAULT_MODEL:
-        print(
-            "note: serving preset:tiny, a tiny model with random weights: its captions are noise. "
-            "Give --model DIR for a trained model.",
-            file=sys.stderr,
-        )
-    captioner = Captioner.load(args.model, device=args.device, dtype=args.dtype)
+    captioner = load_captioner(args)
     limits = protocol.Limits(
         max_pairs_per_request=args.max_pairs,
         max_image_bytes=args.max_image_bytes,

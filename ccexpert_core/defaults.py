@@ -1,0 +1,35 @@
+"""The model the ``ccexpert`` commands, the backend and ``make demo`` use when none is given (no torch here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+#: The demo model that ships inside the package (rebuilt by ``ccexpert train --recipe demo``).
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+#: A tiny model with random weights, for a checkout without the demo model.
+UNTRAINED_PRESET = "preset:tiny"
+
+
+def default_model() -> str:
+    """The shipped demo model, or the untrained tiny preset where it is missing."""
+    return str(DEMO_MODEL_DIR) if (DEMO_MODEL_DIR / "config.json").is_file() else UNTRAINED_PRESET
+
+
+def model_note(model: str | Path) -> str | None:
+    """What a user should know about a model whose captions do not describe real places, else None."""
+    if str(model).startswith("preset:"):
+        return f"note: {model} has random weights (untrained): its captions are noise, not descriptions"
+    if Path(model).resolve() == DEMO_MODEL_DIR:
+        return (
+            "note: using the demo model, trained on synthetic scenes only: fine for trying the tools, not for "
+            "describing real imagery (give --model with real CCExpert weights for that)"
+        )
+    return None
+
+
+def print_model_note(model: str | Path) -> None:
+    """Print :func:`model_note` on stderr, if there is one."""
+    note = model_note(model)
+    if note:
+        print(note, file=sys.stderr)

@@ -1,0 +1,50 @@
+"""The committed demo model against fresh synthetic pairs it has never seen (a seed no training used)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ccexpert_core.data import read_cc_json
+from ccexpert_core.data.synthetic import write_dataset
+from ccexpert_core.defaults import DEMO_MODEL_DIR, default_model
+from ccexpert_core.evaluation import CaptionScorer, evaluate
+from ccexpert_core.inference import Captioner
+from ccexpert_core.training.recipes import HELD_OUT_SEED, TRAIN_SEED, VAL_SEED
+
+FRESH_SEED = 777  # neither the training, validation nor the recipe's held-out seed
+HELD_OUT = 200
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    assert FRESH_SEED not in (TRAIN_SEED, VAL_SEED, HELD_OUT_SEED)
+    assert (DEMO_MODEL_DIR / "config.json").is_file(), "the demo model must ship in ccexpert_core/demo_model"
+    pairs = read_cc_json(write_dataset(tmp_path_factory.mktemp("fresh"), HELD_OUT, seed=FRESH_SEED))
+    references = {pair.uid: list(pair.captions) for pair in pairs}
+    results = Captioner.load(DEMO_MODEL_DIR, device="cpu").caption(
+        [(p.before_path, p.after_path) for p in pairs], batch_size=16
+    )
+    predictions = {pair.uid: result.caption for pair, result in zip(pairs, results)}
+    # The trivial baseline: always the training set's most frequent caption (recorded by the recipe).
+    most_common = json.loads((DEMO_MODEL_DIR / "held_out_scores.json").read_text())["most_frequent_caption"]
+    with CaptionScorer() as scorer:
+        model = evaluate(predictions, references, scorer=scorer)
+        baseline = evaluate({uid: most_common for uid in references}, references, scorer=scorer)
+    print(f"\ndemo model on {HELD_OUT} fresh pairs: {model}\nbaseline ('{most_common}'): {baseline}")
+    return {"model": model, "baseline": baseline, "distinct": len(set(predictions.values()))}
+
+
+def test_demo_model_is_the_default() -> None:
+    assert Path(default_model()) == DEMO_MODEL_DIR
+
+
+def test_demo_model_tells_change_from_no_change(scores: dict) -> None:
+    assert scores["model"]["change_accuracy"] >= 90.0
+
+
+def test_demo_model_beats_the_most_frequent_caption_clearly(scores: dict) -> None:
+    assert scores["model"]["S*m"] >= scores["baseline"]["S*m"] + 10.0
+    assert scores["distinct"] > 10  # not collapsed onto one caption
