@@ -293,6 +293,8 @@ def _caption_batches(
     progress: Progress | None,
 ) -> None:
     total = sum(len(batch) for batch in batches)
+    if not total:
+        return
     if progress is not None:
         progress(0, total)
     reader = _BatchReader(batches, run.prepare)
