@@ -79,7 +79,6 @@ class JobSummary:
     counts: dict[str, int] = field(default_factory=lambda: {CAPTIONED: 0, SKIPPED_NODATA: 0, FAILED: 0})
     canceled: bool = False
     error: str | None = None
-    notices: list[str] = field(default_factory=list)
     model_id: str = ""
 
     @property
@@ -103,8 +102,9 @@ class JobSummary:
 
 def _run_options(pair: RasterPairReader, grid: tiling.TileGrid, job: Job, model_id: str) -> dict[str, str]:
     """What decides a tile's pixels and caption, worded as the command words it, so each can resume the other."""
+    crs = crs_name(pair.grid.wkt)
     return {
-        "crs": crs_name(pair.grid.wkt) if crs_name(pair.grid.wkt).startswith("EPSG:") else pair.grid.wkt,
+        "crs": crs if crs.startswith("EPSG:") else pair.grid.wkt,
         "geotransform": ",".join(f"{v:.12g}" for v in grid.transform),
         "size": f"{grid.width}x{grid.height}",
         "tile_size": str(grid.tile_size),
@@ -143,11 +143,7 @@ def run_job(job: Job, feedback: Feedback) -> JobSummary:
     Problems the analyst can fix end in ``summary.error`` (never raised); work written before them is kept.
     """
     summary = JobSummary(job.output, job.layer_name)
-
-    def log(message: str) -> None:
-        summary.notices.append(message)
-        feedback.pushInfo(message)
-
+    log = feedback.pushInfo
     try:
         _check(job)
         with RasterPairReader(job.before.source, job.after.source, job.bands, job.resolution, log) as pair:

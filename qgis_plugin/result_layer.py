@@ -58,8 +58,6 @@ def show_result(summary: JobSummary, project: QgsProject, message_bar, title: st
         level = Qgis.Warning
     else:
         level = Qgis.Success
-    for notice in summary.notices:
-        QgsMessageLog.logMessage(notice, LOG_TAG, Qgis.Info)
     QgsMessageLog.logMessage(summary.message(), LOG_TAG, level)
     message_bar.pushMessage("CCExpert", summary.message(), level, 0 if level == Qgis.Critical else 15)
     return shown
