@@ -138,6 +138,7 @@ def write_report(
         f'<div class="note">{html.escape(note)}</div>' if note else "",
         f'<p class="legend">{legend}</p>',
         _overview_html(tiles, overview) if overview is not None and tiles else "",
+        '<p class="meta">Each tile: BEFORE on the left, AFTER on the right; changed tiles first.</p>',
         '<div class="cards">', *(_card_html(t) for t in cards[:MAX_CARDS]), "</div>",
         f"<p class=\"meta\">{hidden} more tiles are in the GeoPackage.</p>" if hidden > 0 else "",
         "</body></html>",
