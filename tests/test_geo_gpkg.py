@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,46 @@ def test_outputs_that_cannot_be_written(tmp_path: Path) -> None:
         connection.execute("CREATE TABLE t (x)")
     with pytest.raises(CCExpertError, match="not a GeoPackage"):
         open_layer(other)
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+GPKG_VALIDATOR = Path("/usr/lib/python3/dist-packages/osgeo_utils/samples/validate_gpkg.py")
+QGIS_OPEN = """
+import sys
+from qgis.core import QgsApplication, QgsVectorLayer
+app = QgsApplication([], False)
+app.initQgis()
+for name in ("captions", "changes"):
+    layer = QgsVectorLayer(f"{sys.argv[1]}|layername={name}", name, "ogr")
+    print(name, layer.isValid(), layer.featureCount(), layer.crs().authid())
+app.exitQgis()
+"""
+
+
+def layer_with_changes(path: Path) -> Path:
+    grid = TileGrid(128, 64, GT, 64)
+    square = [[(431001.0, 4828999.0), (431010.0, 4828999.0), (431010.0, 4828990.0), (431001.0, 4828999.0)]]
+    with open_layer(path) as layer:
+        layer.write([TileRecord(t, grid.footprint(t), CAPTIONED, None, None, [square]) for t in grid.tiles()])
+    return path
+
+
+def test_gdal_validator_accepts_the_geopackage(tmp_path: Path) -> None:
+    if not GPKG_VALIDATOR.exists():
+        pytest.skip(f"GDAL's GeoPackage validator is not installed ({GPKG_VALIDATOR}, Debian's python3-gdal)")
+    out = layer_with_changes(tmp_path / "captions.gpkg")
+    result = subprocess.run([str(SYSTEM_PYTHON), str(GPKG_VALIDATOR), str(out)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
+
+
+def test_qgis_opens_both_layers(tmp_path: Path) -> None:
+    probe = subprocess.run([str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("QGIS's Python (python3-qgis) is not installed")
+    out = layer_with_changes(tmp_path / "captions.gpkg")
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(runtime), "GDAL_PAM_ENABLED": "NO"}
+    result = subprocess.run([str(SYSTEM_PYTHON), "-c", QGIS_OPEN, str(out)], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.stdout.splitlines() == ["captions True 2 EPSG:32631", "changes True 2 EPSG:32631"], result.stderr
