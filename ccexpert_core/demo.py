@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from ccexpert_core import cli
+from ccexpert_core.defaults import default_model, model_note
 from ccexpert_core.geo.captions_layer import read_tiles
-from ccexpert_core.geo.engine import UNTRAINED_NOTE
 from ccexpert_core.geo.synthetic import write_demo_rasters
 
 DEMO_FOLDER = Path("out/demo")
@@ -32,7 +32,9 @@ def main(folder: Path = DEMO_FOLDER) -> int:
     print(f"\nRasters: {before}, {after}\nGeoPackage (layer 'captions'): {out}\nReport: {report}\n")
     for tile in list(read_tiles(out))[:SHOWN_CAPTIONS]:
         print(f"  {tile.tile_id}: {tile.caption if tile.caption is not None else tile.status}")
-    print(f"\nNote: {UNTRAINED_NOTE}")
+    note = model_note(default_model())
+    if note:
+        print(f"\n{note}")
     return 0
 
 

@@ -3,6 +3,7 @@ an interrupted run resumed, the real command in a subprocess, and a run through 
 
 from __future__ import annotations
 
+import html
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from ccexpert_core import cli
+from ccexpert_core.defaults import default_model, model_note
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
 from ccexpert_core.geo.synthetic import write_geotiff
 from geo_fixtures import CRS, ORIGIN, FakeEngine, utm_transform, write_pair
@@ -28,18 +30,19 @@ def paths_args(before: Path, after: Path, out: Path) -> list[str]:
     return ["--before", str(before), "--after", str(after), "--out", str(out)]
 
 
-def test_default_model_captions_a_region_and_says_it_is_untrained(tmp_path: Path, capsys) -> None:
+def test_default_model_captions_a_region_and_says_what_it_is(tmp_path: Path, capsys) -> None:
     before, after = write_pair(tmp_path, size=96)
     out, report = tmp_path / "captions.gpkg", tmp_path / "report.html"
     code, stdout, stderr = caption_region(
         capsys, *paths_args(before, after, out), "--tile-size", "96", "--report", str(report)
     )
     assert code == 0, stderr
-    assert "random weights" in stderr and "1/1 tiles" in stderr
+    note = model_note(default_model())  # the untrained preset, or the demo model once it ships
+    assert note in stderr and "1/1 tiles" in stderr
     assert "1 captioned" in stdout and str(out) in stdout and str(report) in stdout
     (tile,) = read_tiles(out)
     assert tile.status == CAPTIONED and tile.caption
-    assert "random weights" in report.read_text()
+    assert html.escape(note) in report.read_text()
 
 
 @pytest.fixture()

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the area as bounds in the rasters' CRS",
     )
     engine = parser.add_mutually_exclusive_group()
-    engine.add_argument("--model", help="model folder, hub id or preset:tiny (default: preset:tiny, untrained)")
+    engine.add_argument("--model", help="model folder, hub id or preset:tiny (default: the shipped demo model)")
     engine.add_argument("--backend", metavar="URL", help="caption with a CCExpert backend instead of a local model")
     parser.add_argument("--token-file", type=Path, help="file holding the backend's access token")
     parser.add_argument("--device", default="auto", help="where a local model runs: auto, cpu, cuda (default: auto)")
@@ -63,11 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the engine, caption the region, say where the results are."""
     from ccexpert_core.errors import CCExpertError
-    from ccexpert_core.geo.engine import (
-        DEFAULT_MODEL, UNTRAINED_NOTE, CaptionEngine, load_backend_engine, load_model_engine,
-    )
+    from ccexpert_core.defaults import default_model, print_model_note
+    from ccexpert_core.geo.engine import CaptionEngine, load_backend_engine, load_model_engine
     from ccexpert_core.geo.progress import ProgressBar
-    from ccexpert_core.geo.region import RegionOptions, caption_region, log_to_stderr
+    from ccexpert_core.geo.region import RegionOptions, caption_region
 
     if args.token_file is not None and args.backend is None:
         raise CCExpertError("--token-file goes with --backend")
@@ -79,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
     def load_engine() -> CaptionEngine:
         if args.backend is not None:
             return load_backend_engine(args.backend, args.token_file)
-        model = args.model or DEFAULT_MODEL
-        if model == DEFAULT_MODEL:
-            log_to_stderr(f"note: {UNTRAINED_NOTE}")
+        model = args.model or default_model()
+        print_model_note(model)
         return load_model_engine(model, args.device)
 
     summary = caption_region(args.before, args.after, args.out, load_engine, options, progress=ProgressBar())

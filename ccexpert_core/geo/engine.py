@@ -19,13 +19,6 @@ if TYPE_CHECKING:
 
 ImagePair = tuple[np.ndarray, np.ndarray]
 
-#: The model used when none is given: random weights until a trained demo model ships.
-DEFAULT_MODEL = "preset:tiny"
-UNTRAINED_NOTE = (
-    "the default model (preset:tiny) has random weights: its captions are placeholders, not descriptions. "
-    "A trained demo model is coming; until then give --model DIR or --backend URL for real captions."
-)
-
 
 class CaptionEngine(Protocol):
     """Captions one batch of (before, after) H×W×3 uint8 pairs, in order.

@@ -24,7 +24,8 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.area_file import read_area_file
 from ccexpert_core.geo.captions_layer import CAPTIONED, FAILED, SKIPPED_NODATA, CaptionsLayer, TileRecord, read_tiles
 from ccexpert_core.geo.changes import tile_changes
-from ccexpert_core.geo.engine import DEFAULT_MODEL, UNTRAINED_NOTE, CaptionEngine
+from ccexpert_core.defaults import model_note
+from ccexpert_core.geo.engine import CaptionEngine
 from ccexpert_core.geo.gpkg import GeoPackage, timestamp
 from ccexpert_core.geo.grid import Area, Bounds, Tile, TileGrid, parse_overlap
 from ccexpert_core.geo.raster import (
@@ -321,5 +322,5 @@ def _write_report(pair: RasterPair, grid: TileGrid, tiles: list[Tile], out: Path
         "BEFORE": str(pair.before.path), "AFTER": str(pair.after.path), "GeoPackage": str(out),
         "model": model_id, "CRS": crs_name(pair.grid.crs), "written": timestamp(),
     }
-    note = UNTRAINED_NOTE if model_id == DEFAULT_MODEL else ""
+    note = model_note(model_id) or ""
     return write_report(path, (t for t in read_tiles(out) if t.tile_id in wanted), overview, facts, note)
