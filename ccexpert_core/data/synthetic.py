@@ -347,3 +347,29 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0, size: int = 384
     path = folder / "pairs.json"
     path.write_text(json.dumps(records, indent=1))
     return path
+
+
+@dataclass(frozen=True)
+class SyntheticTown:
+    """A town of rows × cols scenes side by side: two dates (H×W×3 uint8) and each scene's ground truth."""
+
+    before: np.ndarray
+    after: np.ndarray
+    #: Per scene, row-major: (change type or None, place or None, first caption).
+    truth: tuple[tuple[str | None, str | None, str], ...]
+
+
+def synthetic_town(rows: int, cols: int, seed: int = 0, scene_size: int = 384) -> SyntheticTown:
+    """Compose ``rows`` × ``cols`` scenes of ``scene_size`` px into one large pair (a tile grid of that size
+    cuts it back into its scenes, each with its known change)."""
+    generator = SceneGenerator(seed, scene_size)
+    pairs = [generator.pair(index) for index in range(rows * cols)]
+
+    def mosaic(images: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.concatenate(images[r * cols : (r + 1) * cols], axis=1) for r in range(rows)])
+
+    return SyntheticTown(
+        before=mosaic([pair.before for pair in pairs]),
+        after=mosaic([pair.after for pair in pairs]),
+        truth=tuple((pair.change_type, pair.place, pair.captions[0]) for pair in pairs),
+    )

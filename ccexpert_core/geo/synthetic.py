@@ -1,8 +1,6 @@
-"""Georeferenced test and demo rasters: a small synthetic area where buildings appear between two dates.
-
-A stand-in until the richer synthetic-town generator of the training work: :func:`write_demo_rasters` keeps its
-interface so that it can be swapped.
-"""
+"""Georeferenced test and demo rasters: a small synthetic area where buildings appear between two dates
+(:func:`synthetic_pair`, for geometry tests), and the demo's synthetic town (:func:`write_demo_rasters`), made of
+the scenes the demo model was trained on (:mod:`ccexpert_core.data.synthetic`)."""
 
 from __future__ import annotations
 
@@ -12,11 +10,16 @@ import numpy as np
 import rasterio
 from affine import Affine
 
+from ccexpert_core.data.synthetic import synthetic_town
+
 #: The demo area: UTM zone 31N, 0.5 m per pixel (about LEVIR-CC's resolution).
 DEMO_CRS = "EPSG:32631"
 DEMO_ORIGIN = (431000.0, 4829000.0)
 DEMO_PIXEL_SIZE = 0.5
-DEMO_SIZE = 768
+#: 3 × 3 scenes of 384 px: the default tile grid cuts the town back into its scenes.
+DEMO_SCENES = 3
+DEMO_SIZE = DEMO_SCENES * 384
+DEMO_SEED = 2026
 
 
 def write_geotiff(
@@ -66,7 +69,7 @@ def write_demo_rasters(folder: Path) -> tuple[Path, Path]:
     before, after = folder / "before.tif", folder / "after.tif"
     if not (before.is_file() and after.is_file()):
         transform = Affine(DEMO_PIXEL_SIZE, 0, DEMO_ORIGIN[0], 0, -DEMO_PIXEL_SIZE, DEMO_ORIGIN[1])
-        first, second = synthetic_pair(DEMO_SIZE)
-        write_geotiff(before, first, DEMO_CRS, transform)
-        write_geotiff(after, second, DEMO_CRS, transform)
+        town = synthetic_town(DEMO_SCENES, DEMO_SCENES, seed=DEMO_SEED)
+        write_geotiff(before, town.before, DEMO_CRS, transform)
+        write_geotiff(after, town.after, DEMO_CRS, transform)
     return before, after

@@ -11,16 +11,17 @@ from typing import Any
 
 from ccexpert_core.data import read_cc_json
 from ccexpert_core.data.synthetic import write_dataset
+from ccexpert_core.defaults import DEMO_MODEL_DIR
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.evaluation import CaptionScorer, evaluate
 from ccexpert_core.inference import Captioner
+from ccexpert_core.model import load_model, save_model
 from ccexpert_core.training.config import load_stage_config
 from ccexpert_core.training.run import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIGS = REPO / "training" / "configs" / "demo"
 DEMO_WORK = REPO / "out" / "demo-recipe"
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo_model"
 #: Seeds of the synthetic data: training, validation during training, and a held-out set never trained on.
 TRAIN_SEED, VAL_SEED, HELD_OUT_SEED = 1, 2, 1000
 TRAIN_PAIRS, VAL_PAIRS, HELD_OUT_PAIRS = 3000, 48, 200
@@ -90,24 +91,29 @@ The model produced {scores['distinct_captions']} distinct captions on these pair
 """
 
 
-def run_demo_recipe(overrides: list[str] = ()) -> Path:
-    """Generate the data, train the three demo stages, score the result on held-out pairs and install it as the
-    package's demo model (``ccexpert_core/demo_model``). Returns that folder."""
-    started = time.time()
-    _dataset("train", TRAIN_PAIRS, TRAIN_SEED)
-    _dataset("val", VAL_PAIRS, VAL_SEED)
-    held_out = _dataset("held_out", HELD_OUT_PAIRS, HELD_OUT_SEED)
-    final = None
-    for stage in ("stage1", "stage2", "stage3"):
-        final = run_stage(load_stage_config(DEMO_CONFIGS / f"{stage}.yaml", list(overrides)))
-    scores = held_out_scores(final, held_out)
-    minutes = (time.time() - started) / 60
+def install_demo_model(final: Path, minutes: float) -> Path:
+    """Install a trained demo model as the package's (weights in float16: half the size, loaded back as float32),
+    then score what ships on the held-out pairs and write its model card."""
+    model, processor = load_model(final)
     if DEMO_MODEL_DIR.exists():
         shutil.rmtree(DEMO_MODEL_DIR)
-    shutil.copytree(final, DEMO_MODEL_DIR, ignore=shutil.ignore_patterns("training_summary.json"))
+    save_model(model.half(), processor, DEMO_MODEL_DIR)
+    scores = held_out_scores(DEMO_MODEL_DIR, _dataset("held_out", HELD_OUT_PAIRS, HELD_OUT_SEED))
     (DEMO_MODEL_DIR / "README.md").write_text(_model_card(scores, minutes))
     (DEMO_MODEL_DIR / "held_out_scores.json").write_text(json.dumps(scores, indent=1))
     return DEMO_MODEL_DIR
+
+
+def run_demo_recipe(overrides: list[str] = ()) -> Path:
+    """Generate the data, train the three demo stages and install the result as the package's demo model
+    (``ccexpert_core/demo_model``), scored on held-out pairs. Returns that folder."""
+    started = time.time()
+    _dataset("train", TRAIN_PAIRS, TRAIN_SEED)
+    _dataset("val", VAL_PAIRS, VAL_SEED)
+    final = None
+    for stage in ("stage1", "stage2", "stage3"):
+        final = run_stage(load_stage_config(DEMO_CONFIGS / f"{stage}.yaml", list(overrides)))
+    return install_demo_model(final, (time.time() - started) / 60)
 
 
 RECIPES = {"demo": run_demo_recipe}
