@@ -1,4 +1,5 @@
-"""HTTP client for the CCExpert backend (``ccexpert serve``): timeouts, retries with backoff, bearer auth.
+"""HTTP client for the CCExpert backend (``ccexpert serve``): timeouts, retries with backoff, bearer auth (and the
+token file it reads the token from).
 
 >>> client = BackendClient("http://127.0.0.1:8000", token="…")
 >>> client.caption([("before.png", "after.png")])   # → [CaptionResult(caption=..., change_detected=..., ...)]
@@ -53,6 +54,19 @@ def encode_image(image: ImageSource) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # lossless; light compression is cheaper than sending more
     return buffer.getvalue()
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in a token file: its first line that is not blank or a ``#`` comment (so the backend's own token
+    file, one token per line, works too)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CCExpertError(f"cannot read the token file {path}: {error}") from None
+    tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not tokens:
+        raise CCExpertError(f"the token file {path} holds no token (blank and # lines are ignored)")
+    return tokens[0]
 
 
 class BackendClient:

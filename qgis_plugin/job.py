@@ -103,19 +103,10 @@ class JobSummary:
 def _run_options(pair: RasterPairReader, grid: tiling.TileGrid, job: Job, model_id: str) -> dict[str, str]:
     """What decides a tile's pixels and caption, worded as the command words it, so each can resume the other."""
     crs = crs_name(pair.grid.wkt)
-    return {
-        "crs": crs if crs.startswith("EPSG:") else pair.grid.wkt,
-        "geotransform": ",".join(f"{v:.12g}" for v in grid.transform),
-        "size": f"{grid.width}x{grid.height}",
-        "tile_size": str(grid.tile_size),
-        "overlap_px": str(grid.overlap),
-        "bands": ",".join(map(str, pair.before.bands)),
-        "value_range": "stretch 2-98%" if job.value_range is None else ",".join(map(str, job.value_range)),
-        "max_nodata": f"{job.max_nodata:g}",
-        "before_source": job.before.name,
-        "after_source": job.after.name,
-        "model_id": model_id,
-    }
+    return tiling.run_options(
+        grid, crs if crs.startswith("EPSG:") else pair.grid.wkt, pair.before.bands, job.value_range, job.max_nodata,
+        job.before.name, job.after.name, model_id,
+    )
 
 
 def _check(job: Job) -> None:

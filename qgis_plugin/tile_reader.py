@@ -5,7 +5,8 @@ and the command send the backend the same pixels, which a test checks: tiles are
 resampled to a ground resolution); AFTER is warped onto it (bilinear) when its CRS, resolution or origin differ;
 the first three bands are read by default and one band is repeated to grey; data that is not 8-bit is stretched
 (2–98 % over the area) or mapped from a fixed range; nodata values, masks, alpha bands and pixels outside a raster
-are invalid. Not thread-safe: open, read and close a reader in one thread.
+are invalid. Those rules on values are the command's own module, bundled (``pixels``); this one reads with GDAL.
+Not thread-safe: open, read and close a reader in one thread.
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ from osgeo import gdal, gdal_array, osr
 
 from .errors import CaptionRunError
 from .shared_modules import grid as tiling
-
-#: Percentiles of the default stretch for data that is not 8-bit (as the command, and QGIS's own default).
-STRETCH_PERCENTILES = (2.0, 98.0)
-#: The stretch's percentiles come from a read of the area decimated to at most this many pixels a side.
-STATS_READ_SIZE = 1024
+from .shared_modules import pixels
 
 Log = Callable[[str], None]
 Window = tuple[int, int, int, int]  # x, y, width, height in grid pixels
@@ -124,45 +121,6 @@ def open_raster(source: str, role: str) -> gdal.Dataset:
     return dataset
 
 
-def pick_bands(dataset: gdal.Dataset, bands: Sequence[int] | None, role: str, log: Log) -> tuple[int, ...]:
-    """The band numbers to read (1-based): the first three by default; one band is repeated to grey RGB."""
-    count = dataset.RasterCount
-    if bands is None:
-        if count == 2:
-            raise CaptionRunError(f"{role} raster has 2 bands: choose one or three bands (e.g. 1)")
-        bands = (1, 2, 3) if count >= 3 else (1,)
-    bands = tuple(bands)
-    if len(bands) not in (1, 3):
-        raise CaptionRunError(f"choose one or three band numbers, not {len(bands)}")
-    missing = [b for b in bands if not 1 <= b <= count]
-    if missing:
-        raise CaptionRunError(
-            f"{role} raster has {count} band(s): band {missing[0]} does not exist (bands count from 1)"
-        )
-    if len(bands) == 1:
-        log(f"{role} is read from one band ({bands[0]}), repeated to grey RGB; the model expects colour")
-    return bands
-
-
-@dataclass(frozen=True)
-class Stretch:
-    """A linear map of each band's ``low``..``high`` onto 0..255 (values outside are clipped).
-
-    The same arithmetic, in the same float32 steps, as the command's, so that both give the same bytes.
-    """
-
-    low: np.ndarray
-    high: np.ndarray
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        """(bands, H, W) values → (bands, H, W) uint8."""
-        low, high = self.low[:, None, None], self.high[:, None, None]
-        # A constant band (high == low) maps to black rather than dividing by zero.
-        span = np.where(high > low, high - low, np.inf)
-        scaled = (data.astype(np.float32) - low) * (255.0 / span)
-        return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
-
-
 def _warped(dataset: gdal.Dataset, target: PixelGrid, role: str) -> gdal.Dataset:
     """``dataset`` seen on ``target``'s grid through a warped VRT (bilinear, with an alpha band for the outside)."""
     if not target.north_up:
@@ -184,14 +142,17 @@ class DateSource:
     def __init__(self, source: str, role: str, target: PixelGrid, bands: Sequence[int] | None, log: Log) -> None:
         self.source, self.role = source, role
         self.dataset = open_raster(source, role)
-        self.bands = pick_bands(self.dataset, bands, role, log)
+        try:
+            self.bands = pixels.pick_bands(self.dataset.RasterCount, bands, role, log)
+        except ValueError as error:
+            raise CaptionRunError(f"bands: {error}") from None
         data_types = [self.dataset.GetRasterBand(b).DataType for b in self.bands]
         self.is_float = np.issubdtype(gdal_array.GDALTypeCodeToNumericTypeCode(data_types[0]), np.floating)
         self.needs_stretch = any(t != gdal.GDT_Byte for t in data_types)
         self.native = PixelGrid.of(self.dataset)
         # Reading through a warped VRT would resample even on the dataset's own grid: read directly then.
         self.view = self.dataset if self.native.same_as(target) else _warped(self.dataset, target, role)
-        self.stretch: Stretch | None = None
+        self.stretch: pixels.Stretch | None = None
 
     def close(self) -> None:
         """Let GDAL close the view and the file."""
@@ -211,45 +172,17 @@ class DateSource:
     def fit_stretch(self, window: Window, value_range: tuple[float, float] | None) -> None:
         """Decide the 8-bit mapping: ``value_range`` if given, else percentiles over ``window`` when not 8-bit."""
         if value_range is not None:
-            low, high = value_range
-            count = len(self.bands)
-            self.stretch = Stretch(np.full(count, low, np.float32), np.full(count, high, np.float32))
+            self.stretch = pixels.Stretch.fixed(value_range, len(self.bands))
             return
         if not self.needs_stretch:
             return
         _, _, width, height = window
-        scale = min(1.0, STATS_READ_SIZE / max(width, height))
-        shape = (max(1, round(height * scale)), max(1, round(width * scale)))
-        data, masks = self._read(window, shape)
-        lows, highs = [], []
-        for band, mask in zip(data, masks):
-            values = band[mask > 0]
-            values = values[np.isfinite(values)] if self.is_float else values
-            low, high = np.percentile(values, STRETCH_PERCENTILES) if values.size else (0.0, 1.0)
-            lows.append(low)
-            highs.append(high)
-        self.stretch = Stretch(np.asarray(lows, np.float32), np.asarray(highs, np.float32))
+        data, masks = self._read(window, pixels.decimated_shape(width, height, pixels.STATS_READ_SIZE))
+        self.stretch = pixels.Stretch.percentiles(data, masks, self.is_float)
 
     def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(rgb, valid)``: H×W×3 uint8 (invalid pixels black) and the H×W validity of every picked band."""
-        data, masks = self._read(window, out_shape)
-        valid = np.all(masks > 0, axis=0)
-        if self.is_float:
-            valid &= np.all(np.isfinite(data), axis=0)
-        pixels = self.stretch.apply(data) if self.stretch is not None else data.astype(np.uint8)
-        pixels[:, ~valid] = 0
-        if len(self.bands) == 1:
-            pixels = np.repeat(pixels, 3, axis=0)
-        return np.ascontiguousarray(pixels.transpose(1, 2, 0)), valid
-
-
-@dataclass(frozen=True)
-class TilePixels:
-    """One tile of both dates as H×W×3 uint8, and the larger share of invalid pixels of the two."""
-
-    before: np.ndarray
-    after: np.ndarray
-    nodata_share: float
+        return pixels.to_rgb(*self._read(window, out_shape), self.stretch, self.is_float)
 
 
 class RasterPairReader:
@@ -310,19 +243,14 @@ class RasterPairReader:
 
     def fit_stretch(self, tiles: Sequence[tiling.Tile], value_range: tuple[float, float] | None) -> None:
         """Fit each date's 8-bit mapping over the tiles' extent (once, before any tile is read)."""
-        x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
-        x1, y1 = max(t.x + t.width for t in tiles), max(t.y + t.height for t in tiles)
-        window = (x0, y0, x1 - x0, y1 - y0)
+        window = tiling.tiles_window(tiles)
         self.before.fit_stretch(window, value_range)
         self.after.fit_stretch(window, value_range)
 
-    def read_tile(self, tile: tiling.Tile) -> TilePixels:
+    def read_tile(self, tile: tiling.Tile) -> pixels.TilePixels:
         """Both dates' pixels of a tile."""
         window = (tile.x, tile.y, tile.width, tile.height)
-        before, before_valid = self.before.read(window)
-        after, after_valid = self.after.read(window)
-        share = 1.0 - min(before_valid.mean(), after_valid.mean())
-        return TilePixels(before, after, float(share))
+        return pixels.TilePixels.of(self.before.read(window), self.after.read(window))
 
 
 def _grid_difference(source: PixelGrid, target: PixelGrid) -> str:

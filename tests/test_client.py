@@ -14,7 +14,7 @@ from PIL import Image
 
 from backend_server import Server, encode, free_port, open_server, random_image
 from ccexpert_core import protocol
-from ccexpert_core.client import BackendClient, encode_image
+from ccexpert_core.client import BackendClient, encode_image, read_token_file
 from ccexpert_core.errors import CCExpertError
 
 INFO_BODY = {"api_version": protocol.API_VERSION, "model_id": "stub", "limits": protocol.Limits().to_dict()}
@@ -166,3 +166,14 @@ def test_local_input_errors() -> None:
         encode_image(np.zeros((4, 4, 3), dtype=np.float32))
     with pytest.raises(CCExpertError, match="cannot read image"):
         encode_image(Path("/nonexistent/before.png"))
+
+
+def test_token_file_gives_its_first_token(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("# CCExpert tokens\n\n  first-token  \nsecond-token\n", encoding="utf-8")
+    assert read_token_file(tokens) == "first-token"
+    tokens.write_text("# nothing but a comment\n\n", encoding="utf-8")
+    with pytest.raises(CCExpertError, match="holds no token"):
+        read_token_file(tokens)
+    with pytest.raises(CCExpertError, match="cannot read the token file"):
+        read_token_file(tmp_path / "missing.txt")

@@ -7,7 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from ccexpert_core.geo.grid import Area, TileGrid, invert_transform, parse_overlap, pixel_to_geo
+from ccexpert_core.geo.grid import (
+    Area, Tile, TileGrid, invert_transform, parse_overlap, pixel_to_geo, run_options, tiles_window,
+)
 
 GT = (431000.0, 1.0, 0.0, 4829000.0, 0.0, -1.0)
 
@@ -131,13 +133,30 @@ def test_parse_overlap_and_bad_values() -> None:
         TileGrid(10, 10, GT, 16, 16)
 
 
-def test_grid_module_imports_only_numpy() -> None:
+def test_tiles_window_holds_all_tiles() -> None:
+    assert tiles_window([Tile(0, 1, 10, 0, 8, 8), Tile(1, 0, 2, 8, 8, 6)]) == (2, 0, 16, 14)
+
+
+def test_run_options_word_the_stretch_and_the_range() -> None:
+    grid = TileGrid(100, 80, GT, 32, 4)
+    options = run_options(grid, "EPSG:32631", (3, 2, 1), None, 0.5, "b.tif", "a.tif", "m")
+    assert options == {
+        "crs": "EPSG:32631", "geotransform": "431000,1,0,4829000,0,-1", "size": "100x80", "tile_size": "32",
+        "overlap_px": "4", "bands": "3,2,1", "value_range": "stretch 2-98%", "max_nodata": "0.5",
+        "before_source": "b.tif", "after_source": "a.tif", "model_id": "m",
+    }
+    assert run_options(grid, "EPSG:32631", (1,), (0.0, 3000.0), 1, "b", "a", "m")["value_range"] == "0.0,3000.0"
+
+
+@pytest.mark.parametrize("module", ["grid", "pixels"])
+def test_bundled_modules_import_only_numpy(module: str) -> None:
+    """The plugin bundles these files as they are: nothing but the standard library and numpy."""
     import ast
+    import importlib
     from pathlib import Path
 
-    import ccexpert_core.geo.grid as grid
-
-    tree = ast.parse(Path(grid.__file__).read_text())
+    source = importlib.import_module(f"ccexpert_core.geo.{module}")
+    tree = ast.parse(Path(source.__file__).read_text())
     imported = {
         (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
         for node in ast.walk(tree)

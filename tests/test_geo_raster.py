@@ -12,7 +12,7 @@ from rasterio.windows import Window
 
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.grid import Tile
-from ccexpert_core.geo.raster import RasterPair, Stretch
+from ccexpert_core.geo.raster import RasterPair
 from ccexpert_core.geo.synthetic import write_geotiff
 from geo_fixtures import CRS, ORIGIN, utm_transform, write_pair
 
@@ -156,8 +156,3 @@ def test_band_errors(tmp_path: Path) -> None:
         RasterPair(three, three, bands=(1, 2, 4), log=lambda m: None)
     with pytest.raises(CCExpertError, match="one or three"):
         RasterPair(three, three, bands=(1, 2), log=lambda m: None)
-
-
-def test_constant_band_stretch_does_not_divide_by_zero() -> None:
-    stretch = Stretch(np.array([5.0], np.float32), np.array([5.0], np.float32))
-    assert stretch.apply(np.full((1, 2, 2), 5, np.uint16)).tolist() == [[[0, 0], [0, 0]]]

@@ -1,7 +1,9 @@
 """Captioning a whole region from two rasters.
 
 - :mod:`~ccexpert_core.geo.grid`: the tile grid over an area (pure Python + numpy; the QGIS plugin bundles it).
-- :mod:`~ccexpert_core.geo.raster`: reading both dates on one grid, band choice, 8-bit mapping, nodata (rasterio).
+- :mod:`~ccexpert_core.geo.pixels`: band choice, 8-bit mapping, nodata of read values (pure Python + numpy;
+  bundled too, so that the plugin's tiles are the command's).
+- :mod:`~ccexpert_core.geo.raster`: reading both dates on one grid with those rules (rasterio).
 - :mod:`~ccexpert_core.geo.gpkg` and :mod:`~ccexpert_core.geo.captions_layer`: the GeoPackage output (sqlite3).
 - :mod:`~ccexpert_core.geo.region`: the streaming pipeline behind ``ccexpert caption-region``.
 - :mod:`~ccexpert_core.geo.report`: the self-contained HTML report.

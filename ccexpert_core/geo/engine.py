@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from ccexpert_core.captions import CaptionResult
-from ccexpert_core.errors import CCExpertError
 
 if TYPE_CHECKING:
     from ccexpert_core.inference.captioner import Captioner
@@ -52,24 +51,11 @@ def load_model_engine(model: str | Path, device: str = "auto") -> InProcessEngin
     return InProcessEngine(Captioner.load(model, device=device))
 
 
-def read_token(path: Path) -> str:
-    """The token in a token file: its first line that is not blank or a ``#`` comment (so the backend's own token
-    file, one token per line, works too)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise CCExpertError(f"cannot read the token file {path}: {error}") from None
-    tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    if not tokens:
-        raise CCExpertError(f"the token file {path} holds no token (blank and # lines are ignored)")
-    return tokens[0]
-
-
 def load_backend_engine(url: str, token_file: Path | None) -> CaptionEngine:
     """A CCExpert backend at ``url``, authenticated with the token in ``token_file``; it is asked for its model
     id at once, so that a wrong URL or token fails before any tile is read."""
-    from ccexpert_core.client import BackendClient
+    from ccexpert_core.client import BackendClient, read_token_file
 
-    client = BackendClient(url, None if token_file is None else read_token(token_file))
+    client = BackendClient(url, None if token_file is None else read_token_file(token_file))
     client.info()  # a wrong URL or a refused token fails here, with the client's message
     return client

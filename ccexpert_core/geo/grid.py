@@ -1,4 +1,5 @@
-"""The tile grid over an area of a raster: pixel windows, stable ids and geo-footprints of the tiles.
+"""The tile grid over an area of a raster: pixel windows, stable ids and geo-footprints of the tiles, and the run
+options that a resumed run must match.
 
 Pure Python + numpy, with no import from the rest of the package: the QGIS plugin bundles this file as it is
 (no GDAL, rasterio or shapely there). Errors are ``ValueError`` with a message meant for a user.
@@ -243,6 +244,41 @@ class TileGrid:
         """The whole raster's ``(xmin, ymin, xmax, ymax)``."""
         whole = Tile(0, 0, 0, 0, self.width, self.height)
         return self.bounds(whole)
+
+
+def tiles_window(tiles: Sequence[Tile]) -> tuple[int, int, int, int]:
+    """The pixel window ``(x, y, width, height)`` that holds all ``tiles``."""
+    x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
+    x1, y1 = max(t.x + t.width for t in tiles), max(t.y + t.height for t in tiles)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def run_options(
+    grid: TileGrid,
+    crs: str,
+    bands: Sequence[int],
+    value_range: tuple[float, float] | None,
+    max_nodata: float,
+    before_source: str,
+    after_source: str,
+    model_id: str,
+) -> dict[str, str]:
+    """What decides a tile's pixels and caption, as an output stores it: a rerun with other values must not resume
+    that output. ``caption-region`` and the plugin word it the same, so that each resumes the other's output."""
+    return {
+        "crs": crs,
+        "geotransform": ",".join(f"{v:.12g}" for v in grid.transform),
+        "size": f"{grid.width}x{grid.height}",
+        "tile_size": str(grid.tile_size),
+        "overlap_px": str(grid.overlap),
+        "bands": ",".join(map(str, bands)),
+        # The default stretch's name as outputs already store it (pixels.STRETCH_PERCENTILES is that stretch).
+        "value_range": "stretch 2-98%" if value_range is None else ",".join(map(str, value_range)),
+        "max_nodata": f"{max_nodata:g}",
+        "before_source": before_source,
+        "after_source": after_source,
+        "model_id": model_id,
+    }
 
 
 def _shrunk_window(tile: Tile) -> Bounds:

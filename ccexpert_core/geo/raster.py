@@ -4,6 +4,7 @@ The grid is BEFORE's (optionally resampled to a ground resolution); AFTER is war
 CRS, resolution or origin differ. Bands are picked (default the first three; one band is repeated to grey RGB),
 and data that is not 8-bit is mapped to 8-bit with a percentile stretch computed once per raster over the area
 or with a fixed value range. Nodata values, masks, alpha bands and pixels outside a raster count as nodata.
+Those value rules are :mod:`ccexpert_core.geo.pixels`, shared with the QGIS plugin; this module does the reading.
 """
 
 from __future__ import annotations
@@ -27,13 +28,9 @@ from rasterio.windows import Window
 
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.gpkg import SpatialRef
-from ccexpert_core.geo.grid import Bounds, GeoTransform, Tile, pixel_to_geo
+from ccexpert_core.geo.grid import Bounds, GeoTransform, Tile, pixel_to_geo, tiles_window
+from ccexpert_core.geo.pixels import STATS_READ_SIZE, Stretch, TilePixels, decimated_shape, pick_bands, to_rgb
 
-#: Percentiles of the default stretch for data that is not 8-bit (QGIS's "cumulative count cut" default).
-STRETCH_PERCENTILES = (2.0, 98.0)
-#: The stretch's percentiles come from a read of the area decimated to at most this many pixels a side,
-#: so that memory does not grow with the region.
-STATS_READ_SIZE = 1024
 #: GDAL's block cache during a run. Its default (5 % of the RAM) fills up as a region is read, so memory would
 #: grow with the region; this holds a row of tiles' blocks of common rasters. ``GDAL_CACHEMAX`` overrides it
 #: (e.g. for very wide striped rasters, whose strips are decoded again for every tile when they do not fit).
@@ -135,39 +132,12 @@ def open_raster(path: Path, role: str) -> rasterio.DatasetReader:
     return dataset
 
 
-def pick_bands(dataset: rasterio.DatasetReader, bands: Sequence[int] | None, role: str, log: Log) -> tuple[int, ...]:
-    """The band numbers to read (1-based): the first three by default; one band is repeated to grey RGB."""
-    if bands is None:
-        if dataset.count == 2:
-            raise CCExpertError(f"{role} raster has 2 bands: choose one or three with --bands (e.g. --bands 1)")
-        bands = (1, 2, 3) if dataset.count >= 3 else (1,)
-    bands = tuple(bands)
-    if len(bands) not in (1, 3):
-        raise CCExpertError(f"--bands takes one or three band numbers, not {len(bands)}")
-    missing = [b for b in bands if not 1 <= b <= dataset.count]
-    if missing:
-        raise CCExpertError(
-            f"{role} raster has {dataset.count} band(s): band {missing[0]} does not exist (bands count from 1)"
-        )
-    if len(bands) == 1:
-        log(f"warning: {role} is read from one band ({bands[0]}), repeated to grey RGB; the model expects colour")
-    return bands
-
-
-@dataclass(frozen=True)
-class Stretch:
-    """A linear map of each band's ``low``..``high`` onto 0..255 (values outside are clipped)."""
-
-    low: np.ndarray
-    high: np.ndarray
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        """(bands, H, W) values → (bands, H, W) uint8."""
-        low, high = self.low[:, None, None], self.high[:, None, None]
-        # A constant band (high == low) maps to black rather than dividing by zero.
-        span = np.where(high > low, high - low, np.inf)
-        scaled = (data.astype(np.float32) - low) * (255.0 / span)
-        return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+def _pick_bands(count: int, bands: Sequence[int] | None, role: str, log: Log) -> tuple[int, ...]:
+    """:func:`~ccexpert_core.geo.pixels.pick_bands` in the command's words (its option, its warnings)."""
+    try:
+        return pick_bands(count, bands, role, lambda message: log(f"warning: {message}"))
+    except ValueError as error:
+        raise CCExpertError(f"--bands: {error}") from None
 
 
 class DateSource:
@@ -178,7 +148,7 @@ class DateSource:
         self.role = role
         self.dataset = open_raster(self.path, role)
         try:
-            self.bands = pick_bands(self.dataset, bands, role, log)
+            self.bands = _pick_bands(self.dataset.count, bands, role, log)
             self.is_float = np.issubdtype(np.dtype(self.dataset.dtypes[self.bands[0] - 1]), np.floating)
             self.needs_stretch = any(self.dataset.dtypes[b - 1] != "uint8" for b in self.bands)
             # Reading through a warped VRT costs little when the grid is the dataset's own, but the pixels would
@@ -201,44 +171,20 @@ class DateSource:
     def fit_stretch(self, window: Window, value_range: tuple[float, float] | None) -> None:
         """Decide the 8-bit mapping: ``value_range`` if given, else percentiles over ``window`` when not 8-bit."""
         if value_range is not None:
-            low, high = (np.full(len(self.bands), value, np.float32) for value in value_range)
-            self.stretch = Stretch(low, high)
+            self.stretch = Stretch.fixed(value_range, len(self.bands))
             return
         if not self.needs_stretch:
             return
-        scale = min(1.0, STATS_READ_SIZE / max(window.width, window.height))
-        shape = (len(self.bands), max(1, round(window.height * scale)), max(1, round(window.width * scale)))
+        shape = (len(self.bands), *decimated_shape(window.width, window.height, STATS_READ_SIZE))
         sample = self.view.read(self.bands, window=window, out_shape=shape, masked=True, resampling=Resampling.nearest)
-        lows, highs = [], []
-        for band in sample:
-            values = band.compressed()
-            values = values[np.isfinite(values)] if self.is_float else values
-            low, high = np.percentile(values, STRETCH_PERCENTILES) if values.size else (0.0, 1.0)
-            lows.append(low)
-            highs.append(high)
-        self.stretch = Stretch(np.asarray(lows, np.float32), np.asarray(highs, np.float32))
+        self.stretch = Stretch.percentiles(sample.data, ~np.ma.getmaskarray(sample), self.is_float)
 
     def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(rgb, valid)``: H×W×3 uint8 (invalid pixels black) and the H×W validity of every picked band."""
         shape = None if out_shape is None else (len(self.bands), *out_shape)
         data = self.view.read(self.bands, window=window, out_shape=shape)
-        valid = np.all(self.view.read_masks(self.bands, window=window, out_shape=shape) > 0, axis=0)
-        if self.is_float:
-            valid &= np.all(np.isfinite(data), axis=0)
-        pixels = self.stretch.apply(data) if self.stretch is not None else data.astype(np.uint8)
-        pixels[:, ~valid] = 0
-        if len(self.bands) == 1:
-            pixels = np.repeat(pixels, 3, axis=0)
-        return np.ascontiguousarray(pixels.transpose(1, 2, 0)), valid
-
-
-@dataclass(frozen=True)
-class TilePixels:
-    """One tile of both dates as H×W×3 uint8, and the larger share of nodata of the two."""
-
-    before: np.ndarray
-    after: np.ndarray
-    nodata_share: float
+        masks = self.view.read_masks(self.bands, window=window, out_shape=shape)
+        return to_rgb(data, masks, self.stretch, self.is_float)
 
 
 class RasterPair:
@@ -307,29 +253,20 @@ class RasterPair:
 
     def fit_stretch(self, tiles: Sequence[Tile], value_range: tuple[float, float] | None) -> None:
         """Fit each date's 8-bit mapping over the tiles' extent (once, before any tile is read)."""
-        x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
-        x1, y1 = max(t.x + t.width for t in tiles), max(t.y + t.height for t in tiles)
-        window = Window(x0, y0, x1 - x0, y1 - y0)
+        window = Window(*tiles_window(tiles))
         self.before.fit_stretch(window, value_range)
         self.after.fit_stretch(window, value_range)
 
     def read_tile(self, tile: Tile) -> TilePixels:
         """Both dates' pixels of a tile."""
         window = Window(tile.x, tile.y, tile.width, tile.height)
-        before, before_valid = self.before.read(window)
-        after, after_valid = self.after.read(window)
-        share = 1.0 - min(before_valid.mean(), after_valid.mean())
-        return TilePixels(before, after, float(share))
+        return TilePixels.of(self.before.read(window), self.after.read(window))
 
     def overview(self, tiles: Sequence[Tile], max_size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """BEFORE over the tiles' extent, decimated to at most ``max_size`` pixels a side: ``(rgb, (x, y, w, h))``
         with the window in grid pixels."""
-        x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
-        width = max(t.x + t.width for t in tiles) - x0
-        height = max(t.y + t.height for t in tiles) - y0
-        scale = min(1.0, max_size / max(width, height))
-        shape = (max(1, round(height * scale)), max(1, round(width * scale)))
-        rgb, _ = self.before.read(Window(x0, y0, width, height), out_shape=shape)
+        x0, y0, width, height = tiles_window(tiles)
+        rgb, _ = self.before.read(Window(x0, y0, width, height), out_shape=decimated_shape(width, height, max_size))
         return rgb, (x0, y0, width, height)
 
 

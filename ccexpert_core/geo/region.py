@@ -27,10 +27,9 @@ from ccexpert_core.geo.changes import tile_changes
 from ccexpert_core.defaults import model_note
 from ccexpert_core.geo.engine import CaptionEngine
 from ccexpert_core.geo.gpkg import GeoPackage, timestamp
-from ccexpert_core.geo.grid import Area, Bounds, Tile, TileGrid, parse_overlap
-from ccexpert_core.geo.raster import (
-    RasterPair, TilePixels, bounded_read_cache, crs_name, format_bounds, spatial_ref,
-)
+from ccexpert_core.geo.grid import Area, Bounds, Tile, TileGrid, parse_overlap, run_options
+from ccexpert_core.geo.pixels import TilePixels
+from ccexpert_core.geo.raster import RasterPair, bounded_read_cache, crs_name, format_bounds, spatial_ref
 from ccexpert_core.geo.report import Overview, png_thumbnail, write_report
 
 READ_AHEAD = 1
@@ -215,19 +214,10 @@ def _area(pair: RasterPair, options: RegionOptions) -> Area | None:
 
 def _run_options(pair: RasterPair, grid: TileGrid, options: RegionOptions, model_id: str) -> dict[str, str]:
     """What decides a tile's pixels and caption: a rerun with other values must not resume this output."""
-    return {
-        "crs": pair.grid.crs.to_string(),
-        "geotransform": ",".join(f"{v:.12g}" for v in grid.transform),
-        "size": f"{grid.width}x{grid.height}",
-        "tile_size": str(grid.tile_size),
-        "overlap_px": str(grid.overlap),
-        "bands": ",".join(map(str, pair.before.bands)),
-        "value_range": "stretch 2-98%" if options.value_range is None else ",".join(map(str, options.value_range)),
-        "max_nodata": f"{options.max_nodata:g}",
-        "before_source": pair.before.path.name,
-        "after_source": pair.after.path.name,
-        "model_id": model_id,
-    }
+    return run_options(
+        grid, pair.grid.crs.to_string(), pair.before.bands, options.value_range, options.max_nodata,
+        pair.before.path.name, pair.after.path.name, model_id,
+    )
 
 
 def caption_region(

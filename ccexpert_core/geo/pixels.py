@@ -1,0 +1,117 @@
+"""How a raster's values become the 8-bit RGB tiles a model sees: which bands, which stretch, which pixels are nodata.
+
+Pure Python + numpy, with no import from the rest of the package: the QGIS plugin bundles this file as it is.
+``ccexpert caption-region`` (rasterio, :mod:`ccexpert_core.geo.raster`) and the plugin (GDAL) each read the values
+their own way and hand them here, so that both send a model the same bytes for the same inputs.
+
+Arrays are band-first, as both readers give them: values ``(bands, H, W)`` and validity masks ``(bands, H, W)``
+in GDAL's convention (0 or False: invalid; anything else: valid). Errors are ``ValueError`` with a message meant for
+a user; callers add how their user chooses (an option, a field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Percentiles of the default stretch for data that is not 8-bit (QGIS's "cumulative count cut" default).
+STRETCH_PERCENTILES = (2.0, 98.0)
+#: The stretch's percentiles come from a read of the area decimated to at most this many pixels a side,
+#: so that memory does not grow with the region.
+STATS_READ_SIZE = 1024
+
+
+def pick_bands(count: int, bands: Sequence[int] | None, role: str, log: Callable[[str], None]) -> tuple[int, ...]:
+    """The band numbers to read (1-based) of ``role``'s raster of ``count`` bands: ``bands``, else the first three
+    (or the only one). One band is read as grey RGB, which ``log`` is told."""
+    if bands is None:
+        if count == 2:
+            raise ValueError(f"{role} raster has 2 bands: choose one (grey) or three")
+        bands = (1, 2, 3) if count >= 3 else (1,)
+    bands = tuple(bands)
+    if len(bands) not in (1, 3):
+        raise ValueError(f"choose one or three band numbers, not {len(bands)}")
+    missing = [b for b in bands if not 1 <= b <= count]
+    if missing:
+        raise ValueError(f"{role} raster has {count} band(s): band {missing[0]} does not exist (bands count from 1)")
+    if len(bands) == 1:
+        log(f"{role} is read from one band ({bands[0]}), repeated to grey RGB; the model expects colour")
+    return bands
+
+
+def decimated_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """``(H, W)`` of a ``width`` × ``height`` window read at most ``max_size`` pixels a side (never upsampled)."""
+    scale = min(1.0, max_size / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """A linear map of each band's ``low``..``high`` onto 0..255 (values outside are clipped).
+
+    The arithmetic runs in float32 whatever the input, so that every reader gives the same bytes.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def fixed(cls, value_range: tuple[float, float], band_count: int) -> "Stretch":
+        """The same ``(low, high)`` range for every band."""
+        low, high = (np.full(band_count, value, np.float32) for value in value_range)
+        return cls(low, high)
+
+    @classmethod
+    def percentiles(cls, data: np.ndarray, masks: np.ndarray, is_float: bool) -> "Stretch":
+        """The :data:`STRETCH_PERCENTILES` of each band's valid (and, for float data, finite) values; a band with
+        none maps 0..1."""
+        lows, highs = [], []
+        for band, mask in zip(data, masks):
+            values = band[mask > 0]
+            values = values[np.isfinite(values)] if is_float else values
+            low, high = np.percentile(values, STRETCH_PERCENTILES) if values.size else (0.0, 1.0)
+            lows.append(low)
+            highs.append(high)
+        return cls(np.asarray(lows, np.float32), np.asarray(highs, np.float32))
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """(bands, H, W) values → (bands, H, W) uint8."""
+        low, high = self.low[:, None, None], self.high[:, None, None]
+        # A constant band (high == low) maps to black rather than dividing by zero.
+        span = np.where(high > low, high - low, np.inf)
+        scaled = (data.astype(np.float32) - low) * (255.0 / span)
+        return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+
+
+def to_rgb(
+    data: np.ndarray, masks: np.ndarray, stretch: Stretch | None, is_float: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rgb, valid)`` from one or three bands' values and masks: H×W×3 uint8 (stretched, or cast where the data is
+    8-bit and no stretch is given; invalid pixels black; one band repeated to grey) and the H×W validity of every
+    band (masked, or not finite in float data, in any band makes a pixel invalid)."""
+    valid = np.all(masks > 0, axis=0)
+    if is_float:
+        valid &= np.all(np.isfinite(data), axis=0)
+    pixels = stretch.apply(data) if stretch is not None else data.astype(np.uint8)
+    pixels[:, ~valid] = 0
+    if len(pixels) == 1:
+        pixels = np.repeat(pixels, 3, axis=0)
+    return np.ascontiguousarray(pixels.transpose(1, 2, 0)), valid
+
+
+@dataclass(frozen=True)
+class TilePixels:
+    """One tile of both dates as H×W×3 uint8, and the larger share of nodata of the two."""
+
+    before: np.ndarray
+    after: np.ndarray
+    nodata_share: float
+
+    @classmethod
+    def of(cls, before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray]) -> "TilePixels":
+        """The tile from each date's ``(rgb, valid)``, as :func:`to_rgb` gives them."""
+        (before_rgb, before_valid), (after_rgb, after_valid) = before, after
+        share = 1.0 - min(before_valid.mean(), after_valid.mean())
+        return cls(before_rgb, after_rgb, float(share))
