@@ -120,3 +120,19 @@ def test_non_square_token_grid_is_refused(dim: DifferenceAwareIntegration) -> No
     a = torch.randn(LEVELS, 1, 24, WIDTH)
     with pytest.raises(ValueError, match="square"):
         dim(a, a)
+
+
+def test_change_summary_is_off_by_default_and_adds_one_vector_to_every_token() -> None:
+    assert DifferenceAwareIntegration(WIDTH, HEADS).summary is None  # the paper's DIM
+    torch.manual_seed(0)
+    with_summary = DifferenceAwareIntegration(WIDTH, HEADS, change_summary=True).eval()
+    for layer in with_summary.layers:
+        for p in (layer.type_image_a, layer.type_image_b, layer.type_change):
+            torch.nn.init.normal_(p)
+    a, b = levels()
+    out = with_summary(a, b)
+    with_summary.summary = None
+    plain = with_summary(a, b)
+    added_a, added_b = out.image_a - plain.image_a, out.image_b - plain.image_b
+    torch.testing.assert_close(added_a, added_b)
+    torch.testing.assert_close(added_a, added_a[:, :1].expand_as(added_a))  # the same vector on every token

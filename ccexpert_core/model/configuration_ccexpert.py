@@ -39,6 +39,9 @@ class CCExpertConfig(LlavaOnevisionConfig):
         Attention heads of the DIM; by default the vision width / 128 (9 for SigLIP-so400m).
     dim_mlp_ratio (`int`, defaults to 4):
         Width of the DIM's MLP as a multiple of the vision width.
+    dim_change_summary (`bool`, defaults to `False`):
+        Not in the paper: add a summary of the pair's strongest change features to every image token (see
+        `ChangeSummary`). Off in the paper's configurations; on in the small demo model.
     change_head (`bool`, defaults to `False`):
         An optional head on the DIM's change features giving one "is this place changed" logit per token (a
         coarse change map). Off in the paper's configurations and absent from published checkpoints.
@@ -51,6 +54,7 @@ class CCExpertConfig(LlavaOnevisionConfig):
     dim_depth: int = 2
     dim_num_heads: int | None = None
     dim_mlp_ratio: int = 4
+    dim_change_summary: bool = False
     change_head: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:

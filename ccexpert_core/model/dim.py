@@ -162,15 +162,32 @@ class DimOutput:
     level_weights: torch.Tensor
 
 
+class ChangeSummary(nn.Module):
+    """Not in the paper: the strongest change signal of the pair (max over tokens of the change features, averaged
+    over the levels) through a small MLP, added to every image token of both images. Small models trained briefly
+    on CPUs collapse onto the caption prior without it (shared/reference/demo-model-feasibility.md)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(width), DimLinear(width, width), nn.GELU(), DimLinear(width, width))
+
+    def forward(self, change: torch.Tensor) -> torch.Tensor:
+        """change (L, B, N, C) → (B, 1, C), to add to each image's (B, N, C) features."""
+        return self.mlp(change.amax(dim=2).mean(dim=0))[:, None, :]
+
+
 class DifferenceAwareIntegration(nn.Module):
     """Injects multi-scale differences between the two images into each image's features."""
 
-    def __init__(self, width: int, num_heads: int, depth: int = 2, mlp_ratio: int = 4) -> None:
+    def __init__(
+        self, width: int, num_heads: int, depth: int = 2, mlp_ratio: int = 4, change_summary: bool = False
+    ) -> None:
         super().__init__()
         self.width = width
         self.change_init = ChangeFeatureInit(width)
         self.layers = nn.ModuleList(ChangeAwareLayer(width, num_heads, mlp_ratio) for _ in range(depth))
         self.adjust = AdaptiveAdjustment(width)
+        self.summary = ChangeSummary(width) if change_summary else None
         self._pe_cache: dict[int, torch.Tensor] = {}
 
     def position_encoding(self, tokens: int, like: torch.Tensor) -> torch.Tensor:
@@ -197,12 +214,12 @@ class DifferenceAwareIntegration(nn.Module):
         image_a, image_b, change = image_a.view(shape), image_b.view(shape), queries.view(shape)
         weights = self.adjust(image_a, image_b, change)
         w = weights[:, :, None, None].to(image_a.dtype)
-        return DimOutput(
-            image_a=(w * image_a).sum(dim=0) + levels_a[-1],
-            image_b=(w * image_b).sum(dim=0) + levels_b[-1],
-            change=change,
-            level_weights=weights,
-        )
+        out_a = (w * image_a).sum(dim=0) + levels_a[-1]
+        out_b = (w * image_b).sum(dim=0) + levels_b[-1]
+        if self.summary is not None:
+            summary = self.summary(change)
+            out_a, out_b = out_a + summary, out_b + summary
+        return DimOutput(image_a=out_a, image_b=out_b, change=change, level_weights=weights)
 
 
 class ChangeMapHead(nn.Module):

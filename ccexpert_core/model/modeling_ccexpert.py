@@ -53,6 +53,7 @@ class CCExpertModel(LlavaOnevisionModel):
                 num_heads=config.dim_num_heads,
                 depth=config.dim_depth,
                 mlp_ratio=config.dim_mlp_ratio,
+                change_summary=config.dim_change_summary,
             )
             if config.dim_enabled
             else None

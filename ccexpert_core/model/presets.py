@@ -46,7 +46,7 @@ _DEMO_TEXT = dict(
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vision=_TINY_VISION, text=_TINY_TEXT, dim=dict(dim_num_heads=4)),
-    "demo": dict(vision=_DEMO_VISION, text=_DEMO_TEXT, dim=dict(dim_num_heads=4, change_head=True)),
+    "demo": dict(vision=_DEMO_VISION, text=_DEMO_TEXT, dim=dict(dim_num_heads=4, change_head=True, dim_change_summary=True)),
     "0.5b": dict(vision=_SIGLIP_SO400M, text=_QWEN2_0_5B, dim={}, image_token_index=151646),
     "7b": dict(vision=_SIGLIP_SO400M, text=_QWEN2_7B, dim={}, image_token_index=151646),
 }
