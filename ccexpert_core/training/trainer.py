@@ -46,6 +46,7 @@ class CCExpertTrainer(Trainer):
         self.change_loss_weight = change_loss_weight
         self.eval_pairs = eval_pairs or []
         self._scorer: CaptionScorer | None = None
+        self._change_losses: list[float] = []
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """AdamW (or ``args.optim``) over two groups: the vision tower at its own absolute rate, the rest."""
@@ -68,11 +69,19 @@ class CCExpertTrainer(Trainer):
                 change_loss = torch.nn.functional.binary_cross_entropy_with_logits(
                     logits.float(), change_mask.to(logits.device).float()
                 )
+                self._change_losses.append(change_loss.item())
                 if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                     # The caption loss is already normalised over the accumulated batch; match it.
                     change_loss = change_loss / self.args.gradient_accumulation_steps
                 loss = loss + self.change_loss_weight * change_loss
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Also log the change-map loss (mean since the last log) beside the total training loss."""
+        if "loss" in logs and self._change_losses:
+            logs["change_loss"] = round(sum(self._change_losses) / len(self._change_losses), 4)
+            self._change_losses.clear()
+        super().log(logs, *args, **kwargs)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Caption the evaluation pairs greedily and score them; logs ``eval_S*m`` and friends."""
