@@ -34,7 +34,7 @@ def layers(project: QgsProject, tmp_path: Path) -> dict[str, object]:
         features.append(feature)
     polygons.dataProvider().addFeatures(features)
     project.addMapLayer(polygons)
-    polygons.selectByIds([polygons.allFeatureIds()[1]])
+    polygons.selectByIds([sorted(polygons.allFeatureIds())[1]])  # allFeatureIds() is a set: no order
     return {"before": add_raster(project, before, "ortho 2019"), "after": add_raster(project, after, "ortho 2021"),
             "parcels": polygons}
 
