@@ -6,22 +6,18 @@ A server is started once per test session (whichever test file asks first) and s
 from __future__ import annotations
 
 import io
-import os
-import socket
 import struct
-import subprocess
 import sys
-import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from ccexpert_core import protocol
+from serve_process import ServeProcess as Server
+from serve_process import start_serve
 
 TOKEN = "test-token-1"
 OTHER_TOKEN = "second-token"
@@ -30,70 +26,14 @@ TEST_LIMITS = protocol.Limits(max_pairs_per_request=8, max_image_bytes=300_000, 
 START_TIMEOUT_S = 240.0
 
 
-@dataclass
-class Server:
-    """A running ``ccexpert serve``."""
-
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL if it lingers)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def alive(self) -> bool:
-        """Whether the process still runs."""
-        return self.process.poll() is None
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve_command(*args: str) -> list[str]:
     """``ccexpert serve ARGS`` from this test run's virtual environment."""
     return [str(Path(sys.executable).with_name("ccexpert")), "serve", *args]
 
 
-def server_env() -> dict[str, str]:
-    """The environment for a server: offline, no telemetry."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"}
-
-
 def start_server(args: list[str], log: Path) -> Server:
-    """Start ``ccexpert serve ARGS --port P`` on 127.0.0.1 and wait until /v1/health answers."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            serve_command(*args, "--host", "127.0.0.1", "--port", str(port)),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=server_env(),
-        )
-    server = Server(url, process, log)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if not server.alive():
-            pytest.fail(f"ccexpert serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(url + protocol.HEALTH_PATH, timeout=2).status_code == 200:
-                return server
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    server.stop()
-    pytest.fail(f"ccexpert serve did not answer within {START_TIMEOUT_S:g} s:\n{log.read_text()[-3000:]}")
+    """Start ``ccexpert serve ARGS`` on a free 127.0.0.1 port and wait until /v1/health answers."""
+    return start_serve(Path(sys.executable).with_name("ccexpert"), args, log, START_TIMEOUT_S)
 
 
 _SERVERS: dict[str, Server] = {}

@@ -20,13 +20,12 @@ from backend_server import (
     auth_server,
     bearer,
     encode,
-    free_port,
     multipart,
     png_declaring,
     random_image,
     serve_command,
-    server_env,
 )
+from serve_process import free_port, server_env
 from ccexpert_core import protocol
 
 AUTH = bearer(TOKEN)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend_server import Server, encode, free_port, open_server, random_image
+from backend_server import Server, encode, open_server, random_image
+from serve_process import free_port
 from ccexpert_core import protocol
 from ccexpert_core.client import BackendClient, encode_image, read_token_file
 from ccexpert_core.errors import CCExpertError

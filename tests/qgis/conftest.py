@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,9 @@ from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QCoreApplication
 
 REPO = Path(__file__).resolve().parents[2]
+# The suite runs in Debian's QGIS Python; the backend launcher shared with the main suite is plain stdlib.
+sys.path.append(str(REPO / "tests"))
+from serve_process import ServeProcess, start_serve  # noqa: E402
 CCEXPERT = REPO / ".venv" / "bin" / "ccexpert"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 TOKEN = "plugin-test-token"
@@ -53,36 +54,14 @@ def require_project_venv() -> None:
         pytest.fail(f"{CCEXPERT} is missing: run `make venv` (or `make test`) first")
 
 
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Backend:
-    """A running ``ccexpert serve``."""
-
-    url: str
-    process: subprocess.Popen
-    log: Path
+class Backend(ServeProcess):
+    """A running ``ccexpert serve`` with the test token."""
 
     def info(self) -> dict:
         """``/v1/info``, with the token."""
         request = urllib.request.Request(self.url + "/v1/info", headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(request, timeout=10) as answer:
             return json.loads(answer.read())
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def start_backend(model: Path, folder: Path) -> Backend:
@@ -91,27 +70,9 @@ def start_backend(model: Path, folder: Path) -> Backend:
     folder.mkdir(parents=True, exist_ok=True)
     tokens = folder / "tokens.txt"
     tokens.write_text(f"{TOKEN}\n", encoding="utf-8")
-    port = free_port()
-    log = folder / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [str(CCEXPERT), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-             "--token-file", str(tokens), "--no-ui"],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )
-    backend = Backend(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + BACKEND_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"ccexpert serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(backend.url + "/v1/health", timeout=2):
-                return backend
-        except OSError:
-            time.sleep(0.5)
-    backend.stop()
-    pytest.fail(f"ccexpert serve did not answer within {BACKEND_START_S:g} s:\n{log.read_text()[-3000:]}")
+    args = ["--model", str(model), "--token-file", str(tokens), "--no-ui"]
+    started = start_serve(CCEXPERT, args, folder / "serve.log", BACKEND_START_S)
+    return Backend(started.url, started.process, started.log)
 
 
 @pytest.fixture(scope="session")
