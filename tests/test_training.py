@@ -171,3 +171,25 @@ def test_bad_input_is_refused_before_training(values: dict, message: str, data: 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (data / "bad").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("variant", ["recipe", "no-dim", "no-change-loss"])
+def test_demo_stages_chain_and_ablations_take_one_part_away(tmp_path: Path, variant: str) -> None:
+    from ccexpert_core.training.recipes import DEMO_ABLATIONS, demo_stage_configs
+
+    ablation = DEMO_ABLATIONS.get(variant, {"first": [], "every": []})
+    configs = demo_stage_configs(tmp_path, ablation["every"], ablation["first"])
+    recipe = demo_stage_configs(tmp_path)
+    assert [c.output_dir for c in configs] == [tmp_path / name for name in ("stage1", "stage2", "stage3")]
+    assert [c.init for c in configs[1:]] == [str(tmp_path / "stage1" / "final"), str(tmp_path / "stage2" / "final")]
+    assert any(c.deepspeed for c in configs)  # ZeRO-2 in one stage
+    # Same data and steps as the recipe; only the ablated part differs.
+    assert [(c.data, c.max_steps, c.trainable) for c in configs] == [(c.data, c.max_steps, c.trainable) for c in recipe]
+    overrides = configs[0].model_overrides
+    weights = [c.change_loss_weight for c in configs]
+    expected = {
+        "recipe": ({}, [1.0, 1.0, 1.0]),
+        "no-dim": ({"dim_enabled": False, "change_head": False}, [1.0, 1.0, 1.0]),
+        "no-change-loss": ({}, [0.0, 0.0, 0.0]),
+    }[variant]
+    assert (overrides, weights) == expected

@@ -16,12 +16,13 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.evaluation import CaptionScorer, evaluate
 from ccexpert_core.inference import Captioner
 from ccexpert_core.model import load_model, save_model
-from ccexpert_core.training.config import load_stage_config
-from ccexpert_core.training.run import run_stage
+from ccexpert_core.training.config import StageConfig, load_stage_config
+from ccexpert_core.training.run import FINAL, run_stage
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIGS = REPO / "training" / "configs" / "demo"
 DEMO_WORK = REPO / "out" / "demo-recipe"
+DEMO_STAGES = ("stage1", "stage2", "stage3")
 #: Seeds of the synthetic data: training, validation during training, and a held-out set never trained on.
 TRAIN_SEED, VAL_SEED, HELD_OUT_SEED = 1, 2, 1000
 TRAIN_PAIRS, VAL_PAIRS, HELD_OUT_PAIRS = 3000, 48, 200
@@ -98,22 +99,59 @@ def install_demo_model(final: Path, minutes: float) -> Path:
     if DEMO_MODEL_DIR.exists():
         shutil.rmtree(DEMO_MODEL_DIR)
     save_model(model.half(), processor, DEMO_MODEL_DIR)
-    scores = held_out_scores(DEMO_MODEL_DIR, _dataset("held_out", HELD_OUT_PAIRS, HELD_OUT_SEED))
+    scores = held_out_scores(DEMO_MODEL_DIR, held_out_set())
     (DEMO_MODEL_DIR / "README.md").write_text(_model_card(scores, minutes))
     (DEMO_MODEL_DIR / "held_out_scores.json").write_text(json.dumps(scores, indent=1))
     return DEMO_MODEL_DIR
+
+
+#: Ablations of the demo recipe (bench/demo_ablation.py): same data and steps, one part taken away. Values: the
+#: overrides of stage I (the fresh model) and of every stage.
+DEMO_ABLATIONS: dict[str, dict[str, list[str]]] = {
+    "no-dim": {"first": ["model_overrides={dim_enabled: false, change_head: false}"], "every": []},
+    "no-change-loss": {"first": [], "every": ["change_loss_weight=0"]},
+}
+
+
+def demo_stage_configs(
+    work: Path = DEMO_WORK, overrides: list[str] = (), first_overrides: list[str] = ()
+) -> list[StageConfig]:
+    """The demo's three stages writing into ``work``/stage1..3, each starting from the previous one's final
+    folder; ``overrides`` apply to every stage, ``first_overrides`` to stage I. All three are read and checked
+    before anything trains."""
+    configs = []
+    for number, stage in enumerate(DEMO_STAGES, start=1):
+        placement = [f"output_dir={work / stage}"]
+        if number > 1:
+            placement.append(f"init={work / DEMO_STAGES[number - 2] / FINAL}")
+        extra = list(first_overrides) if number == 1 else []
+        configs.append(load_stage_config(DEMO_CONFIGS / f"{stage}.yaml", [*placement, *overrides, *extra]))
+    return configs
+
+
+def train_demo_stages(work: Path = DEMO_WORK, overrides: list[str] = (), first_overrides: list[str] = ()) -> Path:
+    """Train :func:`demo_stage_configs` on the recipe's data (generated once under ``out/demo-recipe/data``);
+    returns the last stage's final folder."""
+    configs = demo_stage_configs(work, overrides, first_overrides)
+    _dataset("train", TRAIN_PAIRS, TRAIN_SEED)
+    _dataset("val", VAL_PAIRS, VAL_SEED)
+    final = None
+    for config in configs:
+        final = run_stage(config)
+    return final
 
 
 def run_demo_recipe(overrides: list[str] = ()) -> Path:
     """Generate the data, train the three demo stages and install the result as the package's demo model
     (``ccexpert_core/demo_model``), scored on held-out pairs. Returns that folder."""
     started = time.time()
-    _dataset("train", TRAIN_PAIRS, TRAIN_SEED)
-    _dataset("val", VAL_PAIRS, VAL_SEED)
-    final = None
-    for stage in ("stage1", "stage2", "stage3"):
-        final = run_stage(load_stage_config(DEMO_CONFIGS / f"{stage}.yaml", list(overrides)))
+    final = train_demo_stages(DEMO_WORK, overrides)
     return install_demo_model(final, (time.time() - started) / 60)
+
+
+def held_out_set() -> Path:
+    """The recipe's held-out pairs (CC JSON), generated on first use."""
+    return _dataset("held_out", HELD_OUT_PAIRS, HELD_OUT_SEED)
 
 
 RECIPES = {"demo": run_demo_recipe}
