@@ -136,3 +136,5 @@ def test_change_summary_is_off_by_default_and_adds_one_vector_to_every_token() -
     added_a, added_b = out.image_a - plain.image_a, out.image_b - plain.image_b
     torch.testing.assert_close(added_a, added_b)
     torch.testing.assert_close(added_a, added_a[:, :1].expand_as(added_a))  # the same vector on every token
+    # ... and a pair-level change score read from it (trained with the change-map loss).
+    assert out.change_score.shape == (a.shape[1],) and plain.change_score is None

@@ -193,3 +193,24 @@ def test_demo_stages_chain_and_ablations_take_one_part_away(tmp_path: Path, vari
         "no-change-loss": ({}, [0.0, 0.0, 0.0]),
     }[variant]
     assert (overrides, weights) == expected
+
+
+def test_change_loss_trains_the_change_map_head_and_the_summary_score(data: Path, tmp_path: Path) -> None:
+    from transformers import TrainingArguments
+
+    from ccexpert_core.training.dataset import PairCollator
+    from ccexpert_core.training.trainer import CCExpertTrainer
+
+    model, processor = build_tiny_model(change_head=True, dim_change_summary=True)
+    samples = CaptionDataset(read_cc_json(data / "train" / "pairs.json"), "flatten").samples[:4]
+    batch = PairCollator(processor, with_masks=True)(samples)
+    assert batch["change_mask"].shape == (4, processor.tokens_per_image)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = CCExpertTrainer(model=model, args=args, processor=processor, learning_rate=1e-3,
+                              vision_learning_rate=1e-3)
+    caption_loss = model(**{k: v for k, v in batch.items() if k != "change_mask"}).loss
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    assert loss.item() > caption_loss.item() and len(trainer._change_losses) == 1
+    assert model.model.change_head.mlp[-1].weight.grad.abs().sum() > 0
+    assert model.model.dim.summary.score.weight.grad.abs().sum() > 0

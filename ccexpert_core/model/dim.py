@@ -160,20 +160,29 @@ class DimOutput:
     change: torch.Tensor
     #: (L, B): the adaptive level weights.
     level_weights: torch.Tensor
+    #: (B,): "is anything changed" logits from the change summary; None without one.
+    change_score: torch.Tensor | None = None
 
 
 class ChangeSummary(nn.Module):
     """Not in the paper: the strongest change signal of the pair (max over tokens of the change features, averaged
     over the levels) through a small MLP, added to every image token of both images. Small models trained briefly
-    on CPUs collapse onto the caption prior without it (shared/reference/demo-model-feasibility.md)."""
+    on CPUs collapse onto the caption prior without it (shared/reference/demo-model-feasibility.md).
+
+    ``score`` reads "is anything changed in this pair" from the summary. Trained with the change-map loss, it makes
+    the summary carry the change from the first steps: otherwise the summary only learns once the language model
+    asks for it, and a language model that has already learned the caption prior no longer asks."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.LayerNorm(width), DimLinear(width, width), nn.GELU(), DimLinear(width, width))
+        self.score = DimLinear(width, 1)
 
-    def forward(self, change: torch.Tensor) -> torch.Tensor:
-        """change (L, B, N, C) → (B, 1, C), to add to each image's (B, N, C) features."""
-        return self.mlp(change.amax(dim=2).mean(dim=0))[:, None, :]
+    def forward(self, change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """change (L, B, N, C) → the (B, 1, C) vector to add to each image's (B, N, C) features, and the (B,)
+        change-score logits."""
+        summary = self.mlp(change.amax(dim=2).mean(dim=0))
+        return summary[:, None, :], self.score(summary).squeeze(-1)
 
 
 class DifferenceAwareIntegration(nn.Module):
@@ -216,10 +225,11 @@ class DifferenceAwareIntegration(nn.Module):
         w = weights[:, :, None, None].to(image_a.dtype)
         out_a = (w * image_a).sum(dim=0) + levels_a[-1]
         out_b = (w * image_b).sum(dim=0) + levels_b[-1]
+        score = None
         if self.summary is not None:
-            summary = self.summary(change)
+            summary, score = self.summary(change)
             out_a, out_b = out_a + summary, out_b + summary
-        return DimOutput(image_a=out_a, image_b=out_b, change=change, level_weights=weights)
+        return DimOutput(image_a=out_a, image_b=out_b, change=change, level_weights=weights, change_score=score)
 
 
 class ChangeMapHead(nn.Module):

@@ -33,10 +33,12 @@ class CCExpertImageOutput(BaseModelOutputWithPooling):
 
     change_features: the DIM's change queries (L, B, N, C), None with the DIM off.
     level_weights: the DIM's adaptive level weights (L, B), None with the DIM off.
+    change_score: "is anything changed" logits (B,) from the DIM's change summary, None without one.
     """
 
     change_features: torch.Tensor | None = None
     level_weights: torch.Tensor | None = None
+    change_score: torch.Tensor | None = None
 
 
 class CCExpertModel(LlavaOnevisionModel):
@@ -100,20 +102,21 @@ class CCExpertModel(LlavaOnevisionModel):
         kwargs.update(output_hidden_states=[layer, *self._dim_layers()], return_dict=True)
         vision = self.vision_tower(pixel_values, **kwargs)
         hidden = vision.hidden_states
-        change = weights = None
+        change = weights = score = None
         if self.dim is None:
             features = hidden[layer]
         else:
             levels = torch.stack([hidden[i] for i in self._dim_layers()])  # (L, 2B, N, C)
             out = self.dim(levels[:, 0::2], levels[:, 1::2])
             features = torch.stack((out.image_a, out.image_b), dim=1).flatten(0, 1)  # interleave again
-            change, weights = out.change, out.level_weights
+            change, weights, score = out.change, out.level_weights, out.change_score
         projected = self.multi_modal_projector(features)
         return CCExpertImageOutput(
             last_hidden_state=vision.last_hidden_state,
             pooler_output=tuple(projected),
             change_features=change,
             level_weights=weights,
+            change_score=score,
         )
 
     def _dim_layers(self) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from ccexpert_core.data import PairSample
@@ -60,15 +61,20 @@ class CCExpertTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The caption loss (answer + end of turn), plus the weighted change-map loss where targets are given."""
+        """The caption loss (answer + end of turn), plus the weighted change loss where targets are given: the
+        per-token change map and, with a change summary, the pair-level change score."""
         change_mask = inputs.pop("change_mask", None)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if change_mask is not None and self.change_loss_weight:
             logits = self.accelerator.unwrap_model(model).change_logits(outputs.image_outputs)
             if logits is not None:
-                change_loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits.float(), change_mask.to(logits.device).float()
-                )
+                targets = change_mask.to(logits.device).float()
+                change_loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+                score = outputs.image_outputs.change_score
+                if score is not None:  # the change summary's pair-level "anything changed?"
+                    change_loss = change_loss + F.binary_cross_entropy_with_logits(
+                        score.float(), (targets.amax(dim=1) > 0).float()
+                    )
                 self._change_losses.append(change_loss.item())
                 if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                     # The caption loss is already normalised over the accumulated batch; match it.
