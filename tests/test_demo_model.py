@@ -49,4 +49,5 @@ def test_demo_model_tells_change_from_no_change(scores: dict) -> None:
 
 def test_demo_model_beats_the_most_frequent_caption_clearly(scores: dict) -> None:
     assert scores["model"]["S*m"] >= scores["baseline"]["S*m"] + 10.0
-    assert scores["distinct"] > 10  # not collapsed onto one caption
+    # Not collapsed onto the caption prior: besides "no change", it names several kinds of change.
+    assert scores["distinct"] >= 5

@@ -61,7 +61,7 @@ def held_out_scores(model_dir: Path, pairs_json: Path) -> dict[str, Any]:
     }
 
 
-def _model_card(scores: dict[str, Any], minutes: float) -> str:
+def _model_card(scores: dict[str, Any], minutes: float, parameters: int) -> str:
     rows = "\n".join(
         f"| {name} | {scores['model'][name]:.2f} | {scores['baseline'][name]:.2f} |"
         for name in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "S*m", "change_accuracy")
@@ -69,10 +69,12 @@ def _model_card(scores: dict[str, Any], minutes: float) -> str:
     return f"""# CCExpert demo model
 
 A small CCExpert (SigLIP-style vision tower 128 wide × 4 layers with patch 32 — 144 tokens per image —, the
-Difference-aware Integration Module with a change-map head, a Qwen2-style language model 192 wide × 3 layers,
-a word-level tokenizer; about 2.8M parameters) trained on this project's synthetic bi-temporal scenes on a
-2-core CPU. It knows buildings built or demolished, roads built or widened, trees cleared, bare land developed,
-and no change. It has never seen real imagery: use it to try the tools, not to describe real places.
+Difference-aware Integration Module on tower layers 2 and 4 with two additions that are not in the paper — a change
+summary added to every image token, with a pair-level change score, and a per-token change-map head —, a
+Qwen2-style language model 192 wide × 3 layers, a word-level tokenizer; {parameters / 1e6:.1f}M parameters) trained
+on this project's synthetic bi-temporal scenes on a 2-core CPU: buildings built or demolished, roads built or
+widened, trees cleared, bare land developed, and no change (how well it tells them apart is in the scores below).
+It has never seen real imagery: use it to try the tools, not to describe real places.
 
 ## Recipe
 `ccexpert train --recipe demo` (or `training/recipes/demo.sh`): {TRAIN_PAIRS} synthetic training pairs (seed
@@ -100,7 +102,7 @@ def install_demo_model(final: Path, minutes: float) -> Path:
         shutil.rmtree(DEMO_MODEL_DIR)
     save_model(model.half(), processor, DEMO_MODEL_DIR)
     scores = held_out_scores(DEMO_MODEL_DIR, held_out_set())
-    (DEMO_MODEL_DIR / "README.md").write_text(_model_card(scores, minutes))
+    (DEMO_MODEL_DIR / "README.md").write_text(_model_card(scores, minutes, model.num_parameters()))
     (DEMO_MODEL_DIR / "held_out_scores.json").write_text(json.dumps(scores, indent=1))
     return DEMO_MODEL_DIR
 
