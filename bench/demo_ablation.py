@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("variant", choices=[*DEMO_ABLATIONS, "full"])
     parser.add_argument("--scores-of", type=Path, help="score this trained model folder instead of training")
     args = parser.parse_args()
+    if args.variant == "full" and not args.scores_of:
+        parser.error("'full' scores a trained model: give --scores-of FOLDER (train it with ccexpert train --recipe demo)")
     started = time.time()
     if args.scores_of:
         final = args.scores_of

@@ -41,7 +41,8 @@ class CCExpertConfig(LlavaOnevisionConfig):
         Width of the DIM's MLP as a multiple of the vision width.
     dim_change_summary (`bool`, defaults to `False`):
         Not in the paper: add a summary of the pair's strongest change features to every image token (see
-        `ChangeSummary`). Off in the paper's configurations; on in the small demo model.
+        `ChangeSummary`), with a pair-level change score trained alongside the change map. Off in the paper's
+        configurations; on in the small demo model.
     change_head (`bool`, defaults to `False`):
         An optional head on the DIM's change features giving one "is this place changed" logit per token (a
         coarse change map). Off in the paper's configurations and absent from published checkpoints.
