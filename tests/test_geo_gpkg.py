@@ -13,6 +13,7 @@ from rasterio.crs import CRS
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.captions_layer import CAPTIONED, FAILED, LAYER, CaptionsLayer, TileRecord, read_tiles
+from ccexpert_core.geo.gpkg import GeoPackage
 from ccexpert_core.geo.grid import TileGrid
 from ccexpert_core.geo.raster import spatial_ref
 
@@ -72,9 +73,10 @@ def test_tiles_are_replaced_not_duplicated_and_finished_ones_are_known(tmp_path:
         layer.write(records(grid))
         assert layer.finished_ids() == {"r0_c0", "r0_c1"}
     assert pyogrio.read_info(out, layer=LAYER)["features"] == 2
-    with sqlite3.connect(out) as connection:
-        with pytest.raises(sqlite3.IntegrityError):
-            connection.execute(f"INSERT INTO {LAYER} (tile_id, row, col, status) VALUES ('r0_c0', 0, 0, 'x')")
+    package = GeoPackage(out)  # a plain sqlite3 connection lacks the functions of the spatial index's triggers
+    with pytest.raises(sqlite3.IntegrityError):
+        package.connection.execute(f"INSERT INTO {LAYER} (tile_id, row, col, status) VALUES ('r0_c0', 0, 0, 'x')")
+    package.close()
 
 
 def test_other_options_are_refused_and_the_file_is_kept(tmp_path: Path) -> None:
@@ -142,3 +144,39 @@ def test_qgis_opens_both_layers(tmp_path: Path) -> None:
     result = subprocess.run([str(SYSTEM_PYTHON), "-c", QGIS_OPEN, str(out)], capture_output=True, text=True,
                             env=env, timeout=120)
     assert result.stdout.splitlines() == ["captions True 2 EPSG:32631", "changes True 2 EPSG:32631"], result.stderr
+
+
+def test_the_layer_has_a_spatial_index_gdal_uses_and_it_follows_replaced_tiles(tmp_path: Path) -> None:
+    out = tmp_path / "captions.gpkg"
+    grid = TileGrid(256, 128, GT, 64)
+    with open_layer(out) as layer:
+        layer.write(records(grid, FAILED))
+    with open_layer(out) as layer:
+        layer.write(records(grid)[:3])  # three tiles replaced in place (an upsert: the update triggers)
+    sql = f"SELECT HasSpatialIndex('{LAYER}', 'geom') AS indexed"
+    assert pyogrio.raw.read(out, sql=sql)[3][0][0] == 1
+    _, _, geometries, _ = pyogrio.raw.read(out, layer=LAYER, bbox=(431000.0, 4828990.0, 431010.0, 4829000.0))
+    assert len(geometries) == 1  # the R-tree answers the window query: tile r0_c0 only
+    with sqlite3.connect(out) as connection:
+        index = connection.execute(f"SELECT id, minx, maxx, miny, maxy FROM rtree_{LAYER}_geom ORDER BY id").fetchall()
+        tiles = connection.execute(f"SELECT fid, row, col FROM {LAYER} ORDER BY fid").fetchall()
+    assert [entry[0] for entry in index] == [fid for fid, _, _ in tiles]
+    for (_, min_x, max_x, min_y, max_y), (_, row, col) in zip(index, tiles):
+        assert (min_x, min_y, max_x, max_y) == pytest.approx(grid.bounds(grid.tiles()[row * 4 + col]), abs=0.01)
+
+
+def test_a_file_written_without_a_spatial_index_gets_one_on_resume(tmp_path: Path) -> None:
+    out = tmp_path / "captions.gpkg"
+    grid = TileGrid(128, 64, GT, 64)
+    with open_layer(out) as layer:
+        layer.write(records(grid, FAILED))
+    with sqlite3.connect(out) as connection:  # as files written before the index existed
+        for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            connection.execute(f'DROP TRIGGER "{name}"')
+        connection.execute(f"DROP TABLE rtree_{LAYER}_geom")
+        connection.execute("DELETE FROM gpkg_extensions")
+    with open_layer(out) as layer:
+        layer.write(records(grid)[:1])
+    assert pyogrio.raw.read(out, sql=f"SELECT HasSpatialIndex('{LAYER}', 'geom')")[3][0][0] == 1
+    with sqlite3.connect(out) as connection:
+        assert connection.execute(f"SELECT count(*) FROM rtree_{LAYER}_geom").fetchone()[0] == 2

@@ -45,11 +45,12 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("created_at", "DATETIME"),
 )
 _NAMES = [name for name, _ in COLUMNS]
-_UPSERT = (
-    f"INSERT INTO {LAYER} (geom, {', '.join(quote(n) for n in _NAMES)}) VALUES ({', '.join('?' * (len(_NAMES) + 1))}) "
-    f"ON CONFLICT(tile_id) DO UPDATE SET geom = excluded.geom, "
-    + ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in _NAMES[1:])
+_INSERT = (
+    f"INSERT INTO {LAYER} (geom, {', '.join(quote(n) for n in _NAMES)}) VALUES ({', '.join('?' * (len(_NAMES) + 1))})"
 )
+# Replacing is an UPDATE, then an INSERT where nothing was there, not one UPSERT: SQLite lets an UPSERT's conflict
+# clause override the INSERT OR REPLACE in the R-tree triggers, which then fail on the tile's own index entry.
+_UPDATE = f"UPDATE {LAYER} SET geom = ?, " + ", ".join(f"{quote(n)} = ?" for n in _NAMES[1:]) + " WHERE tile_id = ?"
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ class CaptionsLayer:
         mapped = [record for record in records if record.changes is not None]
         try:
             with self.package.connection as connection:
-                connection.executemany(_UPSERT, rows)
+                for geom, tile_id, *values in rows:
+                    if connection.execute(_UPDATE, (geom, *values, tile_id)).rowcount == 0:
+                        connection.execute(_INSERT, (geom, tile_id, *values))
                 connection.executemany(
                     f"INSERT OR REPLACE INTO {THUMBNAILS_TABLE} (tile_id, before_png, after_png) VALUES (?, ?, ?)",
                     thumbnails,

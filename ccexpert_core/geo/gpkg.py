@@ -1,15 +1,16 @@
 """A small GeoPackage writer on sqlite3 (OGC GeoPackage 1.3): feature and attribute tables that GDAL/OGR and
 QGIS open, written in transactions.
 
-Standard library only. There is no spatial index (its triggers need SpatiaLite functions); GDAL adds one on
-demand: ``ogrinfo out.gpkg -sql "SELECT CreateSpatialIndex('captions', 'geom')"``.
+Standard library only. Feature tables get the GeoPackage R-tree spatial index (extension ``gpkg_rtree_index``),
+kept by the standard triggers; their ``ST_*`` functions are registered on each connection here, as GDAL does on its
+own, so that this writer and GDAL/QGIS can both go on writing the same file.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,9 @@ APPLICATION_ID = 0x47504B47  # "GPKG"
 USER_VERSION = 10300  # GeoPackage 1.3.0
 #: srs_id values for CRSs without an EPSG code start here (GDAL does the same).
 FIRST_CUSTOM_SRS_ID = 100000
+_EMPTY_FLAG = 0b1_0000
+#: Bytes of the header's envelope for each envelope indicator (flags bits 1-3): none, XY, XYZ, XYM, XYZM.
+_ENVELOPE_BYTES = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
 
 _WGS84_WKT = (
     'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],'
@@ -48,6 +52,9 @@ CREATE TABLE IF NOT EXISTS gpkg_geometry_columns (
   CONSTRAINT uk_gc_table_name UNIQUE (table_name),
   CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
   CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id));
+CREATE TABLE IF NOT EXISTS gpkg_extensions (
+  table_name TEXT, column_name TEXT, extension_name TEXT NOT NULL, definition TEXT NOT NULL, scope TEXT NOT NULL,
+  CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name));
 INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES
   ('WGS 84 geodetic', 4326, 'EPSG', 4326, '{wgs84}', 'longitude/latitude coordinates in decimal degrees'),
   ('Undefined cartesian SRS', -1, 'NONE', -1, 'undefined', 'undefined cartesian coordinate reference system'),
@@ -97,10 +104,73 @@ def multipolygon_blob(polygons: Sequence[Sequence[Sequence[Point]]], srs_id: int
     return _header(points, srs_id) + body
 
 
+def is_empty(blob: bytes | None) -> bool:
+    """Whether a GeoPackage geometry is NULL or flagged empty."""
+    return blob is None or bool(blob[3] & _EMPTY_FLAG)
+
+
 def blob_bounds(blob: bytes) -> Bounds:
-    """``(xmin, ymin, xmax, ymax)`` from the envelope of a geometry written by this module."""
-    min_x, max_x, min_y, max_y = struct.unpack_from("<4d", blob, 8)
-    return min_x, min_y, max_x, max_y
+    """``(xmin, ymin, xmax, ymax)`` of a non-empty GeoPackage geometry: its header's envelope, or for a point
+    without one (GDAL writes points so) the point itself."""
+    flags = blob[3]
+    order = "<" if flags & 1 else ">"
+    envelope = (flags >> 1) & 0b111
+    if envelope:
+        min_x, max_x, min_y, max_y = struct.unpack_from(f"{order}4d", blob, 8)
+        return min_x, min_y, max_x, max_y
+    wkb = 8
+    wkb_order = "<" if blob[wkb] == 1 else ">"
+    (geometry_type,) = struct.unpack_from(f"{wkb_order}I", blob, wkb + 1)
+    if geometry_type % 1000 != 1:
+        raise ValueError(f"a GeoPackage geometry of WKB type {geometry_type} without an envelope")
+    x, y = struct.unpack_from(f"{wkb_order}2d", blob, wkb + 5)
+    return x, y, x, y
+
+
+def _bound(index: int) -> Callable[[bytes | None], float | None]:
+    return lambda blob: None if is_empty(blob) else blob_bounds(blob)[index]
+
+
+def _register_spatial_functions(connection: sqlite3.Connection) -> None:
+    """The SQL functions the R-tree triggers call (GDAL registers the same ones on its connections)."""
+    connection.create_function("ST_IsEmpty", 1, lambda blob: int(is_empty(blob)), deterministic=True)
+    for name, index in (("ST_MinX", 0), ("ST_MinY", 1), ("ST_MaxX", 2), ("ST_MaxY", 3)):
+        connection.create_function(name, 1, _bound(index), deterministic=True)
+
+
+def _rtree_sql(table: str, column: str) -> list[str]:
+    """Creating, filling and keeping the R-tree of ``table.column``: GeoPackage 1.3's triggers (Annex F.3), those
+    Debian 12's GDAL writes and its validator asks for."""
+    rtree, t, c = quote(f"rtree_{table}_{column}"), quote(table), quote(column)
+    values = f"NEW.fid, ST_MinX(NEW.{c}), ST_MaxX(NEW.{c}), ST_MinY(NEW.{c}), ST_MaxY(NEW.{c})"
+    new_set, new_unset = f"(NEW.{c} NOTNULL AND NOT ST_IsEmpty(NEW.{c}))", f"(NEW.{c} ISNULL OR ST_IsEmpty(NEW.{c}))"
+
+    def trigger(suffix: str, event: str, when: str, body: str) -> str:
+        name = quote(f"rtree_{table}_{column}_{suffix}")
+        return f"CREATE TRIGGER {name} AFTER {event} ON {t} WHEN {when} BEGIN {body}; END"
+
+    return [
+        f"CREATE VIRTUAL TABLE {rtree} USING rtree(id, minx, maxx, miny, maxy)",
+        f"INSERT OR REPLACE INTO {rtree} SELECT fid, ST_MinX({c}), ST_MaxX({c}), ST_MinY({c}), ST_MaxY({c}) "
+        f"FROM {t} WHERE {c} NOTNULL AND NOT ST_IsEmpty({c})",
+        trigger("insert", "INSERT", new_set, f"INSERT OR REPLACE INTO {rtree} VALUES ({values})"),
+        trigger(
+            "update1", f"UPDATE OF {c}", f"OLD.fid = NEW.fid AND {new_set}",
+            f"INSERT OR REPLACE INTO {rtree} VALUES ({values})",
+        ),
+        trigger(
+            "update2", f"UPDATE OF {c}", f"OLD.fid = NEW.fid AND {new_unset}", f"DELETE FROM {rtree} WHERE id = OLD.fid"
+        ),
+        trigger(
+            "update3", f"UPDATE OF {c}", f"OLD.fid != NEW.fid AND {new_set}",
+            f"DELETE FROM {rtree} WHERE id = OLD.fid; INSERT OR REPLACE INTO {rtree} VALUES ({values})",
+        ),
+        trigger(
+            "update4", "UPDATE", f"OLD.fid != NEW.fid AND {new_unset}",
+            f"DELETE FROM {rtree} WHERE id IN (OLD.fid, NEW.fid)",
+        ),
+        trigger("delete", "DELETE", f"OLD.{c} NOT NULL", f"DELETE FROM {rtree} WHERE id = OLD.fid"),
+    ]
 
 
 def quote(name: str) -> str:
@@ -115,6 +185,7 @@ class GeoPackage:
         self.path = Path(path)
         try:
             self.connection = sqlite3.connect(self.path, timeout=30)
+            _register_spatial_functions(self.connection)
         except sqlite3.Error as error:
             raise CCExpertError(f"cannot write the GeoPackage {self.path}: {error}") from None
         try:
@@ -177,15 +248,25 @@ class GeoPackage:
     def create_feature_table(
         self, name: str, columns: Sequence[tuple[str, str]], srs_id: int, geometry_type: str, description: str = ""
     ) -> None:
-        """Add a feature table (``fid``, ``geom`` and ``columns`` as (name, SQL type)) unless it exists."""
-        if self.table_exists(name):
-            return
+        """Add a feature table (``fid``, ``geom`` and ``columns`` as (name, SQL type)) unless it exists, and its
+        spatial index unless it has one (files written without one get it here)."""
         with self.connection:
-            self._create_table(name, [("geom", geometry_type), *columns])
-            self._register(name, "features", description, srs_id)
-            self.connection.execute(
-                "INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', ?, ?, 0, 0)", (name, geometry_type, srs_id)
-            )
+            if not self.table_exists(name):
+                self._create_table(name, [("geom", geometry_type), *columns])
+                self._register(name, "features", description, srs_id)
+                self.connection.execute(
+                    "INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', ?, ?, 0, 0)", (name, geometry_type, srs_id)
+                )
+            if not self.table_exists(f"rtree_{name}_geom"):
+                self._add_spatial_index(name, "geom")
+
+    def _add_spatial_index(self, table: str, column: str) -> None:
+        for statement in _rtree_sql(table, column):
+            self.connection.execute(statement)
+        self.connection.execute(
+            "INSERT OR REPLACE INTO gpkg_extensions VALUES (?, ?, 'gpkg_rtree_index', ?, 'write-only')",
+            (table, column, "http://www.geopackage.org/spec/#extension_rtree"),
+        )
 
     def create_attribute_table(self, name: str, columns: Sequence[tuple[str, str]], description: str = "") -> None:
         """Add a table without geometry (``fid`` and ``columns``) unless it exists."""

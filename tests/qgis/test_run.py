@@ -27,7 +27,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QSize
 from qgis.PyQt.QtGui import QColor
-from rasters import write_pair
+from rasters import ORIGIN, write_pair
 
 from qgis_plugin import classFactory
 from qgis_plugin.backend_client import multipart_body
@@ -203,6 +203,40 @@ def test_caption_region_resumes_the_plugins_geopackage_with_nothing_left_to_do(
     assert "4 already in" in result.stderr and "0 to do" in result.stderr
     assert len(rows(output)) == 4
 
+
+
+def test_caption_region_rewrites_a_failed_tile_of_the_plugins_geopackage_and_keeps_its_spatial_index(
+    full_run, backend: Backend, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    output = tmp_path / "changes.gpkg"
+    shutil.copy(full_run[0], output)
+    dataset = gdal.OpenEx(str(output), gdal.OF_VECTOR | gdal.OF_UPDATE)
+    dataset.ExecuteSQL("UPDATE captions SET status = 'failed', caption = NULL WHERE tile_id = 'r0_c0'")
+    dataset = None  # GDAL 3.6 datasets close when released
+    with sqlite3.connect(output) as connection:  # the plugin's GDAL made the R-tree and its triggers
+        made = connection.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'rtree_captions_geom%'")
+        assert made.fetchone()[0] > 1
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(TOKEN, encoding="utf-8")
+    result = subprocess.run(
+        [str(CCEXPERT), "caption-region", "--before", str(scene[0]), "--after", str(scene[1]), "--out", str(output),
+         "--backend", backend.url, "--token-file", str(token_file), "--tile-size", str(TILE)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3 already in" in result.stderr and "1 to do" in result.stderr
+    assert [row[:2] for row in rows(output)] == [(tile, "captioned") for tile in TILE_IDS]
+    dataset = gdal.OpenEx(str(output), gdal.OF_VECTOR)
+    indexed = dataset.ExecuteSQL("SELECT HasSpatialIndex('captions', 'geom')")
+    assert indexed.GetNextFeature().GetField(0) == 1
+    dataset.ReleaseResultSet(indexed)
+    layer = dataset.GetLayerByName("captions")
+    x, y = ORIGIN
+    layer.SetSpatialFilterRect(x + 1, y - 2, x + 2, y - 1)  # inside tile r0_c0 only
+    assert [feature["tile_id"] for feature in layer] == ["r0_c0"]
+    dataset = None
+    with sqlite3.connect(output) as connection:
+        assert connection.execute("SELECT count(*) FROM rtree_captions_geom").fetchone()[0] == 4
 
 def test_cancel_keeps_finished_tiles_and_a_second_run_completes_without_duplicates(
     plugin: CCExpertPlugin, project: QgsProject, backend: Backend, scene: tuple[Path, Path], token_id: str,
