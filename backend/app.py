@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
-from backend.auth import TokenChecker, TokenGuard
+from backend.auth import DOCS_ASSETS_PATH, TokenChecker, TokenGuard
 from backend.batching import DynamicBatcher
 from backend.errors import install_error_handlers
 from backend.limits import BodySizeLimit
@@ -45,7 +46,10 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
         finally:
             await batcher.stop()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with their scripts served from the package, since backends often run
+    # where no CDN can be reached (FastAPI's own pages load them from jsDelivr and stay blank offline).
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_PATH,
         title="CCExpert backend",
         version=__version__,
         description=DESCRIPTION,

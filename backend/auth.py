@@ -78,8 +78,15 @@ class TokenChecker:
 #: Declares the bearer scheme in OpenAPI (the "Authorize" button at /docs); :class:`TokenGuard` does the checking.
 bearer_scheme = HTTPBearer(auto_error=False, description="A token from the backend's --token-file")
 
+#: Where the documentation pages' scripts and styles are served from (they ship with the backend: no CDN).
+DOCS_ASSETS_PATH = "/docs/assets"
 #: What stays open without a token: the health probe and the API's documentation.
 OPEN_PATHS = frozenset({protocol.HEALTH_PATH, "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` is served without a token (:data:`OPEN_PATHS` and the documentation's assets)."""
+    return path in OPEN_PATHS or path.startswith(DOCS_ASSETS_PATH + "/")
 
 
 class TokenGuard:
@@ -95,7 +102,7 @@ class TokenGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] not in ("http", "websocket") or not self.checker.enabled or path in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or not self.checker.enabled or is_open(path):
             await self.app(scope, receive, send)
             return
         authorization = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -273,7 +274,17 @@ def test_openapi_documents_the_api(server: Server) -> None:
     post = schema["paths"][protocol.CAPTIONS_PATH]["post"]
     assert {"200", "401", "413", "422"} <= set(post["responses"])
     assert "multipart/form-data" in post["requestBody"]["content"]
-    assert requests.get(server.url + "/docs", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_documentation_pages_load_everything_from_the_backend_without_a_token(server: Server, page: str) -> None:
+    html = requests.get(server.url + page, timeout=30).text
+    sources = re.findall(r'(?:src|href)\s*=\s*"([^"]+)"', html) + re.findall(r"(?:src|href)\s*=\s*'([^']+)'", html)
+    assets = [source for source in sources if source.endswith((".js", ".css"))]
+    assert assets and all(source.startswith("/") for source in assets), sources  # nothing from a CDN
+    for source in assets:
+        response = requests.get(server.url + source, timeout=30)
+        assert response.status_code == 200 and len(response.content) > 10_000, source
 
 
 def test_refuses_to_listen_beyond_loopback_without_tokens(tiny_model_dir: Path) -> None:
