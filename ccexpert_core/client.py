@@ -159,6 +159,7 @@ class BackendClient:
                 caption=item["caption"],
                 change_detected=bool(item["change_detected"]),
                 confidence=float(item["confidence"]),
+                change_map=_change_map(item.get("change_map")),
             )
             for item in items
         ]
@@ -220,3 +221,8 @@ def _reason(error: requests.ConnectionError) -> str:
             break
         cause = inner
     return str(cause) or type(cause).__name__
+
+
+def _change_map(rows: list[list[float]] | None) -> tuple[tuple[float, ...], ...] | None:
+    """A result's change map as :class:`CaptionResult` holds it (None where the backend's model has none)."""
+    return None if rows is None else tuple(tuple(float(value) for value in row) for row in rows)

@@ -113,12 +113,15 @@ class InfoBody(TypedDict):
 
 
 class CaptionItem(TypedDict, total=False):
-    """One pair's result; ``tile_id`` only when the request gave tile ids."""
+    """One pair's result; ``tile_id`` only when the request gave tile ids, ``change_map`` only from a model with
+    a change-map head: per token of its g×g image grid (rows top to bottom), the probability that this place
+    changed (4 decimals)."""
 
     caption: str
     change_detected: bool
     confidence: float
     tile_id: str
+    change_map: list[list[float]]
 
 
 class CaptionsBody(TypedDict):

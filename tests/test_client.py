@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend_server import Server, encode, open_server, random_image
+from backend_server import Server, encode, open_server, random_image, shared_server
 from serve_process import free_port
 from ccexpert_core import protocol
 from ccexpert_core.client import BackendClient, encode_image, read_token_file
@@ -98,6 +98,25 @@ def test_caption_accepts_every_image_kind_and_matches_the_captioner(
     assert [r.caption for r in results] == [e.caption for e in expected]
     assert [r.change_detected for r in results] == [e.change_detected for e in expected]
     assert [r.confidence for r in results] == pytest.approx([e.confidence for e in expected], rel=1e-4)
+    assert all(r.change_map is None for r in results)  # this model has no change-map head
+
+
+def test_change_maps_come_over_the_wire_from_a_model_with_a_change_map_head(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from ccexpert_core.inference import Captioner
+    from ccexpert_core.model import build_tiny_model, save_model
+
+    model, processor = build_tiny_model(seed=0, change_head=True)
+    model_dir = save_model(model, processor, tmp_path_factory.mktemp("change-map-model"))
+    server = shared_server(request, "change-map", ["--model", str(model_dir), "--no-ui"])
+    pairs = [(random_image(400 + 2 * i), random_image(401 + 2 * i)) for i in range(2)]
+    with BackendClient(server.url) as client:
+        results = client.caption(pairs)
+    expected = Captioner.load(model_dir, device="cpu").caption(pairs)
+    for result, local in zip(results, expected):
+        assert result.caption == local.caption and len(result.change_map) == len(local.change_map) == 27  # 27 × 27
+        assert np.allclose(result.change_map, local.change_map, atol=1e-4)
 
 
 def test_backend_errors_come_back_as_messages(server: Server) -> None:

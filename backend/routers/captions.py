@@ -57,7 +57,8 @@ async def create_captions(
     after: Annotated[list[UploadFile], File(min_length=1, description="Later images, in the same order as `before`")],
     tile_ids: Annotated[list[str] | None, Form(description="Optional: one id per pair, echoed in the results")] = None,
 ) -> protocol.CaptionsBody:
-    """For each pair, in order: the caption, whether it describes a change, and the model's confidence."""
+    """For each pair, in order: the caption, whether it describes a change, the model's confidence and, from a
+    model with a change-map head, its coarse change map."""
     limits = state.settings.limits
     _check_counts(before, after, tile_ids, limits.max_pairs_per_request)
     for name, uploads in ((protocol.FIELD_BEFORE, before), (protocol.FIELD_AFTER, after)):
@@ -73,5 +74,7 @@ async def create_captions(
         }
         if tile_ids is not None:
             item["tile_id"] = tile_ids[index]
+        if result.change_map is not None:
+            item["change_map"] = [[round(value, 4) for value in row] for row in result.change_map]
         items.append(item)
     return {"model_id": state.captioner.model_id, "results": items}
