@@ -26,6 +26,8 @@ from ccexpert_core.data import (
     read_levircc,
     write_cc_json,
 )
+from ccexpert_core.data.synthetic import CHANGE_TYPES, SceneGenerator, caption_kind, named_kind
+from ccexpert_core.errors import CCExpertError
 
 LEVIRCC_CAPTIONS = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "levircc" / "LevirCCcaptions_reconstructed.json"
@@ -160,7 +162,8 @@ def test_cc_json_fields(tmp_path: Path) -> None:
     records = [
         {"uid": 7, "img1_path": "img.png", "img2_path": str(image), "change_caption": "A road is built."},
         {"uid": "b", "img1_path": "img.png", "img2_path": "img.png", "change_caption": ["There is no difference ."]},
-        {"uid": "c", "change_flag": 1, "img1_path": "img.png", "img2_path": "img.png", "change_caption": ["No."]},
+        {"uid": "c", "change_flag": 1, "img1_path": "img.png", "img2_path": "img.png", "change_caption": ["No."],
+         "change_type": "road_built"},
     ]
     (tmp_path / "d.json").write_text(json.dumps(records))
     a, b, c = read_cc_json(tmp_path / "d.json")
@@ -168,6 +171,11 @@ def test_cc_json_fields(tmp_path: Path) -> None:
     assert a.before_path == a.after_path == image  # relative to the JSON's folder, or absolute as given
     assert not b.changed  # no flag: the captions decide
     assert c.changed  # a flag is the dataset's label
+    assert c.change_type == "road_built" and a.change_type is None  # the kind of change, where the data has it
+    records[0]["change_type"] = 3
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    with pytest.raises(CCExpertError, match="'change_type' should be a name"):
+        read_cc_json(tmp_path / "d.json")
 
 
 # --- mixtures -------------------------------------------------------------------------------------------------------
@@ -251,3 +259,16 @@ def test_random_choice_gives_one_sample_per_pair_seeded_by_seed_plus_epoch() -> 
     assert random_choice(pairs, epoch=0, seed=5) == epoch0
     assert random_choice(pairs, epoch=1, seed=5) != epoch0  # a new epoch, new choices
     assert random_choice(pairs, epoch=2, seed=3) == epoch0  # seed + epoch is what counts
+
+
+# --- synthetic captions ---------------------------------------------------------------------------------------------
+
+
+def test_every_synthetic_caption_names_its_kind_of_change() -> None:
+    generator = SceneGenerator(seed=3, size=192)
+    seen = set()
+    for pair in generator.pairs(60):
+        kinds = {caption_kind(caption) for caption in pair.captions}
+        assert kinds == {named_kind(pair.change_type)}, (pair.change_type, pair.captions)
+        seen.add(pair.change_type)
+    assert seen == {None, *CHANGE_TYPES}  # every kind, and no change, was met

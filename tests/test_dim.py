@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ccexpert_core.model.dim import DifferenceAwareIntegration, sine_position_encoding
+from ccexpert_core.model.dim import ChangeMapHead, DifferenceAwareIntegration, sine_position_encoding
 
 WIDTH, HEADS, LEVELS, BATCH, GRID = 32, 4, 4, 3, 5
 TOKENS = GRID * GRID
@@ -138,3 +138,13 @@ def test_change_summary_is_off_by_default_and_adds_one_vector_to_every_token() -
     torch.testing.assert_close(added_a, added_a[:, :1].expand_as(added_a))  # the same vector on every token
     # ... and a pair-level change score read from it (trained with the change-map loss).
     assert out.change_score.shape == (a.shape[1],) and plain.change_score is None
+
+
+def test_change_types_add_a_kind_per_pair_to_the_summary_and_per_token_to_the_change_map_head() -> None:
+    a, b = levels()
+    out = DifferenceAwareIntegration(WIDTH, HEADS, change_summary=True, num_change_types=6)(a, b)
+    assert out.change_type_score.shape == (a.shape[1], 7)  # no change, or one of the six kinds
+    logits, kinds = ChangeMapHead(WIDTH, num_types=6)(out.change)
+    assert logits.shape == a.shape[1:3] and kinds.shape == (*a.shape[1:3], 6)
+    assert ChangeMapHead(WIDTH)(out.change)[1] is None  # a plain change map: no kinds
+    assert DifferenceAwareIntegration(WIDTH, HEADS, change_summary=True)(a, b).change_type_score is None

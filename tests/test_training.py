@@ -4,6 +4,7 @@ stages (DeepSpeed ZeRO-2 on the CPU in stage II), resuming, and refusals before 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -214,3 +215,40 @@ def test_change_loss_trains_the_change_map_head_and_the_summary_score(data: Path
     assert loss.item() > caption_loss.item() and len(trainer._change_losses) == 1
     assert model.model.change_head.mlp[-1].weight.grad.abs().sum() > 0
     assert model.model.dim.summary.score.weight.grad.abs().sum() > 0
+
+
+def test_change_types_train_the_kind_per_token_and_per_pair_where_the_data_knows_it(data: Path, tmp_path: Path) -> None:
+    from transformers import TrainingArguments
+
+    from ccexpert_core.data.synthetic import CHANGE_TYPES
+    from ccexpert_core.training.dataset import UNCHANGED, PairCollator
+    from ccexpert_core.training.trainer import CCExpertTrainer
+
+    model, processor = build_tiny_model(change_head=True, dim_change_summary=True, change_types=list(CHANGE_TYPES))
+    pairs = read_cc_json(data / "train" / "pairs.json")
+    samples = CaptionDataset(pairs, "random_choice").samples[:6]
+    batch = PairCollator(processor, with_masks=True, change_types=CHANGE_TYPES)(samples)
+    expected = [CHANGE_TYPES.index(s.change_type) if s.changed else UNCHANGED for s in samples]
+    assert batch["change_type"].tolist() == expected and UNCHANGED in expected and set(expected) != {UNCHANGED}
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = CCExpertTrainer(model=model, args=args, processor=processor, learning_rate=1e-3,
+                              vision_learning_rate=1e-3)
+    without_kinds = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "change_type"}).item()
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    assert loss.item() > without_kinds
+    assert model.model.change_head.kind.weight.grad.abs().sum() > 0
+    assert model.model.dim.summary.kind.weight.grad.abs().sum() > 0
+
+
+def test_change_type_loss_asks_no_change_or_which_kind_per_pair_and_skips_unknown_kinds() -> None:
+    from ccexpert_core.training.dataset import NO_KIND, UNCHANGED
+    from ccexpert_core.training.trainer import change_type_loss
+
+    shares = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.2, 0.0]])  # per token: the changed share of its pixels
+    kinds = torch.tensor([UNCHANGED, 2, NO_KIND])
+    token_logits, pair_logits = torch.zeros(3, 2, 4), torch.zeros(3, 5)  # 4 kinds; per pair: no change + 4
+    # Uniform logits: one changed token with a known kind (ln 4), two pairs with a known answer (ln 5 each).
+    loss = change_type_loss(token_logits, pair_logits, shares, kinds)
+    assert loss.item() == pytest.approx(math.log(4) + math.log(5))
+    assert change_type_loss(token_logits, pair_logits, shares, torch.full((3,), NO_KIND)).item() == 0.0

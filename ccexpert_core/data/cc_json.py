@@ -29,12 +29,16 @@ def _pair(record: Any, folder: Path, where: str) -> PairSample:
     flag = record.get("change_flag")
     if flag not in (None, 0, 1):  # True/False compare equal to 1/0, so they pass too
         raise CCExpertError(f"{where}: 'change_flag' should be 0 or 1, got {flag!r}")
+    change_type = record.get("change_type")
+    if change_type is not None and not isinstance(change_type, str):
+        raise CCExpertError(f"{where}: 'change_type' should be a name (text) or null, got {change_type!r}")
     return PairSample(
         uid=str(require_field(record, "uid", (str, int), where)),
         before_path=_image_path(folder, require_field(record, "img1_path", str, where)),
         after_path=_image_path(folder, require_field(record, "img2_path", str, where)),
         captions=captions,
         changed=changed_from_captions(captions) if flag is None else bool(flag),
+        change_type=change_type,
     )
 
 
@@ -68,6 +72,7 @@ def write_cc_json(pairs: Sequence[PairSample], path: Path) -> None:
             "img1_path": os.path.relpath(pair.before_path.resolve(), folder),
             "img2_path": os.path.relpath(pair.after_path.resolve(), folder),
             "change_caption": list(pair.captions),
+            **({"change_type": pair.change_type} if pair.change_type is not None else {}),
         }
         for pair in pairs
     ]

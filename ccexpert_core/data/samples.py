@@ -26,6 +26,8 @@ class PairSample:
     captions: tuple[str, ...]
     #: False for a "no change" pair.
     changed: bool
+    #: The kind of change where the data says it (the synthetic generator's ``change_type``), else None.
+    change_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class CaptionSample:
     after_path: Path
     caption: str
     changed: bool
+    change_type: str | None = None
 
 
 def changed_from_captions(captions: Iterable[str]) -> bool:
@@ -45,7 +48,7 @@ def changed_from_captions(captions: Iterable[str]) -> bool:
 
 
 def _caption_sample(pair: PairSample, caption: str) -> CaptionSample:
-    return CaptionSample(pair.uid, pair.before_path, pair.after_path, caption, pair.changed)
+    return CaptionSample(pair.uid, pair.before_path, pair.after_path, caption, pair.changed, pair.change_type)
 
 
 def flatten(pairs: Sequence[PairSample]) -> list[CaptionSample]:

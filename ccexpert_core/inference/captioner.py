@@ -123,7 +123,7 @@ class Captioner:
             return
 
         def capture(_module, _inputs, output) -> None:
-            probabilities = torch.sigmoid(inner.change_head(output.change).float())
+            probabilities = torch.sigmoid(inner.change_head(output.change)[0].float())
             grid = math.isqrt(probabilities.shape[1])
             maps.extend(tuple(tuple(values) for values in row) for row in probabilities.view(-1, grid, grid).tolist())
 

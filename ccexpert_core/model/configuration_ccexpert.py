@@ -46,6 +46,9 @@ class CCExpertConfig(LlavaOnevisionConfig):
     change_head (`bool`, defaults to `False`):
         An optional head on the DIM's change features giving one "is this place changed" logit per token (a
         coarse change map). Off in the paper's configurations and absent from published checkpoints.
+    change_types (`list[str]`, *optional*):
+        Not in the paper: names of the kinds of change the change-map head (per token) and the change summary (per
+        pair) also tell apart, trained from the data's `change_type` where it has one. Needs `change_head`.
     """
 
     model_type = "ccexpert"
@@ -57,6 +60,7 @@ class CCExpertConfig(LlavaOnevisionConfig):
     dim_mlp_ratio: int = 4
     dim_change_summary: bool = False
     change_head: bool = False
+    change_types: list[str] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -70,6 +74,12 @@ class CCExpertConfig(LlavaOnevisionConfig):
             raise ValueError(f"dim_num_heads={self.dim_num_heads} does not divide the vision width {width}")
         if self.change_head and not self.dim_enabled:
             raise ValueError("the change-map head reads the DIM's change features: it needs dim_enabled=True")
+        if self.change_types:
+            self.change_types = [str(name) for name in self.change_types]
+            if not self.change_head:
+                raise ValueError("change_types are told apart by the change-map head: they need change_head=True")
+            if len(set(self.change_types)) != len(self.change_types):
+                raise ValueError(f"change_types must be distinct names, got {self.change_types}")
         n_hidden = self.vision_config.num_hidden_layers + 1
         bad = [i for i in self.dim_vision_layers if not -n_hidden <= i < n_hidden]
         if bad or not self.dim_vision_layers:

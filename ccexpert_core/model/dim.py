@@ -162,6 +162,9 @@ class DimOutput:
     level_weights: torch.Tensor
     #: (B,): "is anything changed" logits from the change summary; None without one.
     change_score: torch.Tensor | None = None
+    #: (B, 1 + K): "no change, or which of the K kinds" logits from the change summary (index 0: no change), for
+    #: models that tell K kinds apart.
+    change_type_score: torch.Tensor | None = None
 
 
 class ChangeSummary(nn.Module):
@@ -171,32 +174,38 @@ class ChangeSummary(nn.Module):
 
     ``score`` reads "is anything changed in this pair" from the summary. Trained with the change-map loss, it makes
     the summary carry the change from the first steps: otherwise the summary only learns once the language model
-    asks for it, and a language model that has already learned the caption prior no longer asks."""
+    asks for it, and a language model that has already learned the caption prior no longer asks. With
+    ``num_types`` kinds of change, ``kind`` reads "no change, or which kind" from it in the same way, so the
+    summary also carries what changed (built or demolished look alike to a difference magnitude), and a subtle
+    kind (a road widened) is told apart from no change by more than the one score."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, num_types: int = 0) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.LayerNorm(width), DimLinear(width, width), nn.GELU(), DimLinear(width, width))
         self.score = DimLinear(width, 1)
+        self.kind = DimLinear(width, 1 + num_types) if num_types else None
 
-    def forward(self, change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """change (L, B, N, C) → the (B, 1, C) vector to add to each image's (B, N, C) features, and the (B,)
-        change-score logits."""
+    def forward(self, change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """change (L, B, N, C) → the (B, 1, C) vector to add to each image's (B, N, C) features, the (B,)
+        change-score logits and the (B, 1 + K) change-type logits, index 0 no change (None without kinds)."""
         summary = self.mlp(change.amax(dim=2).mean(dim=0))
-        return summary[:, None, :], self.score(summary).squeeze(-1)
+        kind = self.kind(summary) if self.kind is not None else None
+        return summary[:, None, :], self.score(summary).squeeze(-1), kind
 
 
 class DifferenceAwareIntegration(nn.Module):
     """Injects multi-scale differences between the two images into each image's features."""
 
     def __init__(
-        self, width: int, num_heads: int, depth: int = 2, mlp_ratio: int = 4, change_summary: bool = False
+        self, width: int, num_heads: int, depth: int = 2, mlp_ratio: int = 4, change_summary: bool = False,
+        num_change_types: int = 0,
     ) -> None:
         super().__init__()
         self.width = width
         self.change_init = ChangeFeatureInit(width)
         self.layers = nn.ModuleList(ChangeAwareLayer(width, num_heads, mlp_ratio) for _ in range(depth))
         self.adjust = AdaptiveAdjustment(width)
-        self.summary = ChangeSummary(width) if change_summary else None
+        self.summary = ChangeSummary(width, num_change_types) if change_summary else None
         self._pe_cache: dict[int, torch.Tensor] = {}
 
     def position_encoding(self, tokens: int, like: torch.Tensor) -> torch.Tensor:
@@ -225,21 +234,28 @@ class DifferenceAwareIntegration(nn.Module):
         w = weights[:, :, None, None].to(image_a.dtype)
         out_a = (w * image_a).sum(dim=0) + levels_a[-1]
         out_b = (w * image_b).sum(dim=0) + levels_b[-1]
-        score = None
+        score = kind = None
         if self.summary is not None:
-            summary, score = self.summary(change)
+            summary, score, kind = self.summary(change)
             out_a, out_b = out_a + summary, out_b + summary
-        return DimOutput(image_a=out_a, image_b=out_b, change=change, level_weights=weights, change_score=score)
+        return DimOutput(
+            image_a=out_a, image_b=out_b, change=change, level_weights=weights, change_score=score,
+            change_type_score=kind,
+        )
 
 
 class ChangeMapHead(nn.Module):
-    """One "is this place changed" logit per token from the DIM's change features (averaged over the levels)."""
+    """One "is this place changed" logit per token from the DIM's change features (averaged over the levels), and
+    with ``num_types`` kinds of change, one logit per kind and token."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, num_types: int = 0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.mlp = nn.Sequential(DimLinear(width, width), nn.GELU(), DimLinear(width, 1))
+        self.kind = DimLinear(width, num_types) if num_types else None
 
-    def forward(self, change: torch.Tensor) -> torch.Tensor:
-        """change (L, B, N, C) → logits (B, N)."""
-        return self.mlp(self.norm(change.mean(dim=0))).squeeze(-1)
+    def forward(self, change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """change (L, B, N, C) → change logits (B, N) and change-type logits (B, N, K) (None without kinds)."""
+        hidden = self.mlp[:2](self.norm(change.mean(dim=0)))
+        kind = self.kind(hidden) if self.kind is not None else None
+        return self.mlp[2](hidden).squeeze(-1), kind

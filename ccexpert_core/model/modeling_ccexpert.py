@@ -34,11 +34,13 @@ class CCExpertImageOutput(BaseModelOutputWithPooling):
     change_features: the DIM's change queries (L, B, N, C), None with the DIM off.
     level_weights: the DIM's adaptive level weights (L, B), None with the DIM off.
     change_score: "is anything changed" logits (B,) from the DIM's change summary, None without one.
+    change_type_score: "no change, or which kind" logits (B, 1 + K) from the change summary, None without kinds.
     """
 
     change_features: torch.Tensor | None = None
     level_weights: torch.Tensor | None = None
     change_score: torch.Tensor | None = None
+    change_type_score: torch.Tensor | None = None
 
 
 class CCExpertModel(LlavaOnevisionModel):
@@ -56,11 +58,16 @@ class CCExpertModel(LlavaOnevisionModel):
                 depth=config.dim_depth,
                 mlp_ratio=config.dim_mlp_ratio,
                 change_summary=config.dim_change_summary,
+                num_change_types=len(config.change_types or ()),
             )
             if config.dim_enabled
             else None
         )
-        self.change_head = ChangeMapHead(config.vision_config.hidden_size) if config.change_head else None
+        self.change_head = (
+            ChangeMapHead(config.vision_config.hidden_size, len(config.change_types or ()))
+            if config.change_head
+            else None
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -102,14 +109,14 @@ class CCExpertModel(LlavaOnevisionModel):
         kwargs.update(output_hidden_states=[layer, *self._dim_layers()], return_dict=True)
         vision = self.vision_tower(pixel_values, **kwargs)
         hidden = vision.hidden_states
-        change = weights = score = None
+        change = weights = score = kind = None
         if self.dim is None:
             features = hidden[layer]
         else:
             levels = torch.stack([hidden[i] for i in self._dim_layers()])  # (L, 2B, N, C)
             out = self.dim(levels[:, 0::2], levels[:, 1::2])
             features = torch.stack((out.image_a, out.image_b), dim=1).flatten(0, 1)  # interleave again
-            change, weights, score = out.change, out.level_weights, out.change_score
+            change, weights, score, kind = out.change, out.level_weights, out.change_score, out.change_type_score
         projected = self.multi_modal_projector(features)
         return CCExpertImageOutput(
             last_hidden_state=vision.last_hidden_state,
@@ -117,6 +124,7 @@ class CCExpertModel(LlavaOnevisionModel):
             change_features=change,
             level_weights=weights,
             change_score=score,
+            change_type_score=kind,
         )
 
     def _dim_layers(self) -> list[int]:
@@ -137,9 +145,12 @@ class CCExpertForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
-    def change_logits(self, image_outputs: CCExpertImageOutput | None) -> torch.Tensor | None:
-        """Per-token change logits (B, N), row-major over the image grid, from a forward pass's
-        ``image_outputs``; None without a change-map head (or without images in that pass)."""
+    def change_logits(
+        self, image_outputs: CCExpertImageOutput | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Per-token change logits (B, N), row-major over the image grid, and per-token change-type logits
+        (B, N, K) (None without ``change_types``), from a forward pass's ``image_outputs``; None without a
+        change-map head (or without images in that pass)."""
         head = self.model.change_head
         if head is None or image_outputs is None or getattr(image_outputs, "change_features", None) is None:
             return None

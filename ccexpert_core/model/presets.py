@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import Qwen2Config, SiglipVisionConfig
 
+from ccexpert_core.data.synthetic import CHANGE_TYPES
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.model.configuration_ccexpert import CCExpertConfig
 
@@ -50,8 +51,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         vision=_DEMO_VISION,
         text=_DEMO_TEXT,
-        # Two levels of the 4-layer tower (not four): the DIM is most of a training step's cost on a CPU.
-        dim=dict(dim_num_heads=4, dim_vision_layers=[2, 4], change_head=True, dim_change_summary=True),
+        # Two levels of the 4-layer tower (not four): the DIM is most of a training step's cost on a CPU. The
+        # synthetic generator's kinds of change are told apart by the change head and summary.
+        dim=dict(
+            dim_num_heads=4, dim_vision_layers=[2, 4], change_head=True, dim_change_summary=True,
+            change_types=list(CHANGE_TYPES),
+        ),
     ),
     "0.5b": dict(vision=_SIGLIP_SO400M, text=_QWEN2_0_5B, dim={}, image_token_index=151646),
     "7b": dict(vision=_SIGLIP_SO400M, text=_QWEN2_7B, dim={}, image_token_index=151646),

@@ -63,13 +63,20 @@ def token_mask(path: Path, grid: int) -> torch.Tensor:
     return torch.from_numpy(shares.reshape(-1).copy())
 
 
+#: The kind target of a changed pair whose kind is unknown (cross-entropy's ignore index), and of a no-change pair.
+NO_KIND, UNCHANGED = -100, -1
+
+
 @dataclass
 class PairCollator:
     """Batches of CaptionSamples → inputs with labels (answer + end of turn) and, where every sample of the batch
-    has a change mask and ``with_masks`` is set, per-token change targets ``change_mask``."""
+    has a change mask and ``with_masks`` is set, per-token change targets ``change_mask``; with ``change_types``
+    also each pair's kind of change ``change_type``: its index there, :data:`UNCHANGED` for a no-change pair,
+    :data:`NO_KIND` where unknown."""
 
     processor: PairProcessor
     with_masks: bool = False
+    change_types: tuple[str, ...] = ()
 
     def __call__(self, samples: list[CaptionSample]) -> dict[str, torch.Tensor]:
         batch = dict(
@@ -80,4 +87,12 @@ class PairCollator:
             if all(paths):
                 grid = math.isqrt(self.processor.tokens_per_image)
                 batch["change_mask"] = torch.stack([token_mask(path, grid) for path in paths])
+                if self.change_types:
+                    kinds = [self._kind(sample) for sample in samples]
+                    batch["change_type"] = torch.tensor(kinds, dtype=torch.long)
         return batch
+
+    def _kind(self, sample: CaptionSample) -> int:
+        if not sample.changed:
+            return UNCHANGED
+        return self.change_types.index(sample.change_type) if sample.change_type in self.change_types else NO_KIND

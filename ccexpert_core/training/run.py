@@ -112,6 +112,10 @@ def run_stage(config: StageConfig) -> Path:
     model, processor = _initial_model(config, pairs)
     counts = apply_trainable(model, config.trainable)
     log.warning("stage %s: training %s (%d parameters)", config.stage, counts, sum(counts.values()))
+    kinds = tuple(model.config.change_types or ())
+    unknown = sorted({pair.change_type for pair in pairs if pair.change_type} - set(kinds))
+    if kinds and unknown:
+        log.warning("the model does not know the change types %s of the data: their kind is not trained", unknown)
     if config.deepspeed:
         _single_process_distributed_env()
     trainer = CCExpertTrainer(
@@ -119,7 +123,7 @@ def run_stage(config: StageConfig) -> Path:
         args=training_arguments(config, bool(eval_pairs)),
         train_dataset=dataset,
         eval_dataset=eval_pairs or None,
-        data_collator=PairCollator(processor, with_masks=model.model.change_head is not None),
+        data_collator=PairCollator(processor, with_masks=model.model.change_head is not None, change_types=kinds),
         callbacks=[EpochCallback(dataset)],
         processor=processor,
         learning_rate=config.learning_rate,

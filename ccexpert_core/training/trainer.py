@@ -12,7 +12,7 @@ from ccexpert_core.data import PairSample
 from ccexpert_core.evaluation import CaptionScorer, evaluate
 from ccexpert_core.inference import Captioner
 from ccexpert_core.model import PairProcessor
-from ccexpert_core.training.dataset import CaptionDataset
+from ccexpert_core.training.dataset import NO_KIND, UNCHANGED, CaptionDataset
 from ccexpert_core.training.trainable import parameter_groups
 
 
@@ -24,6 +24,23 @@ class EpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs) -> None:
         self.dataset.set_epoch(int(state.epoch or 0))
+
+
+def change_type_loss(
+    token_logits: torch.Tensor | None, pair_logits: torch.Tensor | None, shares: torch.Tensor, kinds: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of the kind of change against each pair's kind (B,) (:data:`UNCHANGED` for a no-change pair,
+    :data:`NO_KIND` where unknown: no loss there): per token (B, N, K) on the changed tokens of changed pairs,
+    per pair (B, 1 + K) over "no change" (index 0) and the kinds. Zero where nothing is known."""
+    loss = shares.new_zeros(())
+    if token_logits is not None:
+        per_token = torch.where((shares > 0) & (kinds[:, None] >= 0), kinds[:, None], NO_KIND)
+        if (per_token != NO_KIND).any():
+            loss = loss + F.cross_entropy(token_logits.float().flatten(0, 1), per_token.flatten(), ignore_index=NO_KIND)
+    per_pair = torch.where(kinds >= UNCHANGED, kinds + 1, NO_KIND)
+    if pair_logits is not None and (per_pair != NO_KIND).any():
+        loss = loss + F.cross_entropy(pair_logits.float(), per_pair, ignore_index=NO_KIND)
+    return loss
 
 
 class CCExpertTrainer(Trainer):
@@ -62,18 +79,26 @@ class CCExpertTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The caption loss (answer + end of turn), plus the weighted change loss where targets are given: the
-        per-token change map and, with a change summary, the pair-level change score."""
+        per-token change map and, with a change summary, the pair-level change score; for models with change
+        types and pairs whose kind is known, also the kind per changed token and per pair."""
         change_mask = inputs.pop("change_mask", None)
+        change_type = inputs.pop("change_type", None)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if change_mask is not None and self.change_loss_weight:
-            logits = self.accelerator.unwrap_model(model).change_logits(outputs.image_outputs)
-            if logits is not None:
+            heads = self.accelerator.unwrap_model(model).change_logits(outputs.image_outputs)
+            if heads is not None:
+                logits, type_logits = heads
                 targets = change_mask.to(logits.device).float()
                 change_loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-                score = outputs.image_outputs.change_score
-                if score is not None:  # the change summary's pair-level "anything changed?"
+                image_outputs = outputs.image_outputs
+                if image_outputs.change_score is not None:  # the change summary's pair-level "anything changed?"
                     change_loss = change_loss + F.binary_cross_entropy_with_logits(
-                        score.float(), (targets.amax(dim=1) > 0).float()
+                        image_outputs.change_score.float(), (targets.amax(dim=1) > 0).float()
+                    )
+                if change_type is not None:
+                    kinds = change_type.to(logits.device)
+                    change_loss = change_loss + change_type_loss(
+                        type_logits, image_outputs.change_type_score, targets, kinds
                     )
                 self._change_losses.append(change_loss.item())
                 if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
