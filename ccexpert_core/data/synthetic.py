@@ -319,6 +319,30 @@ def road_widened_captions(place: str) -> list[str]:
     ]
 
 
+#: Kinds a caption can name: bare land developed reads as buildings built (four of its five captions say so).
+_CAPTION_KINDS = {"bare_land_developed": "buildings_built"}
+
+
+def caption_kind(caption: str) -> str | None:
+    """The kind of change (one of :data:`CHANGE_TYPES`, bare land developed read as buildings built) that a
+    caption in this generator's phrasing names; None for a no-change sentence or anything else."""
+    words = caption.lower()
+    if "road" in words:
+        return "road_widened" if any(w in words for w in ("widen", "wider", "broaden")) else "road_built"
+    if "tree" in words:
+        return "trees_cleared"
+    if not any(w in words for w in ("building", "house")):
+        return None
+    if any(w in words for w in ("demolish", "removed", "disappeared")):
+        return "buildings_demolished"
+    return "buildings_built" if any(w in words for w in ("built", "constructed", "appear", "replaced")) else None
+
+
+def named_kind(change_type: str | None) -> str | None:
+    """The kind a caption of a pair of ``change_type`` should name (see :func:`caption_kind`)."""
+    return _CAPTION_KINDS.get(change_type, change_type) if change_type else None
+
+
 def write_dataset(folder: str | Path, count: int, seed: int = 0, size: int = 384, start: int = 0) -> Path:
     """Write ``count`` pairs as PNGs (A/, B/, mask/) and a CC JSON ``pairs.json`` in ``folder``; returns the JSON.
 

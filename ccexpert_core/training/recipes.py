@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ccexpert_core.data import read_cc_json
-from ccexpert_core.data.synthetic import write_dataset
+from ccexpert_core.data.synthetic import caption_kind, named_kind, write_dataset
 from ccexpert_core.defaults import DEMO_MODEL_DIR
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.evaluation import CaptionScorer, evaluate
@@ -52,16 +52,22 @@ def held_out_scores(model_dir: Path, pairs_json: Path) -> dict[str, Any]:
     with CaptionScorer() as scorer:
         model_scores = evaluate(predictions, references, scorer=scorer)
         baseline = evaluate({uid: most_frequent for uid in references}, references, scorer=scorer)
+    changed = [pair for pair in pairs if pair.changed and pair.change_type]
+    kinds_right = sum(caption_kind(predictions[pair.uid]) == named_kind(pair.change_type) for pair in changed)
     return {
         "pairs": len(pairs),
         "model": model_scores,
         "most_frequent_caption": most_frequent,
         "baseline": baseline,
         "distinct_captions": len(set(predictions.values())),
+        "changed_pairs": len(changed),
+        "kind_named_right": kinds_right,
     }
 
 
-def _model_card(scores: dict[str, Any], minutes: float, parameters: int) -> str:
+def _model_card(scores: dict[str, Any], minutes: float, parameters: int, kinds: bool) -> str:
+    score = "pair-level change score and kind of change" if kinds else "pair-level change score"
+    head = "per-token change-map head that also tells the kinds of change apart" if kinds else "per-token change-map head"
     rows = "\n".join(
         f"| {name} | {scores['model'][name]:.2f} | {scores['baseline'][name]:.2f} |"
         for name in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "S*m", "change_accuracy")
@@ -69,12 +75,14 @@ def _model_card(scores: dict[str, Any], minutes: float, parameters: int) -> str:
     return f"""# CCExpert demo model
 
 A small CCExpert (SigLIP-style vision tower 128 wide × 4 layers with patch 32 — 144 tokens per image —, the
-Difference-aware Integration Module on tower layers 2 and 4 with two additions that are not in the paper — a change
-summary added to every image token, with a pair-level change score, and a per-token change-map head —, a
+Difference-aware Integration Module on tower layers 2 and 4 with two additions that are not in the paper, a
 Qwen2-style language model 192 wide × 3 layers, a word-level tokenizer; {parameters / 1e6:.1f}M parameters) trained
 on this project's synthetic bi-temporal scenes on a 2-core CPU: buildings built or demolished, roads built or
 widened, trees cleared, bare land developed, and no change (how well it tells them apart is in the scores below).
 It has never seen real imagery: use it to try the tools, not to describe real places.
+
+The additions to the DIM: a change summary added to every image token, with a {score};
+and a {head}.
 
 ## Recipe
 `ccexpert train --recipe demo` (or `training/recipes/demo.sh`): {TRAIN_PAIRS} synthetic training pairs (seed
@@ -91,6 +99,9 @@ DeepSpeed ZeRO-2; III: everything, one random caption per pair per epoch. Traini
 {rows}
 
 The model produced {scores['distinct_captions']} distinct captions on these pairs.
+Of the {scores['changed_pairs']} changed pairs, {scores['kind_named_right']} captions name the right kind of change
+(bare land developed counts as buildings built: four of its five reference captions say so). Places and counts in
+its captions are often wrong.
 """
 
 
@@ -102,7 +113,8 @@ def install_demo_model(final: Path, minutes: float) -> Path:
         shutil.rmtree(DEMO_MODEL_DIR)
     save_model(model.half(), processor, DEMO_MODEL_DIR)
     scores = held_out_scores(DEMO_MODEL_DIR, held_out_set())
-    (DEMO_MODEL_DIR / "README.md").write_text(_model_card(scores, minutes, model.num_parameters()))
+    card = _model_card(scores, minutes, model.num_parameters(), bool(model.config.change_types))
+    (DEMO_MODEL_DIR / "README.md").write_text(card)
     (DEMO_MODEL_DIR / "held_out_scores.json").write_text(json.dumps(scores, indent=1))
     return DEMO_MODEL_DIR
 
