@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ccexpert_core.data import read_cc_json
-from ccexpert_core.data.synthetic import write_dataset
+from ccexpert_core.data.synthetic import caption_kind, named_kind, write_dataset
 from ccexpert_core.defaults import DEMO_MODEL_DIR, default_model
 from ccexpert_core.evaluation import CaptionScorer, evaluate
 from ccexpert_core.inference import Captioner
@@ -34,8 +34,14 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with CaptionScorer() as scorer:
         model = evaluate(predictions, references, scorer=scorer)
         baseline = evaluate({uid: most_common for uid in references}, references, scorer=scorer)
+    changed = [pair for pair in pairs if pair.changed]
+    kinds_right = sum(caption_kind(predictions[pair.uid]) == named_kind(pair.change_type) for pair in changed)
     print(f"\ndemo model on {HELD_OUT} fresh pairs: {model}\nbaseline ('{most_common}'): {baseline}")
-    return {"model": model, "baseline": baseline, "distinct": len(set(predictions.values()))}
+    print(f"kind of change named right in {kinds_right} of {len(changed)} changed pairs")
+    return {
+        "model": model, "baseline": baseline, "distinct": len(set(predictions.values())),
+        "kinds_right": kinds_right / len(changed),
+    }
 
 
 def test_default_model_is_the_demo_model_where_it_ships() -> None:
@@ -50,4 +56,8 @@ def test_demo_model_tells_change_from_no_change(scores: dict) -> None:
 def test_demo_model_beats_the_most_frequent_caption_clearly(scores: dict) -> None:
     assert scores["model"]["S*m"] >= scores["baseline"]["S*m"] + 10.0
     # Not collapsed onto the caption prior: besides "no change", it names several kinds of change.
-    assert scores["distinct"] >= 5
+    assert scores["distinct"] >= 10
+
+
+def test_demo_model_names_the_kind_of_change(scores: dict) -> None:
+    assert scores["kinds_right"] >= 0.8
