@@ -188,11 +188,9 @@ def test_screenshot_of_the_result_on_the_map(full_run) -> None:
     assert image.save(str(path)) and path.stat().st_size > 50_000  # the raster and the tiles, not a blank image
 
 
-def test_caption_region_resumes_the_plugins_geopackage_with_nothing_left_to_do(
-    full_run, backend: Backend, scene: tuple[Path, Path], tmp_path: Path
-) -> None:
-    output, _ = full_run
-    token_file = tmp_path / "token.txt"
+def caption_region(scene: tuple[Path, Path], output: Path, backend: Backend, folder: Path) -> str:
+    """Run ``ccexpert caption-region`` on the scene into ``output`` through the test backend; its stderr."""
+    token_file = folder / "token.txt"
     token_file.write_text(TOKEN, encoding="utf-8")
     result = subprocess.run(
         [str(CCEXPERT), "caption-region", "--before", str(scene[0]), "--after", str(scene[1]), "--out", str(output),
@@ -200,9 +198,16 @@ def test_caption_region_resumes_the_plugins_geopackage_with_nothing_left_to_do(
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "4 already in" in result.stderr and "0 to do" in result.stderr
-    assert len(rows(output)) == 4
+    return result.stderr
 
+
+def test_caption_region_resumes_the_plugins_geopackage_with_nothing_left_to_do(
+    full_run, backend: Backend, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    output, _ = full_run
+    stderr = caption_region(scene, output, backend, tmp_path)
+    assert "4 already in" in stderr and "0 to do" in stderr
+    assert len(rows(output)) == 4
 
 
 def test_caption_region_rewrites_a_failed_tile_of_the_plugins_geopackage_and_keeps_its_spatial_index(
@@ -216,15 +221,8 @@ def test_caption_region_rewrites_a_failed_tile_of_the_plugins_geopackage_and_kee
     with sqlite3.connect(output) as connection:  # the plugin's GDAL made the R-tree and its triggers
         made = connection.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'rtree_captions_geom%'")
         assert made.fetchone()[0] > 1
-    token_file = tmp_path / "token.txt"
-    token_file.write_text(TOKEN, encoding="utf-8")
-    result = subprocess.run(
-        [str(CCEXPERT), "caption-region", "--before", str(scene[0]), "--after", str(scene[1]), "--out", str(output),
-         "--backend", backend.url, "--token-file", str(token_file), "--tile-size", str(TILE)],
-        capture_output=True, text=True, check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "3 already in" in result.stderr and "1 to do" in result.stderr
+    stderr = caption_region(scene, output, backend, tmp_path)
+    assert "3 already in" in stderr and "1 to do" in stderr
     assert [row[:2] for row in rows(output)] == [(tile, "captioned") for tile in TILE_IDS]
     dataset = gdal.OpenEx(str(output), gdal.OF_VECTOR)
     indexed = dataset.ExecuteSQL("SELECT HasSpatialIndex('captions', 'geom')")
