@@ -25,8 +25,6 @@ USER_VERSION = 10300  # GeoPackage 1.3.0
 #: srs_id values for CRSs without an EPSG code start here (GDAL does the same).
 FIRST_CUSTOM_SRS_ID = 100000
 _EMPTY_FLAG = 0b1_0000
-#: Bytes of the header's envelope for each envelope indicator (flags bits 1-3): none, XY, XYZ, XYM, XYZM.
-_ENVELOPE_BYTES = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
 
 _WGS84_WKT = (
     'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],'
