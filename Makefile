@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | system
 	# torch first and pinned: a looser request pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	# DS_BUILD_OPS=0: DeepSpeed installs as pure Python; its ops compile when first used.
-	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[test]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[test,ray]'
 	@touch $@
 
 venv: $(STAMP)
