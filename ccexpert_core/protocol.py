@@ -137,3 +137,25 @@ class ErrorBody(TypedDict, total=False):
     error: str
     detail: str
     field: str
+
+
+def check_backend_url(url: str) -> str:
+    """``url`` without trailing slashes, or ``ValueError`` saying what is wrong with it: clients need an ``http://``
+    or ``https://`` URL with a host (and, if given, a port from 1 to 65535)."""
+    from urllib.parse import urlsplit
+
+    text = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"the backend URL '{url}' has a port that is not a number from 1 to 65535") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"the backend URL must start with http:// or https://, not '{url}' (e.g. http://127.0.0.1:8000)")
+    if not parts.hostname:
+        raise ValueError(f"the backend URL '{url}' names no host (e.g. http://127.0.0.1:8000)")
+    if port == 0:
+        raise ValueError(f"the backend URL '{url}' has port 0: give the port the backend listens on")
+    if parts.query or parts.fragment:
+        raise ValueError(f"the backend URL '{url}' has a query or fragment: give just scheme, host, port (and path)")
+    return text
