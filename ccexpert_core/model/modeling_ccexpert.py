@@ -3,6 +3,10 @@
 Each sample holds one pair of images. ``pixel_values`` has one row per image, the pairs' images interleaved:
 (before₁, after₁, before₂, after₂, …) — shape (2B, 3, H, W). Each image contributes N = (H / patch)² tokens;
 the prompt holds N image tokens per ``<image>`` placeholder, with no newline token.
+
+Image features are built in two steps, so an image shared by several pairs (a series of dates) goes through the
+vision tower once: ``encode_images`` (the tower, any images) and ``pair_image_features`` (the DIM per pair and the
+projector, from those hidden states). ``get_image_features`` is the two for interleaved pairs.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -21,15 +26,33 @@ from transformers import (
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from torch import nn
+from transformers.utils import ModelOutput
 
 from ccexpert_core.model.configuration_ccexpert import BASE_MODEL_TYPE, CCExpertConfig
 from ccexpert_core.model.dim import ChangeAwareLayer, ChangeMapHead, DifferenceAwareIntegration, DimLinear
 
 
 @dataclass
+class CCExpertVisionOutput(ModelOutput):
+    """The vision tower's hidden states that image features are built from, one row per image (n images).
+
+    last_hidden_state: (n, N, C) the tower's output.
+    features: (n, N, C) the hidden states of ``vision_feature_layer``, the projector's input with the DIM off
+        (None with the DIM on: its last level is its residual base).
+    levels: (L, n, N, C) the hidden states of the DIM's layers, None with the DIM off.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    levels: torch.Tensor | None = None
+
+
+@dataclass
 class CCExpertImageOutput(BaseModelOutputWithPooling):
     """Vision-side output: ``pooler_output`` is a tuple of per-image (N, d) features ready for the prompt.
+
+    last_hidden_state: the vision tower's output for ``get_image_features``' pixel_values; None from
+    ``pair_image_features``, whose pairs may share images.
 
     change_features: the DIM's change queries (L, B, N, C), None with the DIM off.
     level_weights: the DIM's adaptive level weights (L, B), None with the DIM off.
@@ -41,6 +64,11 @@ class CCExpertImageOutput(BaseModelOutputWithPooling):
     level_weights: torch.Tensor | None = None
     change_score: torch.Tensor | None = None
     change_type_score: torch.Tensor | None = None
+
+
+def _interleave(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """(P, …) twice → (2P, …) as first₁, second₁, first₂, second₂, …"""
+    return torch.stack((first, second), dim=1).flatten(0, 1)
 
 
 class CCExpertModel(LlavaOnevisionModel):
@@ -84,6 +112,45 @@ class CCExpertModel(LlavaOnevisionModel):
         else:
             super()._init_weights(module)
 
+    def encode_images(
+        self, pixel_values: torch.Tensor, vision_feature_layer: int | None = None, **kwargs
+    ) -> CCExpertVisionOutput:
+        """pixel_values (n, 3, H, W), any n images → the hidden states their features are built from, in one
+        vision-tower call."""
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        if not isinstance(layer, int):
+            raise ValueError("CCExpert selects one vision feature layer (an int); the DIM picks its own levels")
+        # Ask only for the hidden states used: the others are not kept (memory at large batches).
+        kwargs.update(output_hidden_states=[layer, *self._dim_layers()], return_dict=True)
+        vision = self.vision_tower(pixel_values, **kwargs)
+        hidden = vision.hidden_states
+        if self.dim is None:
+            return CCExpertVisionOutput(last_hidden_state=vision.last_hidden_state, features=hidden[layer])
+        levels = torch.stack([hidden[i] for i in self._dim_layers()])  # (L, n, N, C)
+        return CCExpertVisionOutput(last_hidden_state=vision.last_hidden_state, levels=levels)
+
+    def pair_image_features(
+        self, vision: CCExpertVisionOutput, before: torch.Tensor, after: torch.Tensor
+    ) -> CCExpertImageOutput:
+        """The features of P pairs whose images are rows ``before[k]`` and ``after[k]`` (LongTensors (P,)) of
+        ``vision``: the DIM sees each pair exactly as it would in a pair run. ``pooler_output`` holds 2P (N, d)
+        features, pairs in order, before and after interleaved (the prompt's order)."""
+        change = weights = score = kind = None
+        if self.dim is None:
+            features = _interleave(vision.features[before], vision.features[after])
+        else:
+            out = self.dim(vision.levels[:, before], vision.levels[:, after])
+            features = _interleave(out.image_a, out.image_b)
+            change, weights, score, kind = out.change, out.level_weights, out.change_score, out.change_type_score
+        projected = self.multi_modal_projector(features)
+        return CCExpertImageOutput(
+            pooler_output=tuple(projected),
+            change_features=change,
+            level_weights=weights,
+            change_score=score,
+            change_type_score=kind,
+        )
+
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -102,30 +169,11 @@ class CCExpertModel(LlavaOnevisionModel):
             raise ValueError(
                 f"pixel_values must be (2·pairs, 3, H, W) with before/after interleaved, got {tuple(pixel_values.shape)}"
             )
-        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-        if not isinstance(layer, int):
-            raise ValueError("CCExpert selects one vision feature layer (an int); the DIM picks its own levels")
-        # Ask only for the hidden states used: the others are not kept (memory at large batches).
-        kwargs.update(output_hidden_states=[layer, *self._dim_layers()], return_dict=True)
-        vision = self.vision_tower(pixel_values, **kwargs)
-        hidden = vision.hidden_states
-        change = weights = score = kind = None
-        if self.dim is None:
-            features = hidden[layer]
-        else:
-            levels = torch.stack([hidden[i] for i in self._dim_layers()])  # (L, 2B, N, C)
-            out = self.dim(levels[:, 0::2], levels[:, 1::2])
-            features = torch.stack((out.image_a, out.image_b), dim=1).flatten(0, 1)  # interleave again
-            change, weights, score, kind = out.change, out.level_weights, out.change_score, out.change_type_score
-        projected = self.multi_modal_projector(features)
-        return CCExpertImageOutput(
-            last_hidden_state=vision.last_hidden_state,
-            pooler_output=tuple(projected),
-            change_features=change,
-            level_weights=weights,
-            change_score=score,
-            change_type_score=kind,
-        )
+        vision = self.encode_images(pixel_values, vision_feature_layer, **kwargs)
+        before = torch.arange(0, pixel_values.shape[0], 2, device=pixel_values.device)
+        output = self.pair_image_features(vision, before, before + 1)
+        output.last_hidden_state = vision.last_hidden_state
+        return output
 
     def _dim_layers(self) -> list[int]:
         return list(self.config.dim_vision_layers) if self.dim is not None else []
