@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from .area import tile_area
 from .backend_client import BackendClient
 from .captions_gpkg import CAPTIONED, DEFAULT_LAYER, FAILED, SKIPPED_NODATA, CaptionsGeoPackage, TileRecord
 from .errors import CaptionRunError
@@ -141,7 +142,7 @@ def run_job(job: Job, feedback: Feedback) -> JobSummary:
             try:
                 overlap = tiling.parse_overlap(job.overlap, job.tile_size)
                 grid = tiling.TileGrid(pair.grid.width, pair.grid.height, pair.grid.transform, job.tile_size, overlap)
-                area = tiling.Area(job.area) if job.area else tiling.Area.from_bounds(pair.overlap_bounds)
+                area = tile_area(job.area, log) if job.area else tiling.Area.from_bounds(pair.overlap_bounds)
             except ValueError as error:
                 raise CaptionRunError(str(error)) from None
             tiles = grid.tiles(area)

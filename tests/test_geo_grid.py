@@ -1,4 +1,5 @@
-"""The tile grid: coverage without gaps, stable ids, full-size edge tiles, areas as bounds and polygons."""
+"""The tile grid: coverage without gaps, stable ids, full-size edge tiles, areas as bounds or a caller's predicate
+(polygon areas are tests/test_geo_area.py's)."""
 
 from __future__ import annotations
 
@@ -69,40 +70,53 @@ def test_tiles_that_only_touch_the_area_are_left_out() -> None:
     assert sorted(t.tile_id for t in grid.tiles(area)) == ["r0_c0", "r0_c1", "r1_c0", "r1_c1"]
 
 
-def test_polygon_area_with_a_hole() -> None:
+def test_the_predicate_gets_the_shrunk_footprints_of_the_tiles_within_the_bounds_at_once() -> None:
+    grid = TileGrid(400, 300, GT, 100)
+    calls: list[np.ndarray] = []
+
+    def every_other(corners: np.ndarray) -> np.ndarray:
+        calls.append(corners)
+        return np.arange(len(corners)) % 2 == 0
+
+    x0, y0 = GT[0], GT[3]
+    tiles = grid.tiles(Area((x0 + 150, y0 - 250, x0 + 350, y0 - 50), every_other))
+    (corners,) = calls
+    # Columns 1..3 and rows 0..2 lie within the bounds, row by row; every other one is taken, in that order.
+    assert corners.shape == (9, 4, 2)
+    candidates = [(r, c) for r in range(3) for c in range(1, 4)]
+    assert [(t.row, t.col) for t in tiles] == candidates[::2]
+    # Corners (x, y), (x + w, y), (x + w, y + h), (x, y + h) of the pixel window, a millionth of a pixel inside.
+    e = 1e-6
+    expected = [(x0 + 100 + e, y0 - e), (x0 + 200 - e, y0 - e), (x0 + 200 - e, y0 - 100 + e),
+                (x0 + 100 + e, y0 - 100 + e)]
+    assert corners[0] == pytest.approx(np.array(expected), abs=1e-9)
+    assert grid.tiles(Area((x0 + 500, y0 - 50, x0 + 600, y0), every_other)) == [] and len(calls) == 1  # none to ask
+
+
+def test_a_predicate_must_answer_once_per_tile_and_bounds_must_be_finite() -> None:
     grid = TileGrid(300, 300, GT, 100)
-    x0, y0 = GT[0], GT[3]
-
-    def square(a: float, b: float) -> list[tuple[float, float]]:
-        return [(x0 + a, y0 - a), (x0 + b, y0 - a), (x0 + b, y0 - b), (x0 + a, y0 - b)]
-
-    # A hole that holds the centre tile (pixels 100..200) whole leaves it out; a smaller hole does not.
-    assert {t.tile_id for t in grid.tiles(Area([[square(0, 300), square(99, 201)]]))} == {
-        f"r{r}_c{c}" for r in range(3) for c in range(3) if (r, c) != (1, 1)
-    }
-    ring_area = Area([[square(0, 300), square(110, 190)]])
-    assert len(grid.tiles(ring_area)) == 9
-    assert ring_area.contains(x0 + 50, y0 - 50) and not ring_area.contains(x0 + 150, y0 - 150)
+    with pytest.raises(ValueError, match="predicate gave"):
+        grid.tiles(Area(grid.raster_bounds, lambda corners: np.ones(len(corners) + 1, bool)))
+    with pytest.raises(ValueError, match="finite"):
+        Area((0.0, 0.0, float("nan"), 1.0), lambda corners: np.ones(len(corners), bool))
 
 
-def test_triangle_area_takes_the_tiles_it_crosses() -> None:
-    grid = TileGrid(400, 400, GT, 100)
-    x0, y0 = GT[0], GT[3]
-    # The upper-left triangle of the raster, its diagonal through tile corners.
-    triangle = [(x0, y0), (x0 + 400, y0), (x0, y0 - 400)]
-    selected = {(t.row, t.col) for t in grid.tiles(Area([[triangle]]))}
-    assert selected == {(r, c) for r in range(4) for c in range(4) if r + c <= 3}
+@pytest.mark.parametrize("degrees", [0, 30, 90, 161])
+def test_bounds_on_a_rotated_raster_take_the_tiles_whose_interiors_meet_them(degrees: float) -> None:
+    shapely = pytest.importorskip("shapely")
+    angle = np.radians(degrees)
+    gt = (1000.0, np.cos(angle), -np.sin(angle), 2000.0, np.sin(angle), np.cos(angle))
+    grid = TileGrid(500, 400, gt, 64, 8)
+    cx, cy = pixel_to_geo(gt, 230, 170)
+    bounds = (cx - 100, cy - 75, cx + 100, cy + 75)
+    rectangle = shapely.box(*bounds)
+    # Independently: GEOS says where interiors meet ("T********"), on the exact footprints.
+    expected = [t.tile_id for t in grid.tiles()
+                if shapely.relate_pattern(rectangle, shapely.Polygon(grid.footprint(t)), "T********")]
+    assert expected and [t.tile_id for t in grid.tiles(Area.from_bounds(bounds))] == expected
 
 
-def test_several_polygons_and_a_polygon_inside_one_tile() -> None:
-    grid = TileGrid(400, 400, GT, 100)
-    x0, y0 = GT[0], GT[3]
-    speck = [(x0 + 340, y0 - 340), (x0 + 345, y0 - 340), (x0 + 345, y0 - 345)]
-    square = [(x0 + 10, y0 - 10), (x0 + 20, y0 - 10), (x0 + 20, y0 - 20), (x0 + 10, y0 - 20)]
-    assert {t.tile_id for t in grid.tiles(Area([[speck], [square]]))} == {"r3_c3", "r0_c0"}
-
-
-def test_rotated_geotransform_footprints_and_selection() -> None:
+def test_rotated_geotransform_footprints() -> None:
     angle = np.radians(30)
     gt = (1000.0, np.cos(angle), -np.sin(angle), 2000.0, np.sin(angle), np.cos(angle))
     grid = TileGrid(200, 200, gt, 100)
@@ -112,10 +126,6 @@ def test_rotated_geotransform_footprints_and_selection() -> None:
     inverse = invert_transform(gt)
     col, row = pixel_to_geo(inverse, *ring[2])
     assert (col, row) == pytest.approx((tile.x + tile.width, tile.y + tile.height))
-    # An area around the centre of that tile selects just it.
-    centre = pixel_to_geo(gt, tile.x + 50, tile.y + 50)
-    small = Area([[[(centre[0] + dx, centre[1] + dy) for dx, dy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]]])
-    assert [t.tile_id for t in grid.tiles(small)] == [tile.tile_id]
 
 
 def test_parse_overlap_and_bad_values() -> None:
@@ -127,8 +137,6 @@ def test_parse_overlap_and_bad_values() -> None:
             parse_overlap(bad, 384)
     with pytest.raises(ValueError):
         Area.from_bounds((1, 1, 0, 2))
-    with pytest.raises(ValueError):
-        Area([[[(0, 0), (1, 1)]]])
     with pytest.raises(ValueError):
         TileGrid(10, 10, GT, 16, 16)
 

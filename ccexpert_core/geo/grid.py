@@ -8,8 +8,10 @@ Conventions:
 
 - A geotransform is GDAL's 6-tuple ``(x0, pixel_width, row_rotation, y0, column_rotation, pixel_height)``:
   the pixel corner ``(col, row)`` lies at ``x = x0 + col*gt[1] + row*gt[2]``, ``y = y0 + col*gt[4] + row*gt[5]``.
-- Areas are in the raster's CRS: bounds ``(xmin, ymin, xmax, ymax)`` or polygons, each a list of rings
-  (the exterior first, then holes), each ring a sequence of ``(x, y)`` points (closed or not).
+- An :class:`Area` is in the raster's CRS: its bounds ``(xmin, ymin, xmax, ymax)`` and a predicate on tile
+  footprints (:data:`TilePredicate`) from the caller's geometry library, so that no geometry is re-implemented here.
+  Polygons travel as plain data (what the plugin hands its task thread): a list of rings (the exterior first, then
+  holes), each ring a sequence of ``(x, y)`` points.
 - Tiles are cut from the raster's pixel (0, 0), whatever the area, so a tile's id ``r{row}_c{col}`` names the
   same pixels for a given raster, tile size and overlap: a rerun with a larger area resumes cleanly.
 """
@@ -17,7 +19,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +30,7 @@ Ring = Sequence[Point]
 Polygon = Sequence[Ring]
 Bounds = tuple[float, float, float, float]
 
-#: Tiles are shrunk by this many pixels before the intersection test, so that a tile that only touches the
+#: Footprints are shrunk by this many pixels before the predicate sees them, so that a tile that only touches the
 #: area along an edge (e.g. the next column when the area ends exactly on a tile border) is not selected.
 _TOUCH_TOLERANCE_PX = 1e-6
 
@@ -61,104 +63,51 @@ def invert_transform(transform: GeoTransform) -> GeoTransform:
     return -(x0 * ia + y0 * ib), ia, ib, -(x0 * id_ + y0 * ie), id_, ie
 
 
-class Area:
-    """A region of interest: one or more polygons (with holes), or plain bounds.
+#: Which of N tiles meet an area: given their footprints in the raster's CRS, an (N, 4, 2) array of the corners
+#: ``(x, y)``, ``(x + w, y)``, ``(x + w, y + h)``, ``(x, y + h)`` of each pixel window mapped to geo coordinates, it
+#: returns N booleans, True where the footprint and the area share a point (GEOS ``intersects``). The tiler shrinks
+#: each footprint by :data:`_TOUCH_TOLERANCE_PX` first, so that a tile that only touches the area is not selected.
+TilePredicate = Callable[[np.ndarray], np.ndarray]
 
-    A point is in the area when it is inside any polygon (even-odd rule within a polygon, so holes are
-    excluded); polygons may overlap each other.
+
+@dataclass(frozen=True)
+class Area:
+    """A region of interest as the tiler takes it: its bounds in the raster's CRS and the predicate that says which
+    tiles meet it.
+
+    The geometry behind the predicate is the caller's (shapely in the core, QgsGeometry in the plugin: GEOS both);
+    :meth:`from_bounds` is the one area this module builds itself.
     """
 
-    def __init__(self, polygons: Iterable[Polygon]) -> None:
-        edge_arrays = []
-        for polygon in polygons:
-            edges = [e for e in (_ring_edges(ring) for ring in polygon) if len(e)]
-            if edges:
-                edge_arrays.append(np.concatenate(edges))
-        if not edge_arrays:
-            raise ValueError("the area has no polygon with at least three points")
-        self._set_edges(edge_arrays)
+    bounds: Bounds
+    intersects: TilePredicate
 
-    def _set_edges(self, edge_arrays: list[np.ndarray]) -> None:
-        # One (E, 4) array of edges (x0, y0, x1, y1) per polygon, every ring closed: the even-odd test needs
-        # only edges, so rings need not be kept apart.
-        self._polygons = edge_arrays
-        self._edges = np.concatenate(edge_arrays)
+    def __post_init__(self) -> None:
+        xmin, ymin, xmax, ymax = self.bounds
+        if not all(math.isfinite(v) for v in self.bounds) or xmin > xmax or ymin > ymax:
+            raise ValueError(f"the area's bounds must be finite XMIN,YMIN,XMAX,YMAX, not {self.bounds}")
 
     @classmethod
-    def from_bounds(cls, bounds: Bounds) -> "Area":
+    def from_bounds(cls, bounds: Bounds) -> Area:
         """The rectangle ``(xmin, ymin, xmax, ymax)``."""
         xmin, ymin, xmax, ymax = (float(v) for v in bounds)
         if not (xmin < xmax and ymin < ymax):
             raise ValueError(f"bounds must be XMIN,YMIN,XMAX,YMAX with XMIN < XMAX and YMIN < YMAX, not {bounds}")
-        return cls([[[(xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax)]]])
+        rectangle = np.array([(xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax)])
 
-    @property
-    def bounds(self) -> Bounds:
-        """``(xmin, ymin, xmax, ymax)`` of all polygons."""
-        xs, ys = self._edges[:, 0], self._edges[:, 1]
-        return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+        def intersects(corners: np.ndarray) -> np.ndarray:
+            # A footprint is a parallelogram (an affine image of a window): it and the rectangle are apart exactly
+            # when their projections are apart on an axis of either, i.e. x, y or the normal of a footprint side.
+            sides = np.stack([corners[:, 1] - corners[:, 0], corners[:, 3] - corners[:, 0]], axis=1)
+            normals = np.concatenate(
+                [np.broadcast_to(np.eye(2), (len(corners), 2, 2)), sides[..., ::-1] * (1.0, -1.0)], axis=1
+            )
+            tile = np.einsum("ncd,nad->nac", corners, normals)
+            box = np.einsum("cd,nad->nac", rectangle, normals)
+            apart = (tile.max(axis=2) < box.min(axis=2)) | (box.max(axis=2) < tile.min(axis=2))
+            return ~apart.any(axis=1)
 
-    def transformed(self, transform: GeoTransform) -> "Area":
-        """The same area with every point mapped through an affine ``transform`` (GDAL order)."""
-        x0, a, b, y0, d, e = transform
-        mapped = []
-        for edges in self._polygons:
-            xs, ys = edges[:, 0::2], edges[:, 1::2]
-            out = np.empty_like(edges)
-            out[:, 0::2], out[:, 1::2] = x0 + xs * a + ys * b, y0 + xs * d + ys * e
-            mapped.append(out)
-        area = Area.__new__(Area)
-        area._set_edges(mapped)
-        return area
-
-    def contains(self, x: float, y: float) -> bool:
-        """True when the point is strictly inside a polygon (points on a boundary may go either way)."""
-        return any(_crossings(edges, x, y) % 2 == 1 for edges in self._polygons)
-
-    def intersects_box(self, box: Bounds) -> bool:
-        """True when the box ``(xmin, ymin, xmax, ymax)`` and the area share a point.
-
-        Either a polygon edge passes through the box, or the box lies wholly inside or outside the area, which
-        its centre then tells.
-        """
-        xmin, ymin, xmax, ymax = box
-        if _edges_hit_box(self._edges, box):
-            return True
-        return self.contains((xmin + xmax) / 2, (ymin + ymax) / 2)
-
-
-def _ring_edges(ring: Ring) -> np.ndarray:
-    points = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
-    if len(points) > 1 and np.array_equal(points[0], points[-1]):
-        points = points[:-1]
-    if len(points) < 3:
-        return np.empty((0, 4))
-    return np.hstack([points, np.roll(points, -1, axis=0)])
-
-
-def _crossings(edges: np.ndarray, x: float, y: float) -> int:
-    """How many edges a ray from (x, y) towards +x crosses (the even-odd rule)."""
-    x0, y0, x1, y1 = edges.T
-    straddles = (y0 > y) != (y1 > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_at_y = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
-    return int(np.count_nonzero(straddles & (x_at_y > x)))
-
-
-def _edges_hit_box(edges: np.ndarray, box: Bounds) -> bool:
-    """True when any segment meets the closed box (Liang–Barsky clipping, all segments at once)."""
-    xmin, ymin, xmax, ymax = box
-    x0, y0, x1, y1 = edges.T
-    dx, dy = x1 - x0, y1 - y0
-    t_enter, t_leave = np.zeros(len(edges)), np.ones(len(edges))
-    missed = np.zeros(len(edges), dtype=bool)
-    for p, q in ((-dx, x0 - xmin), (dx, xmax - x0), (-dy, y0 - ymin), (dy, ymax - y0)):
-        missed |= (p == 0) & (q < 0)  # parallel to this side and outside it
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = q / p
-        t_enter = np.where(p < 0, np.maximum(t_enter, ratio), t_enter)
-        t_leave = np.where(p > 0, np.minimum(t_leave, ratio), t_leave)
-    return bool(np.any(~missed & (t_enter <= t_leave)))
+        return cls((xmin, ymin, xmax, ymax), intersects)
 
 
 @dataclass(frozen=True)
@@ -209,25 +158,43 @@ class TileGrid:
             raise ValueError(f"overlap must be at least 0 and less than the tile size, not {self.overlap}")
 
     def tiles(self, area: Area | None = None) -> list[Tile]:
-        """The tiles that share some area with ``area`` (in the raster's CRS), row by row; all tiles if None."""
+        """The tiles that share some area with ``area`` (in the raster's CRS), row by row; all tiles if None.
+
+        Only the tiles within the area's bounds reach its predicate, all in one call.
+        """
         stride = self.tile_size - self.overlap
-        cols = _tile_starts(self.width, self.tile_size, stride)
-        rows = _tile_starts(self.height, self.tile_size, stride)
+        cols = np.array(_tile_starts(self.width, self.tile_size, stride))
+        rows = np.array(_tile_starts(self.height, self.tile_size, stride))
         tile_w, tile_h = min(self.tile_size, self.width), min(self.tile_size, self.height)
-        pixel_area = None if area is None else area.transformed(invert_transform(self.transform))
-        if pixel_area is not None:
-            px0, py0, px1, py1 = pixel_area.bounds
-            cols_in = [c for c, x in enumerate(cols) if x < px1 and x + tile_w > px0]
-            rows_in = [r for r, y in enumerate(rows) if y < py1 and y + tile_h > py0]
-        else:
-            cols_in, rows_in = list(range(len(cols))), list(range(len(rows)))
-        tiles = []
-        for r in rows_in:
-            for c in cols_in:
-                tile = Tile(r, c, cols[c], rows[r], tile_w, tile_h)
-                if pixel_area is None or pixel_area.intersects_box(_shrunk_window(tile)):
-                    tiles.append(tile)
-        return tiles
+        cols_in, rows_in = np.arange(len(cols)), np.arange(len(rows))
+        if area is not None:
+            px0, py0, px1, py1 = self._pixel_bounds(area.bounds)
+            cols_in = cols_in[(cols < px1) & (cols + tile_w > px0)]
+            rows_in = rows_in[(rows < py1) & (rows + tile_h > py0)]
+        r, c = (index.ravel() for index in np.meshgrid(rows_in, cols_in, indexing="ij"))
+        if area is not None and len(r):
+            e = _TOUCH_TOLERANCE_PX
+            corners = self._corners(cols[c] + e, rows[r] + e, tile_w - 2 * e, tile_h - 2 * e)
+            selected = np.asarray(area.intersects(corners), dtype=bool)
+            if selected.shape != r.shape:
+                raise ValueError(f"the area's predicate gave {selected.shape} answers for {len(r)} tiles")
+            r, c = r[selected], c[selected]
+        xs, ys = cols.tolist(), rows.tolist()
+        return [Tile(row, col, xs[col], ys[row], tile_w, tile_h) for row, col in zip(r.tolist(), c.tolist())]
+
+    def _pixel_bounds(self, bounds: Bounds) -> Bounds:
+        """``bounds`` (in the raster's CRS) as the pixel-space box that holds them."""
+        xmin, ymin, xmax, ymax = bounds
+        inverse = invert_transform(self.transform)
+        cols, rows = zip(*(pixel_to_geo(inverse, x, y) for x in (xmin, xmax) for y in (ymin, ymax)))
+        return min(cols), min(rows), max(cols), max(rows)
+
+    def _corners(self, x: np.ndarray, y: np.ndarray, width: float, height: float) -> np.ndarray:
+        """The (N, 4, 2) geo corners of N pixel windows, in :data:`TilePredicate`'s order."""
+        x0, a, b, y0, d, e = self.transform
+        cols = x[:, None] + np.array([0.0, width, width, 0.0])
+        rows = y[:, None] + np.array([0.0, 0.0, height, height])
+        return np.stack([x0 + cols * a + rows * b, y0 + cols * d + rows * e], axis=2)
 
     def footprint(self, tile: Tile) -> list[Point]:
         """The tile's outline in the raster's CRS: a closed ring of five points (exact for rotated rasters)."""
@@ -279,8 +246,3 @@ def run_options(
         "after_source": after_source,
         "model_id": model_id,
     }
-
-
-def _shrunk_window(tile: Tile) -> Bounds:
-    e = _TOUCH_TOLERANCE_PX
-    return tile.x + e, tile.y + e, tile.x + tile.width - e, tile.y + tile.height - e
