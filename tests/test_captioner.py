@@ -1,19 +1,28 @@
-"""The Captioner: batching, confidence, the no-change decision."""
+"""The Captioner: batching, confidence, the no-change decision, prepare / caption_prepared, answers that are no
+caption."""
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ccexpert_core.captions import CaptionResult, is_no_change, normalize_caption
-from ccexpert_core.inference import Captioner
+from ccexpert_core.defaults import DEMO_MODEL_DIR
+from ccexpert_core.inference import Captioner, CaptionError, PreparedBatch
+from ccexpert_core.model import build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def captioner(tiny_model_dir: Path) -> Captioner:
-    return Captioner.load(tiny_model_dir, device="cpu")
+    captioner = Captioner.load(tiny_model_dir, device="cpu")
+    # Enough tokens to tell answers apart: the tiny model never stops by itself, and 40 tokens cost seconds a pair.
+    captioner.max_new_tokens = 8
+    return captioner
 
 
 def pairs(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -51,3 +60,97 @@ def test_no_change_decision_follows_levir_cc_sentences() -> None:
 
 def test_empty_input_gives_no_results(captioner: Captioner) -> None:
     assert captioner.caption([]) == []
+
+
+def full_logits_results(captioner: Captioner, inputs: list) -> list[tuple[str, float]]:
+    """(caption, confidence) as the Captioner computed them before it stopped keeping logits: generate with every
+    step's (batch, vocabulary) logits, log-softmax, the chosen tokens' values up to the first end of turn."""
+    batch = captioner.processor(inputs)
+    end_of_turn = captioner.processor.end_of_turn_id
+    with torch.no_grad():
+        output = captioner.model.generate(
+            **batch, do_sample=False, num_beams=1, max_new_tokens=captioner.max_new_tokens, eos_token_id=end_of_turn,
+            pad_token_id=captioner.processor.tokenizer.pad_token_id, return_dict_in_generate=True, output_logits=True,
+        )
+    generated = output.sequences[:, batch["input_ids"].shape[1] :]
+    chosen = torch.stack(output.logits, dim=1).float().log_softmax(-1).gather(-1, generated[..., None])[..., 0]
+    results = []
+    for row, tokens in enumerate(generated.tolist()):
+        length = tokens.index(end_of_turn) + 1 if end_of_turn in tokens else len(tokens)
+        results.append((captioner.processor.decode(tokens[:length]), math.exp(chosen[row, :length].mean().item())))
+    return results
+
+
+@pytest.fixture(scope="module")
+def demo_captioner() -> Captioner:
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        pytest.skip("no demo model in ccexpert_core/demo_model")
+    return Captioner.load(DEMO_MODEL_DIR, device="cpu")
+
+
+@pytest.mark.parametrize("model", ["tiny", "demo"])
+def test_confidence_equals_the_full_logits_computation(model: str, request: pytest.FixtureRequest) -> None:
+    # The tiny model never stops early; the demo model ends its turn, so the answer's cut is checked too.
+    captioner = request.getfixturevalue("captioner" if model == "tiny" else "demo_captioner")
+    inputs = pairs(3)
+    expected = full_logits_results(captioner, inputs)
+    results = captioner.caption(inputs, batch_size=3)
+    assert [r.caption for r in results] == [caption for caption, _ in expected]
+    assert [r.confidence for r in results] == pytest.approx([confidence for _, confidence in expected], abs=1e-5)
+
+
+def test_generation_keeps_no_per_step_logits(captioner: Captioner, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list = []
+    generate = captioner.model.generate
+
+    def spy(*args, **kwargs):
+        output = generate(*args, **kwargs)
+        seen.append((kwargs, output))
+        return output
+
+    monkeypatch.setattr(captioner.model, "generate", spy)
+    captioner.caption(pairs(2))
+    [(kwargs, output)] = seen
+    assert not any(kwargs.get(flag) for flag in ("output_logits", "output_scores", "return_dict_in_generate"))
+    assert isinstance(output, torch.Tensor)  # the token ids alone: no (batch, steps, vocabulary) scores came back
+
+
+def test_prepare_uses_no_model_and_caption_prepared_gives_what_caption_gives(captioner: Captioner) -> None:
+    inputs = pairs(3)
+    calls: list = []
+    handle = captioner.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        # Batch N+1 is prepared in another thread while batch N is captioned, as a pipeline would.
+        with ThreadPoolExecutor(1) as pool:
+            batches = [inputs[:2], inputs[2:]]
+            prepared = [pool.submit(captioner.prepare, batch) for batch in batches]
+            assert all(isinstance(p.result(), PreparedBatch) for p in prepared) and not calls
+            pipelined = [r for future in prepared for r in captioner.caption_prepared(future.result())]
+    finally:
+        handle.remove()
+    assert len(prepared[0].result()) == 2 and calls
+    assert pipelined == captioner.caption(inputs, batch_size=2)
+
+
+def test_prepare_of_no_pairs_says_so(captioner: Captioner) -> None:
+    with pytest.raises(Exception, match="no image pairs"):
+        captioner.prepare([])
+
+
+def broken_captioner(weight: float) -> Captioner:
+    """A tiny model whose final norm is scaled by ``weight``: 0 makes every score equal (greedy then takes token 0,
+    the padding, which decodes to nothing), NaN makes every score NaN."""
+    model, processor = build_tiny_model(seed=1)
+    with torch.no_grad():
+        model.model.language_model.norm.weight.fill_(weight)
+    return Captioner(model, processor, model_id="broken", max_new_tokens=3)
+
+
+def test_scores_that_are_not_finite_raise_instead_of_giving_a_caption() -> None:
+    with pytest.raises(CaptionError, match="not finite"):
+        broken_captioner(float("nan")).caption(pairs(2))
+
+
+def test_an_empty_answer_raises_instead_of_giving_a_caption() -> None:
+    with pytest.raises(CaptionError, match="empty"):
+        broken_captioner(0.0).caption(pairs(1))

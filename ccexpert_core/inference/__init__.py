@@ -1,5 +1,5 @@
-"""Inference: the :class:`Captioner` (load once, caption batches of image pairs)."""
+"""Inference: the :class:`Captioner` (load once, caption batches of image pairs or series of dates)."""
 
-from ccexpert_core.inference.captioner import Captioner, resolve_device
+from ccexpert_core.inference.captioner import Captioner, CaptionError, PreparedBatch, PreparedSeries, resolve_device
 
-__all__ = ["Captioner", "resolve_device"]
+__all__ = ["CaptionError", "Captioner", "PreparedBatch", "PreparedSeries", "resolve_device"]
