@@ -14,6 +14,7 @@ import os
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ccexpert_core import __version__, commands
 from ccexpert_core.errors import CCExpertError
@@ -21,9 +22,16 @@ from ccexpert_core.errors import CCExpertError
 EXIT_USER_ERROR = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake said in one line that points at ``--help`` (not the whole usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand found in :mod:`ccexpert_core.commands`."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ccexpert", description="Describe in plain language what changed between two images of the same place."
     )
     parser.add_argument("--version", action="version", version=f"ccexpert {__version__}")
@@ -36,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage mistake already said in one line
+        return int(stop.code or 0)
     # Library chatter (load reports, generation hints) is not for users; our own notes are warnings, one line each.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -68,7 +68,7 @@ def _not_a_raster(tmp_path: Path) -> Path:
         ("missing_before", "BEFORE raster not found"),
         ("text_tif", "cannot be read: not a raster format GDAL knows"),
         ("area_outside", "lies outside the rasters"),
-        ("out_in_missing_folder", "cannot write the GeoPackage"),
+        ("out_in_missing_folder", "--out: the folder"),
         ("out_not_a_geopackage", "is not a GeoPackage"),
         ("bad_overlap", "overlap must be"),
     ],

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ccexpert_core.options import (
+    backend_url_value, bounds_value, device_value, float_in, int_in, numbers, overlap_value,
+)
 
-def _numbers(text: str, count: int | None, kind: type, what: str) -> tuple:
-    try:
-        values = tuple(kind(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what}: expected comma-separated numbers, not '{text}'") from None
-    if count is not None and len(values) != count:
-        raise argparse.ArgumentTypeError(f"{what}: expected {count} numbers, not {len(values)}")
-    return values
+#: Tiles are resized to the model's 384 px; below this a tile holds too little to describe.
+MIN_TILE_SIZE, MAX_TILE_SIZE = 32, 4096
+MAX_BATCH_SIZE = 256
+DEFAULT_MAX_TILES = 1_000_000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,30 +32,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     area = parser.add_mutually_exclusive_group()
     area.add_argument("--area", type=Path, help="GeoJSON (multi)polygons of the area (default: all of BEFORE)")
     area.add_argument(
-        "--bounds", type=lambda t: _numbers(t, 4, float, "--bounds"), metavar="XMIN,YMIN,XMAX,YMAX",
+        "--bounds", type=bounds_value, metavar="XMIN,YMIN,XMAX,YMAX",
         help="the area as bounds in the rasters' CRS",
     )
     engine = parser.add_mutually_exclusive_group()
     engine.add_argument("--model", help="model folder, hub id or preset:tiny (default: the shipped demo model)")
-    engine.add_argument("--backend", metavar="URL", help="caption with a CCExpert backend instead of a local model")
+    engine.add_argument(
+        "--backend", metavar="URL", type=backend_url_value, help="caption with a CCExpert backend instead of a local model"
+    )
     parser.add_argument("--token-file", type=Path, help="file holding the backend's access token")
-    parser.add_argument("--device", default="auto", help="where a local model runs: auto, cpu, cuda (default: auto)")
-    parser.add_argument("--tile-size", type=int, default=384, help="tile side in pixels (default: 384)")
-    parser.add_argument("--overlap", default="0", metavar="N|N%", help="overlap of tiles in pixels or %% (default: 0)")
     parser.add_argument(
-        "--bands", type=lambda t: _numbers(t, None, int, "--bands"), metavar="R,G,B",
+        "--device", default="auto", type=device_value, help="where a local model runs: auto, cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--tile-size", type=int_in(MIN_TILE_SIZE, MAX_TILE_SIZE), default=384,
+        help="tile side in pixels (default: 384)",
+    )
+    parser.add_argument(
+        "--overlap", default="0", type=overlap_value, metavar="N|N%", help="overlap of tiles in pixels or %% (default: 0)"
+    )
+    parser.add_argument(
+        "--bands", type=numbers(None, int), metavar="R,G,B",
         help="band numbers to use as RGB, or one band for grey (default: the first three)",
     )
     parser.add_argument(
-        "--range", dest="value_range", type=lambda t: _numbers(t, 2, float, "--range"), metavar="MIN,MAX",
+        "--range", dest="value_range", type=numbers(2, float, increasing=True), metavar="MIN,MAX",
         help="values mapped to 0 and 255 (default: a 2-98%% stretch for data that is not 8-bit)",
     )
-    parser.add_argument("--resolution", type=float, metavar="M", help="resample both dates to M metres per pixel")
-    parser.add_argument("--batch-size", type=int, default=8, help="tiles captioned together (default: 8)")
     parser.add_argument(
-        "--max-nodata", type=float, default=0.5, help="skip tiles with a larger share of nodata (default: 0.5)"
+        "--resolution", type=float_in(0, 1e6, low_open=True), metavar="M",
+        help="resample both dates to M metres per pixel",
+    )
+    parser.add_argument(
+        "--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=8,
+        help="tiles captioned together (default: 8)",
+    )
+    parser.add_argument(
+        "--max-nodata", type=float_in(0, 1), default=0.5,
+        help="skip tiles with a larger share of nodata (default: 0.5)",
+    )
+    parser.add_argument(
+        "--max-tiles", type=int_in(1, 10**9), default=DEFAULT_MAX_TILES,
+        help=f"refuse areas that need more tiles than this, e.g. from a mistyped --resolution (default: {DEFAULT_MAX_TILES:,})",
     )
     parser.add_argument("--report", type=Path, help="also write a self-contained HTML report")
+    parser.add_argument(
+        "--add-to-existing", action="store_true",
+        help="add the caption layers to a GeoPackage made by another tool (refused otherwise)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -67,13 +90,17 @@ def run(args: argparse.Namespace) -> int:
     from ccexpert_core.geo.engine import CaptionEngine, load_backend_engine, load_model_engine
     from ccexpert_core.geo.progress import ProgressBar
     from ccexpert_core.geo.region import RegionOptions, caption_region
+    from ccexpert_core.options import check_device
 
     if args.token_file is not None and args.backend is None:
         raise CCExpertError("--token-file goes with --backend")
+    if args.backend is None:
+        check_device(args.device)
     options = RegionOptions(
         tile_size=args.tile_size, overlap=args.overlap, bounds=args.bounds, area_file=args.area, bands=args.bands,
         value_range=args.value_range, resolution=args.resolution, batch_size=args.batch_size,
-        max_nodata=args.max_nodata, report=args.report,
+        max_nodata=args.max_nodata, report=args.report, max_tiles=args.max_tiles,
+        add_to_existing=args.add_to_existing,
     )
     def load_engine() -> CaptionEngine:
         if args.backend is not None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.gpkg import (
-    Bounds, GeoPackage, Point, SpatialRef, blob_bounds, multipolygon_blob, polygon_blob, quote, timestamp,
+    APPLICATION_ID, Bounds, GeoPackage, Point, SpatialRef, blob_bounds, multipolygon_blob, polygon_blob, quote,
+    timestamp,
 )
 from ccexpert_core.geo.grid import Polygon, Tile
 
@@ -83,13 +84,73 @@ class StoredTile:
     after_png: bytes | None
 
 
+def check_output(path: Path, options: Mapping[str, str], add_to_existing: bool = False) -> None:
+    """Refuse an existing ``path`` that this run must not write, reading it only (so that a refused run leaves it
+    byte for byte as it was): not a GeoPackage, another tool's GeoPackage (unless ``add_to_existing``), a
+    ``captions`` layer of another schema, or tiles made with other ``options`` (keys missing from ``options`` are
+    not compared: the model's id is known only once it loads)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+    except sqlite3.Error as error:
+        raise CCExpertError(f"cannot read the GeoPackage {path}: {error}") from None
+    try:
+        _check_existing(connection, path, options, add_to_existing)
+    except sqlite3.DatabaseError:
+        raise CCExpertError(f"{path} exists and is not a GeoPackage: choose another output file") from None
+    finally:
+        connection.close()
+
+
+def _check_existing(
+    connection: sqlite3.Connection, path: Path, options: Mapping[str, str], add_to_existing: bool
+) -> None:
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return  # an empty file: nothing to keep
+    if connection.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        raise CCExpertError(f"{path} exists and is not a GeoPackage: choose another output file")
+    contents = {row[0] for row in connection.execute("SELECT table_name FROM gpkg_contents")} & tables
+    ours = {name for name in contents if name in (LAYER, CHANGES_LAYER) or name.startswith("ccexpert_")}
+    if contents and not ours and not add_to_existing:
+        shown = ", ".join(sorted(contents)[:3]) + (", …" if len(contents) > 3 else "")
+        raise CCExpertError(
+            f"{path} is a GeoPackage of another tool (layers {shown}): choose a new output file, or pass "
+            "--add-to-existing to add the caption layers beside its own"
+        )
+    if LAYER not in tables:
+        return
+    present = {row[1] for row in connection.execute(f"PRAGMA table_info({quote(LAYER)})")}
+    missing = [name for name in _NAMES if name not in present]
+    if missing:
+        raise CCExpertError(
+            f"the layer '{LAYER}' of {path} is not a CCExpert captions layer (it has no field {missing[0]}): choose "
+            "another output file"
+        )
+    has_tiles = connection.execute(f"SELECT 1 FROM {LAYER} LIMIT 1").fetchone() is not None
+    if not has_tiles or OPTIONS_TABLE not in tables:
+        return
+    stored = dict(connection.execute(f"SELECT key, value FROM {OPTIONS_TABLE}").fetchall())
+    changed = [key for key in options if stored and stored.get(key) != options[key]]
+    if changed:
+        key = changed[0]
+        raise CCExpertError(
+            f"{path} holds tiles made with other options ({key}: {stored.get(key)} there, {options[key]} now): "
+            "rerun with the same options to resume, or choose another --out"
+        )
+
+
 class CaptionsLayer:
-    """The ``captions`` layer of ``path``, created if missing; refuses to resume a run made with other options."""
+    """The ``captions`` layer of ``path``, created if missing; refuses, before writing anything, what
+    :func:`check_output` refuses."""
 
     def __init__(
         self, path: Path, srs: SpatialRef, options: Mapping[str, str], before_source: str, after_source: str,
-        model_id: str,
+        model_id: str, add_to_existing: bool = False,
     ) -> None:
+        check_output(path, options, add_to_existing)
         self.package = GeoPackage(path)
         self.before_source, self.after_source, self.model_id = before_source, after_source, model_id
         try:
@@ -105,23 +166,15 @@ class CaptionsLayer:
                 OPTIONS_TABLE, [("key", "TEXT NOT NULL UNIQUE"), ("value", "TEXT")],
                 "ccexpert: the options the captions were made with",
             )
-            self._check_options(options)
+            self._store_options(options)
         except BaseException:
             self.package.close()
             raise
 
-    def _check_options(self, options: Mapping[str, str]) -> None:
+    def _store_options(self, options: Mapping[str, str]) -> None:
+        """Record the run's options where the layer has no tiles yet (check_output compared them otherwise)."""
         connection = self.package.connection
-        stored = dict(connection.execute(f"SELECT key, value FROM {OPTIONS_TABLE}").fetchall())
-        has_tiles = connection.execute(f"SELECT count(*) FROM {LAYER}").fetchone()[0] > 0
-        if stored and has_tiles:
-            changed = [key for key in options if stored.get(key) != options[key]]
-            if changed:
-                key = changed[0]
-                raise CCExpertError(
-                    f"{self.package.path} holds tiles made with other options ({key}: {stored.get(key)} there, "
-                    f"{options[key]} now): rerun with the same options to resume, or choose another --out"
-                )
+        if connection.execute(f"SELECT 1 FROM {LAYER} LIMIT 1").fetchone() is not None:
             return
         with connection:
             connection.execute(f"DELETE FROM {OPTIONS_TABLE}")

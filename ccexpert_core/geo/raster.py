@@ -36,6 +36,9 @@ from ccexpert_core.geo.pixels import STATS_READ_SIZE, Stretch, TilePixels, decim
 #: (e.g. for very wide striped rasters, whose strips are decoded again for every tile when they do not fit).
 READ_CACHE_BYTES = 64 * 2**20
 
+#: GDAL counts pixels along a side in a C int.
+MAX_GRID_SIDE = 2**31 - 1
+
 Log = Callable[[str], None]
 
 
@@ -84,6 +87,11 @@ class PixelGrid:
         size = metres / self.crs.linear_units_factor[1]
         width = max(1, round(self.width * abs(self.transform.a) / size))
         height = max(1, round(self.height * abs(self.transform.e) / size))
+        if max(width, height) > MAX_GRID_SIDE:
+            raise CCExpertError(
+                f"--resolution {metres:g} gives a grid of {width:,} × {height:,} pixels, more than GDAL can read "
+                f"({MAX_GRID_SIDE:,} a side): choose a coarser resolution"
+            )
         transform = Affine(math.copysign(size, self.transform.a), 0, self.transform.c,
                            0, math.copysign(size, self.transform.e), self.transform.f)
         return PixelGrid(self.crs, transform, width, height)

@@ -10,10 +10,12 @@ A reader thread prepares the next batch while the engine captions the current on
 
 from __future__ import annotations
 
+import math
 import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,15 +24,20 @@ from rasterio.errors import RasterioError
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.area_file import read_area_file
-from ccexpert_core.geo.captions_layer import CAPTIONED, FAILED, SKIPPED_NODATA, CaptionsLayer, TileRecord, read_tiles
+from ccexpert_core.geo.captions_layer import (
+    CAPTIONED, FAILED, SKIPPED_NODATA, CaptionsLayer, TileRecord, check_output, read_tiles,
+)
 from ccexpert_core.geo.changes import tile_changes
 from ccexpert_core.defaults import model_note
 from ccexpert_core.geo.engine import CaptionEngine
-from ccexpert_core.geo.gpkg import GeoPackage, timestamp
-from ccexpert_core.geo.grid import Area, Bounds, Tile, TileGrid, parse_overlap, run_options
+from ccexpert_core.geo.gpkg import timestamp
+from ccexpert_core.geo.grid import (
+    Area, Bounds, Tile, TileGrid, invert_transform, parse_overlap, pixel_to_geo, run_options,
+)
 from ccexpert_core.geo.pixels import TilePixels
 from ccexpert_core.geo.raster import RasterPair, bounded_read_cache, crs_name, format_bounds, spatial_ref
 from ccexpert_core.geo.report import Overview, png_thumbnail, write_report
+from ccexpert_core.geo.run_files import OutputBusy, OutputLock, check_run_paths
 
 READ_AHEAD = 1
 #: A run stops after this many batches in a row failed in the engine (a backend that is down, say).
@@ -66,6 +73,10 @@ class RegionOptions:
     #: Tiles with a larger share of nodata in either date are skipped.
     max_nodata: float = 0.5
     report: Path | None = None
+    #: Add the caption layers to a GeoPackage that another tool made (refused otherwise, so as not to mix files).
+    add_to_existing: bool = False
+    #: Areas that need more tiles are refused (a mistyped --resolution can ask for billions).
+    max_tiles: int = 1_000_000
 
 
 @dataclass
@@ -201,15 +212,44 @@ class _RegionRun:
             )
 
 
-def _area(pair: RasterPair, options: RegionOptions) -> Area | None:
+def _area(pair: RasterPair, options: RegionOptions, log: Log = log_to_stderr) -> Area | None:
+    """The run's area in the rasters' CRS (None: the whole BEFORE raster); notes on its polygons go to ``log``."""
     if options.area_file is not None:
-        return read_area_file(options.area_file, pair.grid.crs)
+        return read_area_file(options.area_file, pair.grid.crs, log)
     if options.bounds is not None:
         try:
             return Area.from_bounds(options.bounds)
         except ValueError as error:
             raise CCExpertError(str(error)) from None
     return None
+
+
+def _tiles_along(size: int, tile: int, stride: int, start: float, end: float) -> int:
+    """At most how many tiles along one axis of ``size`` pixels meet the span ``start``..``end`` (pixels)."""
+    span = max(0.0, min(float(size), end) - max(0.0, start))
+    everywhere = 1 if size <= tile else math.ceil((size - tile) / stride) + 1
+    return min(everywhere, math.ceil(span / stride) + 1)
+
+
+def _check_tile_count(grid: TileGrid, area: Area | None, options: RegionOptions) -> None:
+    """Refuse, from arithmetic alone, an area that needs more than ``max_tiles`` tiles (before any tile exists)."""
+    stride = grid.tile_size - grid.overlap
+    if area is None:
+        x0, y0, x1, y1 = 0.0, 0.0, float(grid.width), float(grid.height)
+    else:
+        inverse = invert_transform(grid.transform)
+        xmin, ymin, xmax, ymax = area.bounds
+        corners = [pixel_to_geo(inverse, x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
+        x0, x1 = min(c[0] for c in corners), max(c[0] for c in corners)
+        y0, y1 = min(c[1] for c in corners), max(c[1] for c in corners)
+    count = (_tiles_along(grid.width, grid.tile_size, stride, x0, x1)
+             * _tiles_along(grid.height, grid.tile_size, stride, y0, y1))
+    if count > options.max_tiles:
+        resolution = f" at {options.resolution:g} m per pixel" if options.resolution else ""
+        raise CCExpertError(
+            f"the area needs up to {count:,} tiles of {grid.tile_size} px{resolution}, over --max-tiles "
+            f"{options.max_tiles:,}: choose a smaller area, a coarser --resolution or larger tiles, or raise --max-tiles"
+        )
 
 
 def _run_options(pair: RasterPair, grid: TileGrid, options: RegionOptions, model_id: str) -> dict[str, str]:
@@ -241,7 +281,15 @@ def caption_region(
         raise CCExpertError(f"--batch-size must be at least 1, not {options.batch_size}")
     if not 0 <= options.max_nodata <= 1:
         raise CCExpertError(f"the nodata share must be between 0 and 1, not {options.max_nodata}")
+    try:
+        check_run_paths(
+            {"BEFORE": Path(before), "AFTER": Path(after), "--area": options.area_file},
+            {"--out": Path(out), "--report": options.report},
+        )
+    except ValueError as error:
+        raise CCExpertError(str(error)) from None
     with (
+        _locked(Path(out)),
         bounded_read_cache(),
         RasterPair(Path(before), Path(after), options.bands, options.resolution, log) as pair,
     ):
@@ -250,19 +298,23 @@ def caption_region(
             grid = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, options.tile_size, overlap)
         except ValueError as error:
             raise CCExpertError(str(error)) from None
-        area = _area(pair, options)
+        area = _area(pair, options, log)
+        _check_tile_count(grid, area, options)
         tiles = grid.tiles(area)
         if not tiles:
             raise CCExpertError(
                 f"the area {format_bounds(area.bounds)} lies outside the rasters {format_bounds(pair.grid.bounds)} "
                 f"(both in {crs_name(pair.grid.crs)})"
             )
-        GeoPackage(Path(out)).close()  # a wrong or unwritable output fails here, before the engine loads
+        # Everything but the model's id can be checked against an existing output before a large model loads.
+        known = _run_options(pair, grid, options, model_id="")
+        del known["model_id"]
+        check_output(Path(out), known, options.add_to_existing)
         engine = load_engine()
         summary = RegionSummary(Path(out), len(tiles))
         with CaptionsLayer(
             Path(out), spatial_ref(pair.grid.crs), _run_options(pair, grid, options, engine.model_id),
-            pair.before.path.name, pair.after.path.name, engine.model_id,
+            pair.before.path.name, pair.after.path.name, engine.model_id, options.add_to_existing,
         ) as layer:
             finished = layer.finished_ids()
             pending = [t for t in tiles if t.tile_id not in finished]
@@ -302,6 +354,20 @@ def _caption_batches(
             run.check_engine()
     finally:
         reader.close()
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold the output's lock for the run (a second run on the same output is refused, not mixed in)."""
+    lock = OutputLock(out, "ccexpert caption-region")
+    try:
+        lock.acquire()
+    except (OutputBusy, ValueError) as error:
+        raise CCExpertError(str(error)) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _write_report(pair: RasterPair, grid: TileGrid, tiles: list[Tile], out: Path, path: Path, model_id: str) -> Path:

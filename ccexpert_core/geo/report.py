@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,8 +144,13 @@ def write_report(
         f"<p class=\"meta\">{hidden} more tiles are in the GeoPackage.</p>" if hidden > 0 else "",
         "</body></html>",
     ]
+    path = Path(path)
+    # Written beside the target, then renamed over it: a failed write never leaves half a page or a lost file.
+    partial = path.with_name(f".{path.name}.partial")
     try:
-        Path(path).write_text("\n".join(parts), encoding="utf-8")
+        partial.write_text("\n".join(parts), encoding="utf-8")
+        os.replace(partial, path)
     except OSError as error:
+        partial.unlink(missing_ok=True)
         raise CCExpertError(f"cannot write the report {path}: {error}") from None
-    return Path(path)
+    return path

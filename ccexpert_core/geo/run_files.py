@@ -1,0 +1,164 @@
+"""The files a run writes: never one of its inputs or each other, and never written by two runs at once.
+
+Standard library only, so that the QGIS plugin can bundle it beside ``grid.py``. Errors are ``ValueError`` (bad
+paths, a lock file that cannot be made) and :class:`OutputBusy` (another run holds the output), with messages
+meant for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+#: The lock file sits beside the output, named after it.
+LOCK_SUFFIX = ".lock"
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: the same path once resolved (links, ``..``), or, where both exist, the
+    same file on disk (hard links, other mounts)."""
+    if Path(first).resolve() == Path(second).resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet): they cannot be one file then
+        return False
+
+
+def check_run_paths(inputs: Mapping[str, Path | None], outputs: Mapping[str, Path | None]) -> None:
+    """Refuse outputs that would overwrite an input or each other, that are folders, or whose folder is missing.
+
+    Keys name the paths as the user gave them (``"--report"``, ``"BEFORE"``); ``None`` values are ignored. Raises
+    ``ValueError`` before anything is written.
+    """
+    given_outputs = [(name, Path(path)) for name, path in outputs.items() if path is not None]
+    given_inputs = [(name, Path(path)) for name, path in inputs.items() if path is not None]
+    for index, (name, path) in enumerate(given_outputs):
+        for other_name, other in given_inputs + given_outputs[index + 1 :]:
+            if same_file(path, other):
+                raise ValueError(
+                    f"{name} {path} is the same file as {other_name} {other}: writing it would destroy that file; "
+                    f"choose another path for {name}"
+                )
+        if path.is_dir():
+            raise ValueError(f"{name} {path} is a folder: give a file path inside it")
+        folder = path.resolve().parent
+        if not folder.is_dir():
+            raise ValueError(f"{name}: the folder {folder} does not exist: create it first or choose another path")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"{name}: the folder {folder} is not writable: choose another path")
+
+
+class OutputBusy(Exception):
+    """Another run is writing the output."""
+
+
+class OutputLock:
+    """An exclusive advisory lock on ``OUTPUT.lock``, held while a run writes ``OUTPUT``.
+
+    The operating system releases it when the process ends, however it ends (kill -9 included), so a stale lock
+    never blocks a later run; the file itself is removed on a normal release. The file records who holds it, for
+    the message a second run gets.
+    """
+
+    def __init__(self, output: Path, command: str = "") -> None:
+        self.output = Path(output)
+        self.path = self.output.with_name(self.output.name + LOCK_SUFFIX)
+        self.command = command
+        self._file = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`OutputBusy` naming the run that holds it."""
+        while True:
+            try:
+                handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held open as long as the lock)
+            except OSError as error:
+                raise ValueError(f"cannot create the lock file {self.path} beside the output: {error}") from None
+            if not _try_lock(handle):
+                holder = _holder(self.path)
+                handle.close()
+                raise OutputBusy(
+                    f"{self.output} is being written by another run ({holder}): wait for it to finish, stop it, or "
+                    "choose another output"
+                )
+            # A releasing run may have removed the file between our open and our lock: then we hold a lock on a
+            # file nobody else can see, and must try again on the new one.
+            if _same_inode(handle, self.path):
+                break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        """Let go and remove the lock file (on POSIX removed while still held, so that no run locks it late)."""
+        if self._file is None:
+            return
+        handle, self._file = self._file, None
+        if sys.platform == "win32":  # an open file cannot be removed there; a late locker then just locks a new one
+            handle.close()
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:  # another run has it open, waiting: it is theirs now
+                pass
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            handle.close()
+
+    def __enter__(self) -> "OutputLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _same_inode(handle, path: Path) -> bool:  # noqa: ANN001 (a text file object)
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _holder(path: Path) -> str:
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+        words = f"pid {facts['pid']} on {facts['host']}, since {facts['since']}"
+        return f"{facts['command']}, {words}" if facts.get("command") else words
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a run that has not said who it is"
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(handle) -> bool:  # noqa: ANN001 (a text file object)
+        try:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+else:
+    import fcntl
+
+    def _try_lock(handle) -> bool:  # noqa: ANN001 (a text file object)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
