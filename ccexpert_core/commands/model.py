@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ccexpert_core.defaults import default_model, print_model_note
+from ccexpert_core.options import check_device, device_value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +14,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, help="model folder, hub id or preset:tiny (default: the shipped demo model)"
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--device", default="auto", type=device_value, help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, else float32")
 
 
@@ -21,6 +22,7 @@ def load_captioner(args: argparse.Namespace):  # -> Captioner (imported lazily: 
     """The Captioner the ``--model/--device/--dtype`` arguments ask for, with a note for demo or random models."""
     from ccexpert_core.inference import Captioner
 
+    check_device(args.device)
     model = args.model or default_model()
     print_model_note(model)
     return Captioner.load(model, device=args.device, dtype=args.dtype)
