@@ -11,12 +11,16 @@ Pillow is needed only to send PIL images or arrays (paths and PNG bytes go as th
 from __future__ import annotations
 
 import io
+import ipaddress
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import numpy as np
 import requests
+import requests.adapters
 
 from ccexpert_core import protocol
 from ccexpert_core.captions import CaptionResult
@@ -24,13 +28,36 @@ from ccexpert_core.errors import CCExpertError
 
 #: Answers that mean "not now" (a proxy without a backend behind it, a busy or timed-out backend): retried.
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: Encoded (before, after) bytes, ready to send.
+EncodedPair = tuple[bytes, bytes]
+
+
+class BackendUnavailable(CCExpertError):
+    """The backend did not answer (no connection, a timeout, or 502/503/504 after the retries): the same request
+    may succeed elsewhere or later, unlike a request the backend refused."""
 
 #: An image to send: encoded bytes (PNG/JPEG/TIFF), a file path, a PIL image or an H×W×3 uint8 array.
 ImageSource = Any
 
 
-def encode_image(image: ImageSource) -> bytes:
-    """The bytes to upload for one image: files and bytes as they are, PIL images and arrays as PNG."""
+def encode_array(rgb: np.ndarray, compress: bool = True) -> bytes:
+    """An H×W×3 uint8 array as lossless bytes the backend decodes to exactly these pixels: PNG at zlib's fastest
+    level where bytes cost (a backend across a network), uncompressed TIFF where they do not (loopback: a tenth of
+    PNG's CPU time, so that the client is never what a GPU waits for)."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    buffer = io.BytesIO()
+    if compress:
+        image.save(buffer, format="PNG", compress_level=1)
+    else:
+        image.save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def encode_image(image: ImageSource, compress: bool = True) -> bytes:
+    """The bytes to upload for one image: files and bytes as they are, PIL images and arrays losslessly (see
+    :func:`encode_array`)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
     if isinstance(image, (str, Path)):
@@ -40,20 +67,16 @@ def encode_image(image: ImageSource) -> bytes:
             raise CCExpertError(f"cannot read image {image}: {error}") from None
     from PIL import Image
 
-    if not isinstance(image, Image.Image):
-        dtype = str(getattr(image, "dtype", type(image).__name__))
-        if dtype != "uint8":
-            raise CCExpertError(
-                f"an image array must be uint8 (0..255), got {dtype}; or give a path, bytes or PIL image"
-            )
-        try:
-            image = Image.fromarray(image)
-        except (TypeError, ValueError) as error:
-            shape = getattr(image, "shape", "?")
-            raise CCExpertError(f"cannot turn an array of shape {shape} into an image: {error}") from None
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # lossless; light compression is cheaper than sending more
-    return buffer.getvalue()
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    dtype = str(getattr(image, "dtype", type(image).__name__))
+    if dtype != "uint8":
+        raise CCExpertError(f"an image array must be uint8 (0..255), got {dtype}; or give a path, bytes or PIL image")
+    try:
+        return encode_array(image, compress)
+    except (TypeError, ValueError) as error:
+        shape = getattr(image, "shape", "?")
+        raise CCExpertError(f"cannot turn an array of shape {shape} into an image: {error}") from None
 
 
 def read_token_file(path: str | Path) -> str:
@@ -84,12 +107,21 @@ class BackendClient:
         retries: int = 3,
         backoff_s: float = 0.5,
     ) -> None:
-        self.url = url.rstrip("/")
+        try:
+            self.url = protocol.check_backend_url(url)
+        except ValueError as error:
+            raise CCExpertError(str(error)) from None
         self.token = token
         self.timeout = (min(10.0, timeout), timeout)
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
+        #: Whether images are compressed for the trip (not to a backend on this machine: see encode_array).
+        self.compress = not _is_loopback(urlsplit(self.url).hostname or "")
         self._session = requests.Session()
+        # Several requests share the session when batches are in flight: keep a connection for each.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=64)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         if token:
             self._session.headers[protocol.AUTH_HEADER] = f"{protocol.AUTH_SCHEME} {token}"
         self._info: protocol.InfoBody | None = None
@@ -133,6 +165,11 @@ class BackendClient:
         self, pairs: Sequence[tuple[ImageSource, ImageSource]], tile_ids: Sequence[str] | None = None
     ) -> list[CaptionResult]:
         """Results for (before, after) pairs, in order; long lists go in several requests within the backend's limit."""
+        encoded = [(encode_image(b, self.compress), encode_image(a, self.compress)) for b, a in pairs]
+        return self.caption_encoded(encoded, tile_ids)
+
+    def caption_encoded(self, pairs: Sequence[EncodedPair], tile_ids: Sequence[str] | None = None) -> list[CaptionResult]:
+        """Results for pairs already encoded (PNG, JPEG or TIFF bytes), in order, in as many requests as needed."""
         if tile_ids is not None and len(tile_ids) != len(pairs):
             raise CCExpertError(f"{len(tile_ids)} tile ids for {len(pairs)} pairs: give one per pair, or none")
         step = self.limits.max_pairs_per_request
@@ -142,13 +179,11 @@ class BackendClient:
             results.extend(self._caption_chunk(pairs[start : start + step], chunk_ids))
         return results
 
-    def _caption_chunk(
-        self, pairs: Sequence[tuple[ImageSource, ImageSource]], tile_ids: list[str] | None
-    ) -> list[CaptionResult]:
+    def _caption_chunk(self, pairs: Sequence[EncodedPair], tile_ids: list[str] | None) -> list[CaptionResult]:
         files = []
         for index, (before, after) in enumerate(pairs):
-            files.append((protocol.FIELD_BEFORE, (f"before_{index}", encode_image(before), "application/octet-stream")))
-            files.append((protocol.FIELD_AFTER, (f"after_{index}", encode_image(after), "application/octet-stream")))
+            files.append((protocol.FIELD_BEFORE, (f"before_{index}", before, "application/octet-stream")))
+            files.append((protocol.FIELD_AFTER, (f"after_{index}", after, "application/octet-stream")))
         data = {protocol.FIELD_TILE_IDS: tile_ids} if tile_ids is not None else None
         body: protocol.CaptionsBody = self._json(self._request("POST", protocol.CAPTIONS_PATH, files=files, data=data))
         items = body.get("results", [])
@@ -172,11 +207,11 @@ class BackendClient:
                 response = self._session.request(method, url, timeout=self.timeout, **kwargs)
             except requests.ConnectionError as error:  # includes connect timeouts: nothing reached the model
                 if last_try:
-                    raise CCExpertError(
+                    raise BackendUnavailable(
                         f"cannot reach the backend at {self.url}: {_reason(error)}. Is `ccexpert serve` running there?"
                     ) from None
             except requests.Timeout:
-                raise CCExpertError(
+                raise BackendUnavailable(
                     f"the backend at {self.url} did not answer {method} {path} within {self.timeout[1]:g} s"
                 ) from None
             else:
@@ -203,13 +238,23 @@ class BackendClient:
             else:
                 detail = response.text[:300] or response.reason
             kind = "rejected the request" if response.status_code < 500 else "failed"
-            raise CCExpertError(f"the backend at {self.url} {kind} ({response.status_code}): {detail}")
+            error_type = BackendUnavailable if response.status_code in RETRY_STATUSES else CCExpertError
+            raise error_type(f"the backend at {self.url} {kind} ({response.status_code}): {detail}")
         if body is None:
             raise CCExpertError(
                 f"{self.url} answered {response.request.path_url} with something other than JSON: "
                 "is it a CCExpert backend?"
             )
         return body
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _reason(error: requests.ConnectionError) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 from affine import Affine
 
 from ccexpert_core.captions import CaptionResult
+from ccexpert_core.geo.engine import Engine
 from ccexpert_core.geo.synthetic import synthetic_pair, write_geotiff
 
 CRS = "EPSG:32631"
@@ -30,7 +31,7 @@ def write_pair(folder: Path, size: int = 160, seed: int = 0, **kwargs) -> tuple[
     )
 
 
-class FakeEngine:
+class FakeEngine(Engine):
     """Says "change" when the two images differ on average, and remembers what it was given; gives every tile
     ``change_map`` as its change map, like a model with a change-map head would."""
 

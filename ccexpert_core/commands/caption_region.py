@@ -38,9 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine = parser.add_mutually_exclusive_group()
     engine.add_argument("--model", help="model folder, hub id or preset:tiny (default: the shipped demo model)")
     engine.add_argument(
-        "--backend", metavar="URL", type=backend_url_value, help="caption with a CCExpert backend instead of a local model"
+        "--backend", metavar="URL", nargs="+", type=backend_url_value,
+        help="caption with one or several CCExpert backends (of one model) instead of a local model",
     )
     parser.add_argument("--token-file", type=Path, help="file holding the backend's access token")
+    parser.add_argument(
+        "--in-flight", type=int_in(1, 256), metavar="N",
+        help="requests kept open at each backend (default: enough to keep three of its model batches queued)",
+    )
     parser.add_argument(
         "--device", default="auto", type=device_value, help="where a local model runs: auto, cpu, cuda, cuda:N"
     )
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from ccexpert_core.defaults import default_model, print_model_note
     from ccexpert_core.geo.engine import CaptionEngine, load_backend_engine, load_model_engine
     from ccexpert_core.geo.progress import ProgressBar
-    from ccexpert_core.geo.region import RegionOptions, caption_region
+    from ccexpert_core.geo.region import RegionOptions, caption_region, log_to_stderr
     from ccexpert_core.options import check_device
 
     if args.token_file is not None and args.backend is None:
@@ -102,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
         max_nodata=args.max_nodata, report=args.report, max_tiles=args.max_tiles,
         add_to_existing=args.add_to_existing,
     )
+    if args.in_flight is not None and args.backend is None:
+        raise CCExpertError("--in-flight goes with --backend (a local model captions one batch at a time)")
+
     def load_engine() -> CaptionEngine:
         if args.backend is not None:
-            return load_backend_engine(args.backend, args.token_file)
+            return load_backend_engine(args.backend, args.token_file, args.in_flight, args.batch_size, log_to_stderr)
         model = args.model or default_model()
         print_model_note(model)
         return load_model_engine(model, args.device)
@@ -112,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     summary = caption_region(args.before, args.after, args.out, load_engine, options, progress=ProgressBar())
     counts = ", ".join(f"{count} {status}" for status, count in summary.counts.items())
     print(f"{summary.tiles} tiles in the area ({summary.already_done} done before, now {counts}): {summary.out}")
+    if summary.engine_note:
+        print(summary.engine_note)
     if summary.report is not None:
         print(f"report: {summary.report}")
     return 0

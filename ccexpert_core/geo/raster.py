@@ -212,6 +212,7 @@ class RasterPair:
         first = open_raster(before, "BEFORE")
         native = PixelGrid.of(first)
         first.close()
+        self._bands, self._resolution = None if bands is None else tuple(bands), resolution
         self.grid = native if resolution is None else native.resampled(resolution)
         if resolution is not None:
             log(
@@ -265,6 +266,14 @@ class RasterPair:
         self.before.fit_stretch(window, value_range)
         self.after.fit_stretch(window, value_range)
 
+    def source(self) -> "PairSource":
+        """How to open these rasters again exactly as they are read here, stretch included (call after
+        :meth:`fit_stretch`): for reader threads, which need rasters of their own, and for other processes."""
+        return PairSource(
+            self.before.path, self.after.path, self._bands, self._resolution,
+            (self.before.stretch, self.after.stretch),
+        )
+
     def read_tile(self, tile: Tile) -> TilePixels:
         """Both dates' pixels of a tile."""
         window = Window(tile.x, tile.y, tile.width, tile.height)
@@ -276,6 +285,24 @@ class RasterPair:
         x0, y0, width, height = tiles_window(tiles)
         rgb, _ = self.before.read(Window(x0, y0, width, height), out_shape=decimated_shape(width, height, max_size))
         return rgb, (x0, y0, width, height)
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """What opens a run's two rasters as the run reads them: paths, bands, resolution and each date's fitted 8-bit
+    mapping. Picklable, so that reader threads and other processes read the very pixels the run would."""
+
+    before: Path
+    after: Path
+    bands: tuple[int, ...] | None
+    resolution: float | None
+    stretches: tuple[Stretch | None, Stretch | None]
+
+    def open(self) -> RasterPair:
+        """The rasters, opened with the run's mapping (their notes were said when the run first opened them)."""
+        pair = RasterPair(self.before, self.after, self.bands, self.resolution, log=lambda message: None)
+        pair.before.stretch, pair.after.stretch = self.stretches
+        return pair
 
 
 def _grid_difference(source: PixelGrid, target: PixelGrid) -> str:

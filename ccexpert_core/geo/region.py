@@ -4,24 +4,21 @@ area + two rasters → tile grid → both dates read on one grid, 8-bit RGB → 
 engine → the ``captions`` layer of a GeoPackage (and ``changes``, for models with a change-map head), batch by
 batch → optional HTML report.
 
-A reader thread prepares the next batch while the engine captions the current one; its queue holds at most
-:data:`READ_AHEAD` batches, so memory is bounded by the batch size whatever the region's size.
+Where the tiles are read and captioned is a :class:`~ccexpert_core.geo.runner.Runner`'s business (reader threads
+and several batches in flight on this machine); this module owns the GeoPackage and writes each batch as it comes
+back, in one transaction, whatever the order. Memory is bounded by the batches in flight, whatever the region's size.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rasterio.errors import RasterioError
 
-from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.area_file import read_area_file
 from ccexpert_core.geo.captions_layer import (
@@ -34,12 +31,11 @@ from ccexpert_core.geo.gpkg import timestamp
 from ccexpert_core.geo.grid import (
     Area, Bounds, Tile, TileGrid, invert_transform, parse_overlap, pixel_to_geo, run_options,
 )
-from ccexpert_core.geo.pixels import TilePixels
-from ccexpert_core.geo.raster import RasterPair, bounded_read_cache, crs_name, format_bounds, spatial_ref
-from ccexpert_core.geo.report import Overview, png_thumbnail, write_report
+from ccexpert_core.geo.raster import PairSource, RasterPair, bounded_read_cache, crs_name, format_bounds, spatial_ref
+from ccexpert_core.geo.report import Overview, write_report
 from ccexpert_core.geo.run_files import OutputBusy, OutputLock, check_run_paths
+from ccexpert_core.geo.runner import BatchOutcome, LocalRunner, Runner
 
-READ_AHEAD = 1
 #: A run stops after this many batches in a row failed in the engine (a backend that is down, say).
 MAX_FAILED_BATCHES = 3
 OVERVIEW_SIZE = 1024
@@ -90,124 +86,45 @@ class RegionSummary:
     report: Path | None = None
     #: True when ``max_batches`` stopped the run before the last tile.
     stopped_early: bool = False
+    #: What the engine has to say about the run (e.g. how many batches each backend answered).
+    engine_note: str | None = None
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """A tile read and judged by the reader thread: ``status`` None means "to caption"."""
+class _Writer:
+    """Turns finished batches into features, writes them, and stops the run once the engine keeps failing."""
 
-    tile: Tile
-    status: str | None
-    pixels: TilePixels | None
-    thumbnails: tuple[bytes, bytes] | None
-
-
-class _BatchReader:
-    """Prepares batches in a background thread, at most :data:`READ_AHEAD` ahead of the consumer."""
-
-    _END = object()
-
-    def __init__(self, batches: Sequence[Sequence[Tile]], prepare: Callable[[Tile], _Prepared]) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(batches, prepare), name="tile-reader", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, batches: Sequence[Sequence[Tile]], prepare: Callable[[Tile], _Prepared]) -> None:
-        try:
-            for batch in batches:
-                if not self._put([prepare(tile) for tile in batch]):
-                    return
-            self._put(self._END)
-        except BaseException as error:  # handed to the consumer, which raises it in the main thread
-            self._put(error)
-
-    def __iter__(self) -> Iterator[list[_Prepared]]:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        """Stop reading and wait for the thread, so that the rasters may be closed."""
-        self._stop.set()
-        self._thread.join()
-
-
-class _RegionRun:
-    """How one run reads and captions tiles: the open rasters, the grid and the engine."""
-
-    def __init__(
-        self, pair: RasterPair, grid: TileGrid, engine: CaptionEngine, options: RegionOptions, log: Log
-    ) -> None:
-        self.pair, self.grid, self.engine = pair, grid, engine
-        self.options, self.log = options, log
+    def __init__(self, grid: TileGrid, layer: CaptionsLayer, summary: RegionSummary, log: Log) -> None:
+        self.grid, self.layer, self.summary, self.log = grid, layer, summary, log
         self.failed_batches = 0
-        self.last_error: Exception | None = None
 
-    def prepare(self, tile: Tile) -> _Prepared:
-        """Read a tile (in the reader thread) and decide whether it goes to the engine."""
-        try:
-            pixels = self.pair.read_tile(tile)
-        except RasterioError as error:
-            self.log(f"warning: tile {tile.tile_id} could not be read: {error}")
-            return _Prepared(tile, FAILED, None, None)
-        thumbnails = (png_thumbnail(pixels.before), png_thumbnail(pixels.after))
-        if pixels.nodata_share > self.options.max_nodata:
-            return _Prepared(tile, SKIPPED_NODATA, None, thumbnails)
-        return _Prepared(tile, None, pixels, thumbnails)
-
-    def caption(self, batch: list[_Prepared]) -> list[TileRecord]:
-        """Caption a batch's readable tiles and turn the whole batch into records."""
-        todo = [p for p in batch if p.status is None]
-        results: list[CaptionResult] | None = []
-        if todo:
-            results = self._run_engine(todo)
-        by_tile = dict(zip((p.tile for p in todo), results or []))
+    def write(self, outcome: BatchOutcome) -> int:
+        """Write a batch in one transaction; returns its number of tiles."""
         records = []
-        for prepared in batch:
-            tile = prepared.tile
-            result = by_tile.get(tile)
-            status = prepared.status or (CAPTIONED if result is not None else FAILED)
+        for tile in outcome.tiles:
             changes = None
-            if result is not None and result.change_map is not None:
-                changes = tile_changes(result.change_map, self.grid.transform, tile)
-            records.append(TileRecord(tile, self.grid.footprint(tile), status, result, prepared.thumbnails, changes))
-        return records
+            if tile.result is not None and tile.result.change_map is not None:
+                changes = tile_changes(tile.result.change_map, self.grid.transform, tile.tile)
+            records.append(TileRecord(
+                tile.tile, self.grid.footprint(tile.tile), tile.status, tile.result, tile.thumbnails, changes,
+            ))
+        self.layer.write(records)
+        for record in records:
+            self.summary.counts[record.status] += 1
+        self._check(outcome)
+        return len(records)
 
-    def _run_engine(self, todo: list[_Prepared]) -> list[CaptionResult] | None:
-        ids = [p.tile.tile_id for p in todo]
-        try:
-            results = self.engine.caption([(p.pixels.before, p.pixels.after) for p in todo], ids)
-            if len(results) != len(todo):
-                raise RuntimeError(f"the engine gave {len(results)} results for {len(todo)} pairs")
-        # Any engine error (a network failure, a model error) fails this batch only: its tiles are recorded as
-        # failed and tried again by the next run; several failures in a row stop the run (see check_engine).
-        except Exception as error:
-            self.failed_batches += 1
-            self.last_error = error
-            self.log(f"warning: captioning tiles {ids[0]}..{ids[-1]} failed: {error}")
-            return None
-        self.failed_batches = 0
-        return results
-
-    def check_engine(self) -> None:
-        """Stop the run once the engine has failed too many batches in a row (call after writing a batch)."""
+    def _check(self, outcome: BatchOutcome) -> None:
+        # Any engine error (a network failure, a model error) fails its batch only: its tiles are recorded as
+        # failed and tried again by the next run; several failures in a row stop the run.
+        if outcome.error is None:
+            self.failed_batches = 0
+            return
+        self.failed_batches += 1
+        ids = [t.tile.tile_id for t in outcome.tiles]
+        self.log(f"warning: captioning tiles {ids[0]}..{ids[-1]} failed: {outcome.error}")
         if self.failed_batches >= MAX_FAILED_BATCHES:
             raise CCExpertError(
-                f"{self.failed_batches} batches in a row failed (last: {self.last_error}); the work done so far is "
+                f"{self.failed_batches} batches in a row failed (last: {outcome.error}); the work done so far is "
                 "kept in the GeoPackage: rerun the same command to resume"
             )
 
@@ -270,11 +187,13 @@ def caption_region(
     log: Log = log_to_stderr,
     progress: Progress | None = None,
     max_batches: int | None = None,
+    make_runner: Callable[[PairSource, CaptionEngine], Runner] | None = None,
 ) -> RegionSummary:
     """Caption every tile of the area into the GeoPackage ``out``, resuming what an earlier run left.
 
     ``load_engine`` is called once the inputs and the output are checked, so that a mistake is reported before a
-    large model loads. ``max_batches`` stops after that many batches (for tests and trial runs).
+    large model loads. ``max_batches`` stops after that many batches (for tests and trial runs). ``make_runner``
+    chooses where tiles are read and captioned (default: :class:`~ccexpert_core.geo.runner.LocalRunner`).
     Raises :class:`~ccexpert_core.errors.CCExpertError` for bad input; work written before an error is kept.
     """
     if options.batch_size < 1:
@@ -325,35 +244,33 @@ def caption_region(
             batches = [pending[i : i + options.batch_size] for i in range(0, len(pending), options.batch_size)]
             if max_batches is not None and len(batches) > max_batches:
                 batches, summary.stopped_early = batches[:max_batches], True
-            _caption_batches(_RegionRun(pair, grid, engine, options, log), batches, layer, summary, progress)
+            runner = make_runner(pair.source(), engine) if make_runner else LocalRunner(
+                pair.source(), engine, options.max_nodata, thumbnails=options.report is not None, log=log,
+            )
+            _caption_batches(runner, batches, _Writer(grid, layer, summary, log), progress)
+            summary.engine_note = engine.describe()
         if options.report is not None:
             summary.report = _write_report(pair, grid, tiles, Path(out), options.report, engine.model_id)
     return summary
 
 
 def _caption_batches(
-    run: _RegionRun, batches: list[list[Tile]], layer: CaptionsLayer, summary: RegionSummary,
-    progress: Progress | None,
+    runner: Runner, batches: list[list[Tile]], writer: _Writer, progress: Progress | None
 ) -> None:
     total = sum(len(batch) for batch in batches)
     if not total:
         return
     if progress is not None:
         progress(0, total)
-    reader = _BatchReader(batches, run.prepare)
+    done = 0
+    outcomes = runner.run(batches)
     try:
-        done = 0
-        for batch in reader:
-            records = run.caption(batch)
-            layer.write(records)
-            for record in records:
-                summary.counts[record.status] += 1
-            done += len(records)
+        for outcome in outcomes:
+            done += writer.write(outcome)
             if progress is not None:
                 progress(done, total)
-            run.check_engine()
     finally:
-        reader.close()
+        outcomes.close()  # an error or Ctrl-C: stop reading and captioning at once; what was written stays
 
 
 @contextmanager
