@@ -139,7 +139,10 @@ class Handler(BaseHTTPRequestHandler):
                 os._exit(1)  # as a crashed backend: connections drop, nothing is answered
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             pairs = body.count(b'name="before"')
-            ids = [match.decode() for match in _TILE_ID.findall(body)] or [str(i) for i in range(pairs)]
+            # Tile ids follow the images: look for them only from the first one on (a scan of megabytes costs).
+            first = body.find(b'name="tile_ids"')
+            found = _TILE_ID.findall(body, max(0, first - 1)) if first >= 0 else []
+            ids = [match.decode() for match in found] or [str(i) for i in range(pairs)]
             standin.gpu.caption(pairs)
             with standin.lock:
                 standin.pairs += pairs

@@ -23,7 +23,7 @@ import requests
 import requests.adapters
 
 from ccexpert_core import protocol
-from ccexpert_core.captions import CaptionResult
+from ccexpert_core.captions import CaptionResult, change_kind
 from ccexpert_core.errors import CCExpertError
 
 #: Answers that mean "not now" (a proxy without a backend behind it, a busy or timed-out backend): retried.
@@ -195,6 +195,8 @@ class BackendClient:
                 change_detected=bool(item["change_detected"]),
                 confidence=float(item["confidence"]),
                 change_map=_change_map(item.get("change_map")),
+                # The backend's model may tell the kind; an older backend does not, and the words still do.
+                change_kind=item.get("change_kind") or change_kind(item["caption"]),
             )
             for item in items
         ]
