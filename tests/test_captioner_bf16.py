@@ -64,7 +64,7 @@ def test_bf16_left_padded_rows_equal_one_at_a_time(captioner: Captioner, prepare
     batched = captioner.caption_prepared(batch)
     single = [
         captioner.caption_prepared(
-            PreparedBatch(row[None], torch.ones(1, len(row), dtype=torch.long), prepared.pixel_values[2 * i : 2 * i + 2])
+            PreparedBatch(row[None], torch.ones_like(row)[None], prepared.pixel_values[2 * i : 2 * i + 2])
         )[0]
         for i, row in enumerate(rows)
     ]

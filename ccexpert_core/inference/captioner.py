@@ -85,7 +85,8 @@ class _ChosenLogProbs(LogitsProcessor):
     max − logsumexp over the vocabulary, so no step's (batch, vocabulary) scores outlive the step.
 
     generate runs it after its own processors, so it sees the very scores greedy takes the argmax of: the model's
-    logits, as long as the generation config adds no penalty (no model here has one). It changes nothing.
+    logits, as long as the model's generation config adds no score-changing processor (a repetition penalty and
+    the like; the demo model's adds none). It changes nothing.
     """
 
     def __init__(self) -> None:
@@ -235,7 +236,8 @@ class Captioner:
         with self._model_lock, self._capture_change_maps() as change_maps, torch.inference_mode():
             pixel_values = prepared.pixel_values.to(device=self.device, dtype=self.dtype)
             vision = inner.encode_images(pixel_values)
-            features = inner.pair_image_features(vision, prepared.before.to(self.device), prepared.after.to(self.device))
+            before, after = prepared.before.to(self.device), prepared.after.to(self.device)
+            features = inner.pair_image_features(vision, before, after)
             del vision  # the tower's hidden states are done with: free them before the language model runs
             # generate takes ready image features as transformers' pre-encoded multimodal outputs.
             flat = self._generate(
