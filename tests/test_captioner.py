@@ -13,6 +13,7 @@ import torch
 
 from ccexpert_core.captions import CaptionResult, is_no_change, normalize_caption
 from ccexpert_core.defaults import DEMO_MODEL_DIR
+from ccexpert_core.errors import CCExpertError
 from ccexpert_core.inference import Captioner, CaptionError, PreparedBatch
 from ccexpert_core.model import build_tiny_model
 
@@ -133,7 +134,7 @@ def test_prepare_uses_no_model_and_caption_prepared_gives_what_caption_gives(cap
 
 
 def test_prepare_of_no_pairs_says_so(captioner: Captioner) -> None:
-    with pytest.raises(Exception, match="no image pairs"):
+    with pytest.raises(CCExpertError, match="no image pairs"):
         captioner.prepare([])
 
 

@@ -27,6 +27,7 @@ from ccexpert_core.model.processing_ccexpert import ImageInput, PairInput
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
+#: (i, j): the indices of two dates of a series, i < j.
 Interval = tuple[int, int]
 
 
