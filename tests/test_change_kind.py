@@ -44,3 +44,23 @@ def test_a_model_that_tells_kinds_is_believed_over_the_words() -> None:
     assert result.change_kind == "roads"
     assert CaptionResult.from_caption("two buildings have been built", 0.9).change_kind == "buildings"
     assert CaptionResult.from_caption("there is no difference", 0.9, model_kind="road_built").change_kind is None
+
+
+def test_the_demo_model_tells_the_kind_from_its_change_summary() -> None:
+    from ccexpert_core.data import read_cc_json
+    from ccexpert_core.data.synthetic import write_dataset
+    from ccexpert_core.defaults import DEMO_MODEL_DIR
+    from ccexpert_core.inference import Captioner
+
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        pytest.skip("the demo model is not shipped in this checkout")
+    import tempfile
+
+    captioner = Captioner.load(DEMO_MODEL_DIR, device="cpu")
+    with tempfile.TemporaryDirectory() as folder:
+        pairs = [p for p in read_cc_json(write_dataset(folder, 24, seed=4242)) if p.changed][:8]
+        results = captioner.caption([(p.before_path, p.after_path) for p in pairs], batch_size=8)
+    from ccexpert_core.captions import MODEL_KINDS
+
+    right = sum(r.change_kind == MODEL_KINDS[p.change_type] for p, r in zip(pairs, results))
+    assert right >= 6, [(p.change_type, r.caption, r.change_kind) for p, r in zip(pairs, results)]

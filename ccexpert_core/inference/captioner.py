@@ -291,23 +291,31 @@ class Captioner:
                     "it gave no caption"
                 )
             confidence = math.exp(scores.mean().item())
-            results.append(CaptionResult.from_caption(caption, confidence, change_maps[row] if change_maps else None))
+            change_map, kind = change_maps[row] if change_maps else (None, None)
+            results.append(CaptionResult.from_caption(caption, confidence, change_map, model_kind=kind))
         return results
 
     @contextmanager
     def _capture_change_maps(self) -> Iterator[list]:
-        """Yield a list that forward passes through the DIM fill with one g×g change map per pair, for models
-        with a change-map head (it stays empty otherwise). Only the prompt's pass sees images."""
+        """Yield a list that forward passes through the DIM fill with one (g×g change map, kind of change or None)
+        per pair, for models with a change-map head (it stays empty otherwise). Only the prompt's pass sees images."""
         maps: list = []
         inner = self.model.model
         if inner.change_head is None:
             yield maps
             return
 
+        kinds = list(self.model.config.change_types or [])
+
         def capture(_module, _inputs, output) -> None:
             probabilities = torch.sigmoid(inner.change_head(output.change)[0].float())
             grid = math.isqrt(probabilities.shape[1])
-            maps.extend(tuple(tuple(values) for values in row) for row in probabilities.view(-1, grid, grid).tolist())
+            rows = [tuple(tuple(values) for values in row) for row in probabilities.view(-1, grid, grid).tolist()]
+            # A model that tells kinds apart says which one (index 0 of its summary's kinds is "no change").
+            told = [None] * len(rows)
+            if kinds and output.change_type_score is not None:
+                told = [kinds[i - 1] if i else None for i in output.change_type_score.argmax(-1).tolist()]
+            maps.extend(zip(rows, told))
 
         handle = inner.dim.register_forward_hook(capture)
         try:
