@@ -195,11 +195,103 @@ class DateSource:
         return to_rgb(data, masks, self.stretch, self.is_float)
 
 
-class RasterPair:
-    """BEFORE and AFTER on BEFORE's grid (resampled to ``resolution`` metres per pixel if given).
+class RasterSeries:
+    """Two or more dates on the first one's grid (resampled to ``resolution`` metres per pixel if given); each
+    later date is aligned onto it. ``roles`` name the dates in messages (``BEFORE``/``AFTER``, or their labels).
 
     Use as a context manager. Not thread-safe: one thread at a time may read it.
     """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        roles: Sequence[str],
+        bands: Sequence[int] | None = None,
+        resolution: float | None = None,
+        log: Log = print,
+    ) -> None:
+        if len(paths) < 2 or len(paths) != len(roles):
+            raise CCExpertError(f"give at least two dates, each with a name (got {len(paths)} rasters)")
+        first = open_raster(paths[0], roles[0])
+        native = PixelGrid.of(first)
+        first.close()
+        self._bands, self._resolution = None if bands is None else tuple(bands), resolution
+        self.grid = native if resolution is None else native.resampled(resolution)
+        if resolution is not None:
+            log(
+                f"every date is resampled to {resolution:g} m per pixel ({roles[0]} has "
+                f"{native.pixel_size * native.crs.linear_units_factor[1]:g} m)"
+            )
+        self.dates: list[DateSource] = []
+        try:
+            for path, role in zip(paths, roles):
+                self.dates.append(DateSource(path, role, self.grid, bands, log))
+            for date in self.dates[1:]:
+                self._check_overlap(date)
+        except BaseException:
+            self.close()
+            raise
+        for date in self.dates[1:]:
+            aligned = PixelGrid.of(date.dataset)
+            if aligned != native:
+                log(f"{date.role} ({date.path.name}) is aligned onto {roles[0]}'s grid with bilinear resampling: "
+                    f"{_grid_difference(aligned, native)}")
+
+    def _check_overlap(self, date: DateSource) -> None:
+        first = self.dates[0]
+        bx0, by0, bx1, by1 = self.grid.bounds
+        other = PixelGrid.of(date.dataset)
+        try:
+            ax0, ay0, ax1, ay1 = transform_bounds(other.crs, self.grid.crs, *other.bounds)
+        except (CRSError, RasterioError) as error:
+            raise CCExpertError(f"{date.role}'s CRS cannot be transformed to {first.role}'s: {error}") from None
+        if ax0 >= bx1 or ax1 <= bx0 or ay0 >= by1 or ay1 <= by0:
+            raise CCExpertError(
+                f"{first.role} ({first.path.name}) and {date.role} ({date.path.name}) do not overlap: {first.role} "
+                f"covers {format_bounds((bx0, by0, bx1, by1))}, {date.role} covers "
+                f"{format_bounds((ax0, ay0, ax1, ay1))} (in {crs_name(self.grid.crs)})"
+            )
+
+    def __enter__(self) -> "RasterSeries":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every date's raster."""
+        for date in self.dates:
+            date.close()
+
+    def fit_stretch(self, tiles: Sequence[Tile], value_range: tuple[float, float] | None) -> None:
+        """Fit each date's 8-bit mapping over the tiles' extent (once, before any tile is read)."""
+        window = Window(*tiles_window(tiles))
+        for date in self.dates:
+            date.fit_stretch(window, value_range)
+
+    def source(self) -> "SeriesSource":
+        """How to open these rasters again exactly as they are read here, stretch included (call after
+        :meth:`fit_stretch`): for reader threads, which need rasters of their own, and for other processes."""
+        return SeriesSource(
+            tuple(date.path for date in self.dates), tuple(date.role for date in self.dates), self._bands,
+            self._resolution, tuple(date.stretch for date in self.dates),
+        )
+
+    def read_dates(self, tile: Tile) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every date's ``(rgb, valid)`` of a tile (see :meth:`DateSource.read`)."""
+        window = Window(tile.x, tile.y, tile.width, tile.height)
+        return [date.read(window) for date in self.dates]
+
+    def overview(self, tiles: Sequence[Tile], max_size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The first date over the tiles' extent, decimated to at most ``max_size`` pixels a side:
+        ``(rgb, (x, y, w, h))`` with the window in grid pixels."""
+        x0, y0, width, height = tiles_window(tiles)
+        rgb, _ = self.dates[0].read(Window(x0, y0, width, height), out_shape=decimated_shape(width, height, max_size))
+        return rgb, (x0, y0, width, height)
+
+
+class RasterPair(RasterSeries):
+    """BEFORE and AFTER on BEFORE's grid: the two-date series."""
 
     def __init__(
         self,
@@ -209,66 +301,20 @@ class RasterPair:
         resolution: float | None = None,
         log: Log = print,
     ) -> None:
-        first = open_raster(before, "BEFORE")
-        native = PixelGrid.of(first)
-        first.close()
-        self._bands, self._resolution = None if bands is None else tuple(bands), resolution
-        self.grid = native if resolution is None else native.resampled(resolution)
-        if resolution is not None:
-            log(
-                f"both rasters are resampled to {resolution:g} m per pixel (BEFORE has "
-                f"{native.pixel_size * native.crs.linear_units_factor[1]:g} m)"
-            )
-        self.before = DateSource(before, "BEFORE", self.grid, bands, log)
-        try:
-            self.after = DateSource(after, "AFTER", self.grid, bands, log)
-        except BaseException:
-            self.before.close()
-            raise
-        try:
-            self._check_overlap()
-        except BaseException:
-            self.close()
-            raise
-        aligned = PixelGrid.of(self.after.dataset)
-        if aligned != native:
-            log(f"AFTER ({self.after.path.name}) is aligned onto BEFORE's grid with bilinear resampling: "
-                f"{_grid_difference(aligned, native)}")
+        super().__init__([before, after], ["BEFORE", "AFTER"], bands, resolution, log)
 
-    def _check_overlap(self) -> None:
-        bx0, by0, bx1, by1 = self.grid.bounds
-        after = PixelGrid.of(self.after.dataset)
-        try:
-            ax0, ay0, ax1, ay1 = transform_bounds(after.crs, self.grid.crs, *after.bounds)
-        except (CRSError, RasterioError) as error:
-            raise CCExpertError(f"AFTER's CRS cannot be transformed to BEFORE's: {error}") from None
-        if ax0 >= bx1 or ax1 <= bx0 or ay0 >= by1 or ay1 <= by0:
-            raise CCExpertError(
-                f"BEFORE ({self.before.path.name}) and AFTER ({self.after.path.name}) do not overlap: BEFORE covers "
-                f"{format_bounds((bx0, by0, bx1, by1))}, AFTER covers {format_bounds((ax0, ay0, ax1, ay1))} "
-                f"(in {crs_name(self.grid.crs)})"
-            )
+    @property
+    def before(self) -> DateSource:
+        """The earlier date."""
+        return self.dates[0]
 
-    def __enter__(self) -> "RasterPair":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close both rasters."""
-        self.before.close()
-        self.after.close()
-
-    def fit_stretch(self, tiles: Sequence[Tile], value_range: tuple[float, float] | None) -> None:
-        """Fit each date's 8-bit mapping over the tiles' extent (once, before any tile is read)."""
-        window = Window(*tiles_window(tiles))
-        self.before.fit_stretch(window, value_range)
-        self.after.fit_stretch(window, value_range)
+    @property
+    def after(self) -> DateSource:
+        """The later date."""
+        return self.dates[1]
 
     def source(self) -> "PairSource":
-        """How to open these rasters again exactly as they are read here, stretch included (call after
-        :meth:`fit_stretch`): for reader threads, which need rasters of their own, and for other processes."""
+        """As :meth:`RasterSeries.source`, for the pair."""
         return PairSource(
             self.before.path, self.after.path, self._bands, self._resolution,
             (self.before.stretch, self.after.stretch),
@@ -276,15 +322,8 @@ class RasterPair:
 
     def read_tile(self, tile: Tile) -> TilePixels:
         """Both dates' pixels of a tile."""
-        window = Window(tile.x, tile.y, tile.width, tile.height)
-        return TilePixels.of(self.before.read(window), self.after.read(window))
-
-    def overview(self, tiles: Sequence[Tile], max_size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """BEFORE over the tiles' extent, decimated to at most ``max_size`` pixels a side: ``(rgb, (x, y, w, h))``
-        with the window in grid pixels."""
-        x0, y0, width, height = tiles_window(tiles)
-        rgb, _ = self.before.read(Window(x0, y0, width, height), out_shape=decimated_shape(width, height, max_size))
-        return rgb, (x0, y0, width, height)
+        before, after = self.read_dates(tile)
+        return TilePixels.of(before, after)
 
 
 @dataclass(frozen=True)
@@ -303,6 +342,24 @@ class PairSource:
         pair = RasterPair(self.before, self.after, self.bands, self.resolution, log=lambda message: None)
         pair.before.stretch, pair.after.stretch = self.stretches
         return pair
+
+
+@dataclass(frozen=True)
+class SeriesSource:
+    """:class:`PairSource` for a series of dates."""
+
+    paths: tuple[Path, ...]
+    roles: tuple[str, ...]
+    bands: tuple[int, ...] | None
+    resolution: float | None
+    stretches: tuple[Stretch | None, ...]
+
+    def open(self) -> RasterSeries:
+        """The rasters, opened with the run's mapping."""
+        series = RasterSeries(self.paths, self.roles, self.bands, self.resolution, log=lambda message: None)
+        for date, stretch in zip(series.dates, self.stretches):
+            date.stretch = stretch
+        return series
 
 
 def _grid_difference(source: PixelGrid, target: PixelGrid) -> str:
