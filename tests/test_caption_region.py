@@ -14,7 +14,7 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.captions_layer import CAPTIONED, CHANGES_LAYER, FAILED, LAYER, SKIPPED_NODATA, read_tiles
 from ccexpert_core.geo.engine import InProcessEngine
 from ccexpert_core.geo.grid import TileGrid
-from ccexpert_core.geo.raster import RasterPair
+from ccexpert_core.geo.raster import RasterPair, RasterSeries
 from ccexpert_core.geo.region import RegionOptions, caption_region
 from ccexpert_core.geo.synthetic import write_geotiff
 from geo_fixtures import CRS, ORIGIN, FakeEngine, utm_transform, write_pair
@@ -151,14 +151,14 @@ def test_an_engine_that_keeps_failing_stops_the_run(tmp_path: Path) -> None:
 def test_a_reader_error_reaches_the_caller_and_keeps_written_batches(tmp_path: Path, monkeypatch) -> None:
     before, after = write_pair(tmp_path, size=160)
     out = tmp_path / "out.gpkg"
-    original = RasterPair.read_tile
+    original = RasterSeries.read_dates
 
-    def read_tile(pair: RasterPair, tile):
+    def read_dates(dates: RasterSeries, tile):
         if tile.row == 2:
             raise MemoryError("out of memory while reading")
-        return original(pair, tile)
+        return original(dates, tile)
 
-    monkeypatch.setattr(RasterPair, "read_tile", read_tile)
+    monkeypatch.setattr(RasterSeries, "read_dates", read_dates)
     with pytest.raises(MemoryError):
         run(before, after, out, FakeEngine())
     assert len(statuses(out)) == 4  # the first batch (row 0 and part of row 1) was written

@@ -1,9 +1,10 @@
 """What captions the tiles of a region: a model in this process, or one or several CCExpert backends over HTTP.
 
-Each engine splits a batch's work in two, so that the region pipeline can keep it busy: :meth:`prepare` (CPU work
-on the pipeline's reader threads: the processor's resize and normalisation in-process, lossless encoding for a
+A batch is a list of tiles, each a series of images (two for a pair) with the intervals to caption. Each engine
+splits a batch's work in two, so that the region pipeline can keep it busy: :meth:`prepare` (CPU work on the
+pipeline's reader threads: the processor's resize and normalisation in-process, each image encoded once for a
 backend) and :meth:`caption_prepared` (the model or the request), which up to :attr:`in_flight` threads call at
-once. Tests and simple engines subclass :class:`Engine` and implement :meth:`caption` only.
+once. Tests and simple engines subclass :class:`Engine` and implement :meth:`caption` (pairs) only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from ccexpert_core.inference.captioner import Captioner
 
 ImagePair = tuple[np.ndarray, np.ndarray]
+#: Which two dates of a tile's series a caption compares: indices (earlier, later).
+Interval = tuple[int, int]
+PAIR_INTERVALS: tuple[Interval, ...] = ((0, 1),)
 Log = Callable[[str], None]
 
 #: Requests kept open per backend by default: enough pairs to keep this many of its model batches queued, so its
@@ -36,18 +40,24 @@ RETRY_BUDGET_S = 60.0
 
 
 class CaptionEngine(Protocol):
-    """Captions batches of (before, after) H×W×3 uint8 pairs, one result per pair, in order."""
+    """Captions batches of tiles: each tile a series of H×W×3 uint8 images (two for a pair) and the intervals
+    (i, j) of that series to caption; one result per tile and interval, in order.
+
+    :meth:`caption` is the same for the plain case, a list of (before, after) pairs.
+    """
 
     model_id: str
     #: Batches this engine takes at once (calls of :meth:`caption_prepared` from different threads).
     in_flight: int
 
-    def prepare(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> Any:
+    def prepare(
+        self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
+    ) -> Any:
         """CPU work for a batch, thread-safe, before any model or network is used."""
         ...
 
-    def caption_prepared(self, prepared: Any) -> list[CaptionResult]:
-        """The results of a prepared batch."""
+    def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
+        """The results of a prepared batch: per tile, per interval."""
         ...
 
     def caption(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> list[CaptionResult]:
@@ -59,25 +69,56 @@ class CaptionEngine(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """A batch as :meth:`Engine.prepare` keeps it by default: nothing computed yet."""
+
+    series: list[Sequence[np.ndarray]]
+    intervals: list[Sequence[Interval]]
+    tile_ids: list[str]
+
+    def pairs(self) -> list[ImagePair]:
+        """Every tile's intervals as (before, after) pairs, tile by tile."""
+        return [(images[i], images[j]) for images, wanted in zip(self.series, self.intervals) for i, j in wanted]
+
+    def regroup(self, flat: Sequence[CaptionResult]) -> list[list[CaptionResult]]:
+        """Results of :meth:`pairs`, back into per tile, per interval."""
+        if len(flat) != sum(len(wanted) for wanted in self.intervals):
+            raise RuntimeError(f"the engine gave {len(flat)} results for {len(self.pairs())} pairs")
+        grouped, start = [], 0
+        for wanted in self.intervals:
+            grouped.append(list(flat[start : start + len(wanted)]))
+            start += len(wanted)
+        return grouped
+
+
+def as_pairs(pairs: Sequence[ImagePair]) -> tuple[list[Sequence[np.ndarray]], list[Sequence[Interval]]]:
+    """Pairs as two-date series, each with its one interval (0, 1)."""
+    return [tuple(pair) for pair in pairs], [PAIR_INTERVALS] * len(pairs)
+
+
 class Engine:
-    """Defaults for an engine: nothing to prepare, one batch at a time. Subclasses implement :meth:`caption`, or
-    :meth:`prepare` and :meth:`caption_prepared`."""
+    """Defaults for an engine: nothing to prepare, one batch at a time, a series captioned as its intervals' pairs.
+    Subclasses implement :meth:`caption` (pairs), or :meth:`prepare` and :meth:`caption_prepared`."""
 
     model_id: str = "engine"
     in_flight: int = 1
 
-    def prepare(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> Any:
+    def prepare(
+        self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
+    ) -> Any:
         """By default the batch as it is."""
-        return list(pairs), list(tile_ids)
+        return _Kept(list(series), list(intervals), list(tile_ids))
 
-    def caption_prepared(self, prepared: Any) -> list[CaptionResult]:
-        """By default :meth:`caption` of what :meth:`prepare` kept."""
-        pairs, tile_ids = prepared
-        return self.caption(pairs, tile_ids)
+    def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
+        """By default :meth:`caption` of every tile's intervals as pairs."""
+        ids = [tile_id for tile_id, wanted in zip(prepared.tile_ids, prepared.intervals) for _ in wanted]
+        return prepared.regroup(self.caption(prepared.pairs(), ids))
 
     def caption(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> list[CaptionResult]:
-        """By default :meth:`caption_prepared` of :meth:`prepare`."""
-        return self.caption_prepared(self.prepare(pairs, tile_ids))
+        """By default :meth:`caption_prepared` of :meth:`prepare` of the pairs."""
+        series, intervals = as_pairs(pairs)
+        return [results[0] for results in self.caption_prepared(self.prepare(series, intervals, tile_ids))]
 
     def describe(self) -> str | None:
         """Nothing to add by default."""
@@ -93,14 +134,30 @@ class InProcessEngine(Engine):
         self.model_id = captioner.model_id
         self._model_lock = threading.Lock()
 
-    def prepare(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> Any:
-        """Resize, normalise and tokenise (no model)."""
-        return self.captioner.prepare(list(pairs))
+    def prepare(
+        self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
+    ) -> Any:
+        """Resize, normalise and tokenise (no model); tiles asking for the same intervals share one series call,
+        which encodes each image once."""
+        if all(len(images) == 2 and tuple(wanted) == PAIR_INTERVALS for images, wanted in zip(series, intervals)):
+            return [(None, self.captioner.prepare([tuple(images) for images in series]))]
+        groups: dict[tuple[Interval, ...], list[int]] = {}
+        for index, wanted in enumerate(intervals):
+            groups.setdefault(tuple(map(tuple, wanted)), []).append(index)
+        return [
+            (members, self.captioner.prepare_series([series[i] for i in members], list(wanted)))
+            for wanted, members in groups.items()
+        ]
 
-    def caption_prepared(self, prepared: Any) -> list[CaptionResult]:
-        """The whole batch in one forward pass (the pipeline already sized it)."""
+    def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
+        """The whole batch in as few forward passes as its interval groups (the pipeline already sized it)."""
         with self._model_lock:  # torch already uses every core for one batch
-            return self.captioner.caption_prepared(prepared)
+            if prepared[0][0] is None:
+                return [[result] for result in self.captioner.caption_prepared(prepared[0][1])]
+            results: dict[int, list[CaptionResult]] = {}
+            for members, group in prepared:
+                results.update(zip(members, self.captioner.caption_series_prepared(group)))
+        return [results[index] for index in sorted(results)]
 
 
 def load_model_engine(model: str | Path, device: str = "auto") -> InProcessEngine:
@@ -112,8 +169,20 @@ def load_model_engine(model: str | Path, device: str = "auto") -> InProcessEngin
 
 @dataclass(frozen=True)
 class _Encoded:
-    pairs: list[tuple[bytes, bytes]]
+    """A batch ready to send: each image encoded once, and the pairs to ask for as (tile, i, j) into them."""
+
+    images: list[list[bytes]]
+    intervals: list[Sequence[Interval]]
     tile_ids: list[str]
+
+    def pairs(self) -> tuple[list[tuple[bytes, bytes]], list[str]]:
+        """Every tile's intervals as encoded pairs, tile by tile, with their tile ids."""
+        pairs, ids = [], []
+        for images, wanted, tile_id in zip(self.images, self.intervals, self.tile_ids):
+            for i, j in wanted:
+                pairs.append((images[i], images[j]))
+                ids.append(tile_id)
+        return pairs, ids
 
 
 class BackendEngine(Engine):
@@ -139,7 +208,7 @@ class BackendEngine(Engine):
         self.in_flight = sum(per_backend)
         self.compress = any(client.compress for client in self.clients)
         self._failover = Failover(
-            self.clients, lambda client, encoded: client.caption_encoded(encoded.pairs, encoded.tile_ids),
+            self.clients, lambda client, encoded: client.caption_encoded(*encoded.pairs()),
             lambda error: isinstance(error, BackendUnavailable), budget_s=retry_budget_s,
             on_down=lambda client, error: log(
                 f"warning: {error}; its batches go to the other backends, and it is tried again later"
@@ -147,19 +216,30 @@ class BackendEngine(Engine):
             ),
         )
 
-    def prepare(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> Any:
-        """Encode every image losslessly (compressed only for a backend across a network)."""
+    def prepare(
+        self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
+    ) -> Any:
+        """Encode every image that an interval uses, once, losslessly (compressed only for a backend across a
+        network)."""
         from ccexpert_core.client import encode_array
 
-        encoded = [(encode_array(b, self.compress), encode_array(a, self.compress)) for b, a in pairs]
-        return _Encoded(encoded, list(tile_ids))
+        encoded = []
+        for images, wanted in zip(series, intervals):
+            used = {index for interval in wanted for index in interval}
+            encoded.append([encode_array(image, self.compress) if k in used else b"" for k, image in enumerate(images)])
+        return _Encoded(encoded, [tuple(w) for w in intervals], list(tile_ids))
 
-    def caption_prepared(self, prepared: Any) -> list[CaptionResult]:
+    def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
         """Send the batch to the least busy backend that answers."""
         try:
-            return self._failover(prepared)
+            flat = self._failover(prepared)
         except NoEndpointLeft as error:
             raise CCExpertError(f"no backend answered for {self._failover.budget_s:g} s (last: {error})") from None
+        grouped, start = [], 0
+        for wanted in prepared.intervals:
+            grouped.append(flat[start : start + len(wanted)])
+            start += len(wanted)
+        return grouped
 
     def describe(self) -> str | None:
         """How many batches each backend answered, when there are several."""
