@@ -11,10 +11,13 @@ from fastapi_offline import FastAPIOffline
 from backend.auth import DOCS_ASSETS_PATH, TokenChecker, TokenGuard
 from backend.batching import DynamicBatcher
 from backend.errors import install_error_handlers
-from backend.limits import BodySizeLimit
+from backend.limits import BodySizeLimit, api_body_rule
+from backend.memory import release_free_memory
+from backend.model_card import describe_model
 from backend.routers import captions, status
+from backend.schemas import document_limits
 from backend.state import BackendState, ServerSettings
-from ccexpert_core import __version__
+from ccexpert_core import __version__, protocol
 from ccexpert_core.inference import Captioner
 
 DESCRIPTION = """Plain-language change captions for pairs of co-registered images.
@@ -35,8 +38,12 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         max_queued=settings.limits.max_queued_pairs,
+        # After a burst the images, uploads and activations are freed but glibc keeps the pages: give them back.
+        on_idle=release_free_memory,
     )
-    state = BackendState(captioner=captioner, batcher=batcher, settings=settings)
+    state = BackendState(
+        captioner=captioner, model=describe_model(captioner.model_id), batcher=batcher, settings=settings
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,13 +64,16 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     )
     app.state.backend = state
     install_error_handlers(app, on_internal_error=state.record_internal_error)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes())
+    rules_by_prefix = {}
+    if settings.ui:
+        from backend.ui import mount_ui, ui_body_rule  # gradio is heavy: imported only when the UI is served
+
+        rules_by_prefix[protocol.UI_PATH + "/"] = ui_body_rule(settings.limits.max_image_bytes)
+        mount_ui(app, state)
+    app.add_middleware(BodySizeLimit, rule=api_body_rule(settings.limits), rules_by_prefix=rules_by_prefix)
     app.include_router(status.router)
     app.include_router(captions.router)
-    if settings.ui:
-        from backend.ui import mount_ui  # gradio is heavy: imported only when the UI is served
-
-        mount_ui(app, state)
+    document_limits(app, settings.limits)
     # Added last, so outermost: a request without a token is turned away before its body is read.
     app.add_middleware(TokenGuard, checker=TokenChecker(settings.tokens))
     return app

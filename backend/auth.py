@@ -105,12 +105,20 @@ class TokenGuard:
         if scope["type"] not in ("http", "websocket") or not self.checker.enabled or is_open(path):
             await self.app(scope, receive, send)
             return
-        authorization = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
-        if self.checker.accepts_header(authorization):
+        given = [value for name, value in scope.get("headers", []) if name == b"authorization"]
+        authorization = given[0].decode("latin-1") if len(given) == 1 else ""
+        # Two headers are refused rather than one picked: which one counts would depend on who reads them (this
+        # server, a proxy in front of it).
+        if len(given) <= 1 and self.checker.accepts_header(authorization):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation
+            return
+        if len(given) > 1:
+            detail = f"the request has {len(given)} {protocol.AUTH_HEADER} headers: send exactly one"
+            response = error_response(400, protocol.ERROR_INVALID_REQUEST, detail)
+            await response(scope, receive, send)
             return
         in_ui = path == protocol.UI_PATH or path.startswith(protocol.UI_PATH + "/")
         if in_ui:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image
 
-from backend.batching import QueueFull
+from backend.batching import DeadlineMissed, QueueFull
 from backend.errors import ApiError
 from backend.limits import decode_image
 from backend.state import BackendState
@@ -38,10 +38,18 @@ async def caption_uploads(state: BackendState, uploads: Sequence[tuple[Loader, L
     """Results for (before, after) uploads in order; :class:`ApiError` for bad images, a full queue or a timeout."""
     pairs = await asyncio.to_thread(_decode_pairs, state, uploads)
     timeout = state.settings.limits.request_timeout_s
+    # The batcher keeps the deadline itself, so it never starts pairs that would be done after the client is gone.
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
-        return await asyncio.wait_for(state.batcher.submit(pairs), timeout)
+        return await state.batcher.submit(pairs, deadline)
     except QueueFull as error:
         raise ApiError(503, protocol.ERROR_BUSY, f"the backend is busy: {error}; retry later") from None
+    except DeadlineMissed as error:
+        raise ApiError(
+            503,
+            protocol.ERROR_TIMEOUT,
+            f"the backend is overloaded and would not finish within {timeout:g} s ({error}); retry later",
+        ) from None
     except TimeoutError:
         raise ApiError(
             503, protocol.ERROR_TIMEOUT, f"no result within {timeout:g} s: the backend is overloaded; retry later"

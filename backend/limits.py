@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.errors import ApiError, error_response
@@ -49,6 +52,8 @@ def decode_image(data: bytes, limits: Limits, tile_size: int, field: str) -> Ima
     if not data:
         raise ApiError(422, protocol.ERROR_INVALID_IMAGE, f"{field} is empty", field)
     try:
+        # A multi-page TIFF opens at its first page, and that page is the image: GeoTIFFs keep their overviews and
+        # masks in the pages after it (documented in the README and the OpenAPI description).
         with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
             width, height = image.size
             if width * height > limits.max_image_pixels:
@@ -80,38 +85,132 @@ def decode_image(data: bytes, limits: Limits, tile_size: int, field: str) -> Ima
     return rgb if rgb.size == size else rgb.resize(size, Image.Resampling.BICUBIC)
 
 
-class BodySizeLimit:
-    """413 for a request body over the limit: at once when Content-Length announces it, else while it streams in.
+#: Room for a multipart part's own headers (Content-Disposition, Content-Type) on top of its data.
+PART_HEADER_BYTES = 16 * 1024
 
+
+@dataclass(frozen=True)
+class BodyRule:
+    """What one request body may hold: bytes in all, bytes in one multipart part (a file), multipart parts."""
+
+    max_bytes: int
+    max_file_bytes: int
+    max_parts: int
+
+
+def api_body_rule(limits: Limits) -> BodyRule:
+    """The API's rule: a full captions request (per pair: before, after and a tile id), each image within its limit."""
+    return BodyRule(limits.max_body_bytes(), limits.max_image_bytes, 3 * limits.max_pairs_per_request + 2)
+
+
+class _BodyOverLimit(HTTPException):
+    """Raised from ``receive`` once a body streams past its rule; the middleware answers 413 in its place."""
+
+
+class MultipartScanner:
+    """Counts a multipart body's parts and measures the one coming in, as the bytes stream past (nothing is kept)."""
+
+    def __init__(self, boundary: bytes, rule: BodyRule) -> None:
+        self._delimiter = b"\r\n--" + boundary
+        self._rule = rule
+        self._tail = b"\r\n"  # the body's first delimiter has no line break before it
+        self._offset = 0  # stream position of self._tail[0], counting the virtual line break
+        self._part_start = 0  # stream position where the current part began
+        self.delimiters = 0
+
+    @classmethod
+    def for_content_type(cls, content_type: str, rule: BodyRule) -> MultipartScanner | None:
+        """A scanner for a ``multipart/form-data`` body, else None."""
+        kind, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        return cls(boundary, rule) if kind == b"multipart/form-data" and boundary else None
+
+    def feed(self, chunk: bytes) -> str | None:
+        """Take the next chunk; why the body is refused, if it now is."""
+        data = self._tail + chunk
+        largest = 0  # the largest part this chunk completes or continues
+        search = 0
+        while (found := data.find(self._delimiter, search)) != -1:
+            self.delimiters += 1
+            largest = max(largest, self._offset + found - self._part_start)
+            search = found + len(self._delimiter)
+            self._part_start = self._offset + search
+        keep = len(self._delimiter) - 1
+        self._offset += max(0, len(data) - keep)
+        self._tail = data[-keep:]
+        largest = max(largest, self._offset + len(self._tail) - self._part_start)
+        # The parts lie between the delimiters: the closing delimiter ends the last one.
+        if self.delimiters - 1 > self._rule.max_parts:
+            return f"the request holds more than {self._rule.max_parts} parts"
+        if largest > self._rule.max_file_bytes + PART_HEADER_BYTES:
+            return f"an uploaded file is over the limit of {self._rule.max_file_bytes} bytes"
+        return None
+
+
+class BodySizeLimit:
+    """413 for a request body over its rule: at once when Content-Length announces it, else as it streams in.
+
+    The rule is per path prefix (the UI takes a pair at most, the API a full request). While a multipart body
+    streams in, its parts are counted and the one coming in is measured, so a huge file is refused when it passes
+    the image limit, not after the whole body has been stored. What the client still sends is read and dropped by
+    uvicorn, so the connection stays usable, for at most the header timeout of :mod:`backend.connections`.
     (FastAPI's own ``max_body_size`` answers the announced case in plain text; this keeps every error JSON.)
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, rule: BodyRule, rules_by_prefix: dict[str, BodyRule] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.rule = rule
+        self.rules_by_prefix = rules_by_prefix or {}
+
+    def _rule_for(self, path: str) -> BodyRule:
+        return next((rule for prefix, rule in self.rules_by_prefix.items() if path.startswith(prefix)), self.rule)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(
-                413,
-                protocol.ERROR_TOO_LARGE,
-                f"the request body is {declared} bytes, over the limit of {self.max_bytes}",
+        rule = self._rule_for(scope.get("path", ""))
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > rule.max_bytes:
+            await _too_large(f"the request body is {declared} bytes, over the limit of {rule.max_bytes}")(
+                scope, receive, send
             )
-            await response(scope, receive, send)
             return
+        scanner = MultipartScanner.for_content_type(headers.get("content-type", ""), rule)
         received = 0
+        refusal: str | None = None
+        started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                # Raised inside the body parsing: FastAPI passes HTTPExceptions on to the JSON error handlers.
-                raise HTTPException(413, f"the request body is over the limit of {self.max_bytes} bytes")
-            return message
+        async def limited_receive() -> Message:
+            nonlocal received, refusal
+            if refusal is None:
+                message = await receive()
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > rule.max_bytes:
+                    refusal = f"the request body is over the limit of {rule.max_bytes} bytes"
+                elif scanner is not None:
+                    refusal = scanner.feed(chunk)
+                if refusal is None:
+                    return message
+            raise _BodyOverLimit(413, refusal)
 
-        await self.app(scope, counting_receive, send)
+        async def answering_send(message: Message) -> None:
+            nonlocal started
+            if refusal is not None:
+                return  # the app's answer to a body cut short gives way to the 413 below
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, answering_send)
+        except Exception:
+            if refusal is None or started:
+                raise
+        if refusal is not None and not started:
+            await _too_large(refusal)(scope, receive, send)
+
+
+def _too_large(detail: str) -> JSONResponse:
+    return error_response(413, protocol.ERROR_TOO_LARGE, detail)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from fastapi import FastAPI
 from pydantic import BaseModel, create_model
 
 from ccexpert_core import protocol
@@ -47,3 +48,54 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         503: "The backend is busy or the request timed out; retry later",
     }.items()
 }
+
+#: The encoded formats the captions route decodes (a multipart part's declared content type is not checked).
+IMAGE_MEDIA_TYPES = "image/png, image/jpeg, image/tiff"
+
+
+def document_limits(app: FastAPI, limits: protocol.Limits) -> None:
+    """Write this backend's limits into the captions operation of its OpenAPI schema.
+
+    FastAPI derives the schema from the route's signature, which cannot know the limits a backend was started with:
+    pairs per request, bytes per image, no empty file. Declared, they make every schema-valid request one the
+    backend accepts, but for what a schema cannot say: that both lists have the same length (and ``tile_ids`` too),
+    and that each file really is an image within the pixel limit.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        operation = schema["paths"][protocol.CAPTIONS_PATH]["post"]
+        content = operation["requestBody"]["content"]["multipart/form-data"]
+        body = schema["components"]["schemas"][content["schema"]["$ref"].rsplit("/", 1)[1]]
+        for name in (protocol.FIELD_BEFORE, protocol.FIELD_AFTER):
+            images = body["properties"][name]
+            images["maxItems"] = limits.max_pairs_per_request
+            images["items"].update(format="binary", minLength=1, maxLength=limits.max_image_bytes)
+        tile_ids = body["properties"][protocol.FIELD_TILE_IDS]
+        for choice in tile_ids.get("anyOf", [tile_ids]):
+            if choice.get("type") == "array":
+                choice["maxItems"] = limits.max_pairs_per_request
+        content["encoding"] = {
+            protocol.FIELD_BEFORE: {"contentType": IMAGE_MEDIA_TYPES},
+            protocol.FIELD_AFTER: {"contentType": IMAGE_MEDIA_TYPES},
+        }
+        operation["description"] = operation.get("description", "") + _limits_text(limits)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _limits_text(limits: protocol.Limits) -> str:
+    return f"""
+
+**Limits of this backend.** At most {limits.max_pairs_per_request} pairs per request; `before`, `after` and
+`tile_ids` (if given) have the same length. Each image: a PNG, JPEG or TIFF file of 1 to {limits.max_image_bytes}
+bytes and at most {limits.max_image_pixels} pixels (width × height, read from its header before decoding). A
+multi-page TIFF counts as its first page (GeoTIFF overviews and masks are ignored); its byte limit counts the whole
+file. Over a limit: 413 `too_large` (a body announced or streaming over the limit is refused before it is read);
+a bad image or mismatched counts: 422. A result takes at most {limits.request_timeout_s:g} s, else 503 `timeout`;
+pairs that could not be done in time are not computed. A full queue: 503 `busy`."""

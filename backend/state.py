@@ -1,4 +1,4 @@
-"""What the routes share: the Captioner, the batcher, the settings, and the count of internal errors."""
+"""What the routes share: the Captioner, its public description, the batcher, the settings, the internal errors."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import Request
 from PIL import Image
 
 from backend.batching import DynamicBatcher
+from backend.model_card import ModelCard
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.inference import Captioner
 from ccexpert_core.protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Limits
@@ -29,6 +30,7 @@ class BackendState:
     """One per app, at ``app.state.backend``."""
 
     captioner: Captioner
+    model: ModelCard
     batcher: DynamicBatcher[tuple[Image.Image, Image.Image], CaptionResult]
     settings: ServerSettings
     internal_errors: int = 0

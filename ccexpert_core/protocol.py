@@ -34,6 +34,10 @@ AUTH_SCHEME = "Bearer"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_WAIT_MS = 20.0
+#: Seconds a client may take to send a request's headers, and may stay silent while sending its body (the backend's
+#: defaults): past them the connection is closed, with a 408 once some of the request has arrived.
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 #: Error codes in :class:`ErrorBody` (``error``); the HTTP status says the class, the code says which problem.
 ERROR_UNAUTHORIZED = "unauthorized"
@@ -95,6 +99,8 @@ class BatchingStats(TypedDict):
     mean_batch_size: float
     max_batch_size: int
     queued_pairs: int
+    #: Pairs taken back before the model ran them: their request timed out, left, or could not be done in time.
+    withdrawn_pairs: int
 
 
 class InfoBody(TypedDict):
@@ -102,7 +108,11 @@ class InfoBody(TypedDict):
 
     api_version: str
     version: str  # the ccexpert package version
-    model_id: str
+    model_id: str  # the model folder's name and a fingerprint of its files (or the preset); never a server path
+    #: What the model calls itself (its model card's title), for people; never a path on the server.
+    model_name: str
+    #: What a user must know about the model's captions (e.g. the demo model's synthetic training), or null.
+    model_note: str | None
     tile_size: int
     prompt: str
     device: str

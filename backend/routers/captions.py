@@ -77,4 +77,4 @@ async def create_captions(
         if result.change_map is not None:
             item["change_map"] = [[round(value, 4) for value in row] for row in result.change_map]
         items.append(item)
-    return {"model_id": state.captioner.model_id, "results": items}
+    return {"model_id": state.model.model_id, "results": items}

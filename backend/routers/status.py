@@ -34,7 +34,9 @@ async def info(state: Annotated[BackendState, Depends(backend_state)]) -> protoc
     return {
         "api_version": protocol.API_VERSION,
         "version": __version__,
-        "model_id": captioner.model_id,
+        "model_id": state.model.model_id,
+        "model_name": state.model.name,
+        "model_note": state.model.note,
         "tile_size": captioner.tile_size,
         "prompt": captioner.prompt,
         "device": str(captioner.device),

@@ -53,6 +53,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=_LIMITS.request_timeout_s,
         help="seconds a request may wait for results",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections at most (default: 2048, or half the free open-file limit if that is less)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=protocol.DEFAULT_HEADER_TIMEOUT_S,
+        help="seconds a client may take to send a request's headers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=protocol.DEFAULT_BODY_TIMEOUT_S,
+        help="seconds a request body may stop arriving before the connection is closed (default: %(default)s)",
+    )
     parser.add_argument("--no-ui", action="store_true", help="serve the API only, without the Gradio UI")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
@@ -78,9 +95,14 @@ def check_bind(host: str, has_tokens: bool, insecure_no_auth: bool) -> None:
 
 
 def _check_positive(args: argparse.Namespace) -> None:
-    for name in ("max_batch", "max_pairs", "max_image_bytes", "max_image_pixels", "request_timeout"):
+    for name in (
+        "max_batch", "max_pairs", "max_image_bytes", "max_image_pixels", "request_timeout", "header_timeout",
+        "body_timeout",
+    ):
         if getattr(args, name) <= 0:
             raise CCExpertError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
+    if args.max_connections is not None and args.max_connections <= 0:
+        raise CCExpertError(f"--max-connections must be positive, not {args.max_connections}")
     if args.max_wait_ms < 0:
         raise CCExpertError(f"--max-wait-ms must be 0 or more, not {args.max_wait_ms}")
 
@@ -88,14 +110,16 @@ def _check_positive(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the options, load the model, serve until interrupted."""
     _check_positive(args)
+    from backend.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread starts: the model's, the decoders', the server's
     from backend.auth import read_tokens
 
     tokens = read_tokens(args.token_file) if args.token_file else None
     check_bind(args.host, tokens is not None, args.insecure_no_auth)
 
-    import uvicorn
-
     from backend.app import create_app
+    from backend.connections import ConnectionLimits, connection_cap, raise_open_file_limit, serve
     from backend.limits import guard_pillow
     from backend.state import ServerSettings
 
@@ -113,13 +137,20 @@ def run(args: argparse.Namespace) -> int:
     )
     guard_pillow(limits)
     app = create_app(captioner, settings)
+    # Counted once the model and the app are loaded: what they hold open is not free for connections.
+    open_files = raise_open_file_limit()
+    connections = ConnectionLimits(
+        max_connections=connection_cap(open_files, args.max_connections),
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+    )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     auth = f"tokens from {args.token_file}" if tokens else "none"
     print(
         f"CCExpert backend: http://{shown}:{args.port}  (API {protocol.API_PREFIX}, docs /docs"
         f"{'' if args.no_ui else ', UI ' + protocol.UI_PATH + '/'}; auth: {auth}; model {captioner.model_id} "
-        f"on {captioner.device})",
+        f"on {captioner.device}; at most {connections.max_connections} connections, open-file limit {open_files})",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host.strip("[]"), port=args.port, log_level=args.log_level)
+    serve(app, host=args.host.strip("[]"), port=args.port, log_level=args.log_level, limits=connections)
     return 0
