@@ -10,6 +10,7 @@ import struct
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,9 +32,12 @@ def serve_command(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("ccexpert")), "serve", *args]
 
 
-def start_server(args: list[str], log: Path) -> Server:
-    """Start ``ccexpert serve ARGS`` on a free 127.0.0.1 port and wait until /v1/health answers."""
-    return start_serve(Path(sys.executable).with_name("ccexpert"), args, log, START_TIMEOUT_S)
+def start_server(args: list[str], log: Path, **options: Any) -> Server:
+    """Start ``ccexpert serve ARGS`` on a free 127.0.0.1 port and wait until /v1/health answers.
+
+    ``options``: ``env`` and ``preexec_fn`` of :func:`serve_process.start_serve`.
+    """
+    return start_serve(Path(sys.executable).with_name("ccexpert"), args, log, START_TIMEOUT_S, **options)
 
 
 _SERVERS: dict[str, Server] = {}

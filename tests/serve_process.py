@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +55,24 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def start_serve(ccexpert: Path, args: list[str], log: Path, timeout_s: float = 240.0) -> ServeProcess:
-    """Start ``ccexpert serve ARGS --host 127.0.0.1 --port P`` and return once /v1/health answers."""
+def start_serve(
+    ccexpert: Path,
+    args: list[str],
+    log: Path,
+    timeout_s: float = 240.0,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> ServeProcess:
+    """Start ``ccexpert serve ARGS --host 127.0.0.1 --port P`` and return once /v1/health answers.
+
+    ``env`` adds to :func:`server_env`; ``preexec_fn`` runs in the child before ``ccexpert`` starts (e.g. to lower
+    its resource limits).
+    """
     port = free_port()
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [str(ccexpert), "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=sink, stderr=subprocess.STDOUT, env=server_env(),
+            stdout=sink, stderr=subprocess.STDOUT, env={**server_env(), **(env or {})}, preexec_fn=preexec_fn,
         )
     server = ServeProcess(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + timeout_s

@@ -1,16 +1,17 @@
-"""The batcher and the request path in-process, with a stand-in model: grouping, timeouts, a full queue, failures."""
+"""The batcher and the request path in-process, with a stand-in model: grouping, deadlines, a full queue, failures."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
 from fastapi.testclient import TestClient
 
 from backend.app import create_app
-from backend.batching import DynamicBatcher, QueueFull
+from backend.batching import BatchFailed, DeadlineMissed, DynamicBatcher, QueueFull
 from backend.state import ServerSettings
 from backend_server import encode, multipart, random_image
 from ccexpert_core import protocol
@@ -88,6 +89,77 @@ def test_a_withdrawn_request_is_skipped_and_a_full_queue_refused() -> None:
     assert calls == [["first"], ["kept"]]  # the timed-out request never reached the model
 
 
+def test_pairs_that_cannot_be_done_in_time_are_never_computed() -> None:
+    # 30 one-pair requests at once, 2.2 s each, on a model taking 0.4 s per pair. Batches used to take whatever was
+    # waiting (16 pairs: 6.4 s, every request long gone: pairs computed, no result delivered). Now a batch holds what
+    # can be done before its earliest deadline, and the rest is refused at once.
+    calls: list[int] = []
+
+    def model(pairs: list[int]) -> list[int]:
+        calls.append(len(pairs))
+        time.sleep(0.4 * len(pairs))
+        return pairs
+
+    batcher = DynamicBatcher(model, max_batch=16, max_wait_ms=10, max_queued=100)
+
+    async def body():
+        await batcher.submit([-1])  # one batch, so the batcher knows how long a pair takes
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.2
+        return await asyncio.gather(*(batcher.submit([i], deadline) for i in range(30)), return_exceptions=True)
+
+    outcomes = run(_with_batcher(batcher, body))
+    delivered = [outcome for outcome in outcomes if isinstance(outcome, list)]
+    assert delivered and all(isinstance(outcome, (list, DeadlineMissed)) for outcome in outcomes), outcomes
+    assert sum(calls) == 1 + len(delivered)  # every pair the model computed reached its request in time
+    stats = batcher.stats()
+    assert stats["withdrawn_pairs"] == 30 - len(delivered) and stats["queued_pairs"] == 0
+
+
+def test_a_request_that_leaves_takes_its_pairs_out_of_the_queue_at_once() -> None:
+    release = threading.Event()
+    calls: list[list[str]] = []
+
+    def model(pairs: list[str]) -> list[str]:
+        calls.append(list(pairs))
+        release.wait(10)
+        return pairs
+
+    batcher = DynamicBatcher(model, max_batch=8, max_wait_ms=0, max_queued=100)
+
+    async def body():
+        busy = asyncio.ensure_future(batcher.submit(["first"]))
+        await asyncio.sleep(0.05)  # the model is now busy with "first"
+        loop = asyncio.get_running_loop()
+        with pytest.raises(TimeoutError):
+            await batcher.submit(["a", "b", "c"], loop.time() + 0.1)
+        left = batcher.stats()
+        release.set()
+        return await busy, left
+
+    first, left = run(_with_batcher(batcher, body))
+    assert first == ["first"] and calls == [["first"]]
+    assert (left["queued_pairs"], left["withdrawn_pairs"]) == (0, 3)  # gone before the collector came back
+
+
+def test_memory_is_released_once_after_each_burst() -> None:
+    released: list[float] = []
+    batcher = DynamicBatcher(
+        lambda pairs: pairs, max_batch=4, max_wait_ms=0, max_queued=100, on_idle=lambda: released.append(1), idle_s=0.1
+    )
+
+    async def body():
+        await asyncio.sleep(0.3)  # idle, but nothing was done: nothing to release
+        quiet = len(released)
+        await asyncio.gather(*(batcher.submit([i]) for i in range(6)))
+        await asyncio.sleep(0.5)
+        after_burst = len(released)
+        await asyncio.sleep(0.3)
+        return quiet, after_burst, len(released)
+
+    assert run(_with_batcher(batcher, body)) == (0, 1, 1)
+
+
 def test_a_model_failure_reaches_every_request_of_its_batch() -> None:
     def model(pairs: list[int]) -> list[int]:
         raise RuntimeError("out of memory")
@@ -98,7 +170,8 @@ def test_a_model_failure_reaches_every_request_of_its_batch() -> None:
         return await asyncio.gather(batcher.submit([1]), batcher.submit([2]), return_exceptions=True)
 
     outcomes = run(_with_batcher(batcher, body))
-    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
+    assert all(isinstance(outcome, BatchFailed) for outcome in outcomes)
+    assert all(str(outcome.__cause__) == "out of memory" for outcome in outcomes)  # the model's error, for the log
 
 
 @dataclass
