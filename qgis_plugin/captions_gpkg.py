@@ -1,9 +1,12 @@
-"""The captions layer of a GeoPackage, written with OGR batch by batch: the ``caption-region`` command's schema.
+"""The captions layer of a GeoPackage, written with OGR batch by batch: ``caption-region``'s layer, built from the
+same schema (``ccexpert_core/geo/schema.py``, bundled), so that either tool resumes the other's file.
 
-Same fields and types as ``ccexpert_core/geo/captions_layer.py`` (a test compares them), so that either tool
-can resume the other's file: ``tile_id`` is unique, a batch is written in one transaction, a rerun skips tiles
-already captioned or skipped (failed tiles are tried again), and the options that decide a tile's pixels are
-stored beside the layer so that a rerun with other options is refused rather than mixed in.
+A feature is one tile and one interval, (``tile_id``, ``interval``) is unique, a batch is written in one
+transaction, a rerun skips features already captioned or skipped (failed ones are tried again) and updates a
+feature written before in place, so the analyst's review fields are never touched. The options that decide a tile's
+pixels are stored beside the layer so that a rerun with other options is refused rather than mixed in. A layer
+written before this schema gets the fields it lacks; the default style goes into ``layer_styles`` as QGIS keeps it.
+Everything is written through OGR (QGIS may hold the file open).
 """
 
 from __future__ import annotations
@@ -17,47 +20,38 @@ from osgeo import gdal, ogr, osr
 
 from .errors import CaptionRunError
 from .shared_modules import grid as tiling
+from .shared_modules import schema
 
 #: The command's layer name; its options table is named for it.
-DEFAULT_LAYER = "captions"
-CAPTIONED = "captioned"
-SKIPPED_NODATA = "skipped_nodata"
-FAILED = "failed"
-#: Tiles with these statuses are done: a rerun does not redo them.
-FINAL_STATUSES = (CAPTIONED, SKIPPED_NODATA)
+DEFAULT_LAYER = schema.CAPTIONS_LAYER
+CAPTIONED = schema.CAPTIONED
+SKIPPED_NODATA = schema.SKIPPED_NODATA
+FAILED = schema.FAILED
+FINAL_STATUSES = schema.FINAL_STATUSES
+
+# How OGR declares the schema's types so that a GeoPackage gets the same SQL types as caption-region writes:
+# OFTInteger64 → INTEGER (a plain OFTInteger would be MEDIUMINT), OFTInteger + boolean → BOOLEAN, OFTReal → REAL,
+# OFTDateTime → DATETIME, OFTString → TEXT.
+_OGR_TYPES = {
+    schema.TEXT: (ogr.OFTString, ogr.OFSTNone),
+    schema.INTEGER: (ogr.OFTInteger64, ogr.OFSTNone),
+    schema.BOOLEAN: (ogr.OFTInteger, ogr.OFSTBoolean),
+    schema.REAL: (ogr.OFTReal, ogr.OFSTNone),
+    schema.DATETIME: (ogr.OFTDateTime, ogr.OFSTNone),
+}
 
 
-@dataclass(frozen=True)
-class Field:
-    """One attribute of the layer, as OGR declares it (type, subtype, NOT NULL, UNIQUE)."""
-
-    name: str
-    type: int
-    subtype: int = ogr.OFSTNone
-    not_null: bool = False
-    unique: bool = False
-
-
-# As OGR declares them in a GeoPackage: OFTInteger64 → INTEGER, OFTInteger + boolean → BOOLEAN, OFTReal → REAL,
-# OFTDateTime → DATETIME.
-FIELDS: tuple[Field, ...] = (
-    Field("tile_id", ogr.OFTString, not_null=True, unique=True),
-    Field("row", ogr.OFTInteger64, not_null=True),
-    Field("col", ogr.OFTInteger64, not_null=True),
-    Field("caption", ogr.OFTString),
-    Field("change_detected", ogr.OFTInteger, ogr.OFSTBoolean),
-    Field("confidence", ogr.OFTReal),
-    Field("status", ogr.OFTString, not_null=True),
-    Field("before_source", ogr.OFTString),
-    Field("after_source", ogr.OFTString),
-    Field("model_id", ogr.OFTString),
-    Field("created_at", ogr.OFTDateTime),
-)
-
-
-def options_table(layer_name: str) -> str:
-    """Where a layer's run options live: the command's table for ``captions``, one per layer name otherwise."""
-    return "ccexpert_run_options" if layer_name == DEFAULT_LAYER else f"ccexpert_run_options_{layer_name}"
+def field_definition(field: schema.Field) -> ogr.FieldDefn:
+    """A schema field as OGR declares it (type, subtype, width, NOT NULL, default)."""
+    field_type, subtype = _OGR_TYPES[field.type]
+    definition = ogr.FieldDefn(field.name, field_type)
+    definition.SetSubType(subtype)
+    if field.width:
+        definition.SetWidth(field.width)
+    definition.SetNullable(not field.not_null)
+    if field.default is not None:
+        definition.SetDefault(field.default)
+    return definition
 
 
 @dataclass(frozen=True)
@@ -70,18 +64,26 @@ class TileRecord:
     caption: str | None = None
     change_detected: bool | None = None
     confidence: float | None = None
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    #: Which interval of the date series (0 for two dates), and its dates as given (None where unknown).
+    interval: int = 0
+    date_before: str | None = None
+    date_after: str | None = None
+    #: One of the schema's CHANGE_KINDS, or None.
+    change_kind: str | None = None
 
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _now() -> str:
+    """Now, in UTC, as OGR parses a date-time string."""
+    return datetime.now(timezone.utc).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3] + "+00"
+
+
 class CaptionsGeoPackage:
-    """The layer ``layer_name`` of the GeoPackage ``path``, created if missing; refuses to resume other options."""
+    """The layer ``layer_name`` of the GeoPackage ``path``, created if missing and migrated to the schema if older;
+    refuses a layer of another schema and a resume with other options."""
 
     def __init__(
         self, path: str, layer_name: str, srs_wkt: str, options: Mapping[str, str], before_source: str,
@@ -93,6 +95,8 @@ class CaptionsGeoPackage:
         self.layer = self.dataset.GetLayerByName(layer_name) or self._create_layer(srs_wkt)
         self._check_fields()
         self._check_options(options)
+        self._migrate()
+        self._add_style()
 
     def _open(self) -> gdal.Dataset:
         if Path(self.path).exists():
@@ -114,30 +118,68 @@ class CaptionsGeoPackage:
         # With GDAL's R-tree: the command's own writer registers the functions its triggers call, so it can resume.
         layer = self.dataset.CreateLayer(
             self.layer_name, srs, ogr.wkbPolygon,
-            options=["FID=fid", "GEOMETRY_NAME=geom", "SPATIAL_INDEX=YES", "DESCRIPTION=ccexpert change captions"],
+            options=[
+                "FID=fid", f"GEOMETRY_NAME={schema.GEOMETRY_COLUMN}", "SPATIAL_INDEX=YES",
+                f"DESCRIPTION={schema.layer_description()}",
+            ],
         )
         if layer is None:
             raise CaptionRunError(f"cannot add the layer {self.layer_name} to {self.path}: {gdal.GetLastErrorMsg()}")
-        for field in FIELDS:
-            definition = ogr.FieldDefn(field.name, field.type)
-            definition.SetSubType(field.subtype)
-            definition.SetNullable(not field.not_null)
-            definition.SetUnique(field.unique)
-            layer.CreateField(definition)
+        for field in schema.FIELDS:
+            layer.CreateField(field_definition(field))
         return layer
 
-    def _check_fields(self) -> None:
+    def _field_names(self) -> set[str]:
         definition = self.layer.GetLayerDefn()
-        present = {definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())}
-        missing = [field.name for field in FIELDS if field.name not in present]
-        if missing:
+        return {definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())}
+
+    def _check_fields(self) -> None:
+        missing = schema.missing_required(self._field_names())
+        if missing is not None:
             raise CaptionRunError(
-                f"the layer {self.layer_name} of {self.path} is not a CCExpert captions layer (no field {missing[0]}): "
+                f"the layer {self.layer_name} of {self.path} is not a CCExpert captions layer (no field {missing}): "
                 "choose another layer name or file"
             )
 
+    def _migrate(self) -> None:
+        """Add the fields an older layer lacks (OGR alters the table) and the unique index of the key."""
+        for field in schema.fields_to_add(self._field_names()):
+            if self.layer.CreateField(field_definition(field)) != ogr.OGRERR_NONE:
+                raise CaptionRunError(
+                    f"cannot add the field {field.name} to the layer {self.layer_name} of {self.path}: "
+                    f"{gdal.GetLastErrorMsg()}"
+                )
+        gdal.ErrorReset()
+        self.dataset.ExecuteSQL(schema.key_index_sql(self.layer_name))
+        if gdal.GetLastErrorType() >= gdal.CE_Failure:
+            raise CaptionRunError(f"cannot index the layer {self.layer_name} of {self.path}: {gdal.GetLastErrorMsg()}")
+
+    def _add_style(self) -> None:
+        """The schema's style as the layer's default in ``layer_styles``, unless the layer has a style there."""
+        styles = self.dataset.GetLayerByName(schema.STYLES_TABLE)
+        if styles is None:
+            styles = self.dataset.CreateLayer(
+                schema.STYLES_TABLE, None, ogr.wkbNone, options=[f"FID={schema.STYLES_FID}"]
+            )
+            for field in schema.STYLES_FIELDS:
+                styles.CreateField(field_definition(field))
+        styles.SetAttributeFilter(f"f_table_name = {_literal(self.layer_name)}")
+        try:
+            if styles.GetNextFeature() is not None:
+                return
+        finally:
+            styles.SetAttributeFilter(None)
+        feature = ogr.Feature(styles.GetLayerDefn())
+        for name, value in {**schema.style_row(self.layer_name), "update_time": _now()}.items():
+            if value is None:
+                feature.SetFieldNull(name)
+            else:
+                feature.SetField(name, int(value) if isinstance(value, bool) else value)
+        if styles.CreateFeature(feature) != ogr.OGRERR_NONE:
+            raise CaptionRunError(f"cannot store the layer's style in {self.path}: {gdal.GetLastErrorMsg()}")
+
     def _options_layer(self) -> ogr.Layer:
-        name = options_table(self.layer_name)
+        name = schema.options_table(self.layer_name)
         layer = self.dataset.GetLayerByName(name)
         if layer is None:
             layer = self.dataset.CreateLayer(name, None, ogr.wkbNone, options=["FID=fid"])
@@ -170,40 +212,59 @@ class CaptionsGeoPackage:
             table.CreateFeature(feature)
         self.dataset.CommitTransaction()
 
-    def finished_ids(self) -> set[str]:
-        """Ids of the tiles already captioned or skipped."""
+    def finished_keys(self) -> set[tuple[str, int]]:
+        """(tile_id, interval) of the features already captioned or skipped."""
         self.layer.SetAttributeFilter(f"status IN ({', '.join(_literal(s) for s in FINAL_STATUSES)})")
         try:
-            return {feature.GetField("tile_id") for feature in self.layer}
+            return {(feature.GetField("tile_id"), feature.GetField("interval")) for feature in self.layer}
+        finally:
+            self.layer.SetAttributeFilter(None)
+
+    def finished_ids(self) -> set[str]:
+        """Ids of the tiles whose first interval (a two-date run's only one) is already captioned or skipped."""
+        return {tile_id for tile_id, interval in self.finished_keys() if interval == 0}
+
+    def _written(self, records: Sequence[TileRecord]) -> dict[tuple[str, int], int]:
+        """The fids of the features these records write again, by key."""
+        ids = ", ".join(_literal(tile_id) for tile_id in {record.tile.tile_id for record in records})
+        self.layer.SetAttributeFilter(f"tile_id IN ({ids})")
+        try:
+            return {(f.GetField("tile_id"), f.GetField("interval")): f.GetFID() for f in self.layer}
         finally:
             self.layer.SetAttributeFilter(None)
 
     def write(self, records: Sequence[TileRecord]) -> None:
-        """Write a batch in one transaction; a tile written before is replaced, never duplicated."""
+        """Write a batch in one transaction: a feature written before is updated (its review kept), never
+        duplicated."""
         if not records:
             return
-        now = datetime.now(timezone.utc).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3] + "+00"
-        ids = ", ".join(_literal(record.tile.tile_id) for record in records)
+        now = _now()
         before_source, after_source, model_id = self.sources
+        written = self._written(records)
         self.dataset.StartTransaction()
         try:
-            self.dataset.ExecuteSQL(f"DELETE FROM {_quote(self.layer_name)} WHERE tile_id IN ({ids})")
             for record in records:
-                feature = ogr.Feature(self.layer.GetLayerDefn())
+                key = (record.tile.tile_id, record.interval)
+                fid = written.get(key)
+                feature = ogr.Feature(self.layer.GetLayerDefn()) if fid is None else self.layer.GetFeature(fid)
                 feature.SetGeometryDirectly(_polygon(record.footprint))
                 values = {
-                    "tile_id": record.tile.tile_id, "row": record.tile.row, "col": record.tile.col,
+                    "tile_id": record.tile.tile_id, "interval": record.interval, "row": record.tile.row,
+                    "col": record.tile.col, "date_before": record.date_before, "date_after": record.date_after,
                     "caption": record.caption,
                     "change_detected": None if record.change_detected is None else int(record.change_detected),
-                    "confidence": record.confidence, "status": record.status, "before_source": before_source,
-                    "after_source": after_source, "model_id": model_id, "created_at": now,
+                    "change_kind": record.change_kind, "confidence": record.confidence, "status": record.status,
+                    "before_source": before_source, "after_source": after_source, "model_id": model_id,
+                    "created_at": now,
                 }
-                for name, value in values.items():
+                for field in schema.RUN_FIELDS:
+                    value = values[field.name]
                     if value is None:
-                        feature.SetFieldNull(name)
+                        feature.SetFieldNull(field.name)
                     else:
-                        feature.SetField(name, value)
-                if self.layer.CreateFeature(feature) != ogr.OGRERR_NONE:
+                        feature.SetField(field.name, value)
+                done = self.layer.CreateFeature(feature) if fid is None else self.layer.SetFeature(feature)
+                if done != ogr.OGRERR_NONE:
                     raise CaptionRunError(f"cannot write tile {record.tile.tile_id} to {self.path}: "
                                           f"{gdal.GetLastErrorMsg()}")
         except BaseException:

@@ -10,7 +10,6 @@ from .job import JobSummary
 from .styling import style_captions_layer
 
 LOG_TAG = "CCExpert"
-STYLE_NAME = "ccexpert captions"
 
 
 def layer_uri(output: str, layer_name: str) -> str:
@@ -30,14 +29,12 @@ def open_captions_layer(output: str, layer_name: str, title: str) -> QgsVectorLa
 
 
 def style_and_keep(layer: QgsVectorLayer) -> None:
-    """Style a captions layer and keep the style in its GeoPackage as the default, so it opens styled anywhere."""
-    style_captions_layer(layer)
-    error = layer.saveStyleToDatabase(STYLE_NAME, "CCExpert change captions", True, "")
+    """Style a captions layer with the schema's QML. The writer keeps the same QML in the GeoPackage as the layer's
+    default style (never over one saved there before), so the file opens styled anywhere."""
+    error = style_captions_layer(layer)
     if error:
-        QgsMessageLog.logMessage(f"the style could not be saved with {layer.source()}: {error}", LOG_TAG, Qgis.Warning)
-    # Saving wrote through another connection, which leaves the layer's own read connection unable to reopen the
-    # file's journal ("unable to open database file", feature count -1): reopen it.
-    layer.reload()
+        QgsMessageLog.logMessage(f"the captions style does not apply to {layer.source()}: {error}", LOG_TAG,
+                                 Qgis.Warning)
 
 
 def show_result(summary: JobSummary, project: QgsProject, message_bar, title: str) -> QgsVectorLayer | None:

@@ -1,9 +1,9 @@
 """Build the QGIS plugin zip: qgis_plugin/ + metadata.txt + the shared pure modules, as "Install from ZIP" wants it.
 
 The zip holds one folder, ``ccexpert_qgis/``, with the plugin's modules, ``metadata.txt``, ``icon.png``, ``LICENSE``
-and ``bundled/`` — copies of ``ccexpert_core/geo/grid.py``, ``ccexpert_core/geo/pixels.py`` and
-``ccexpert_core/protocol.py``, which the plugin imports from there (one tiler, one set of pixel rules, one wire
-format, nothing to install in QGIS's Python).
+and ``bundled/`` — copies of ``ccexpert_core/geo/grid.py``, ``ccexpert_core/geo/pixels.py``,
+``ccexpert_core/geo/schema.py`` and ``ccexpert_core/protocol.py``, which the plugin imports from there (one tiler,
+one set of pixel rules, one captions layer schema and style, one wire format, nothing to install in QGIS's Python).
 
 Usage: python3 scripts/build_plugin.py [--out DIR]   → DIR/ccexpert_qgis-VERSION.zip (default DIR: dist)
 """
@@ -27,6 +27,7 @@ METADATA = REPO / "metadata.txt"
 BUNDLED = {
     "grid.py": REPO / "ccexpert_core" / "geo" / "grid.py",
     "pixels.py": REPO / "ccexpert_core" / "geo" / "pixels.py",
+    "schema.py": REPO / "ccexpert_core" / "geo" / "schema.py",
     "protocol.py": REPO / "ccexpert_core" / "protocol.py",
 }
 BUNDLED_INIT = '"""Copies of the project\'s pure modules (ccexpert_core), made by `make plugin`: do not edit here."""\n'

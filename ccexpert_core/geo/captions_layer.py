@@ -1,9 +1,13 @@
-"""The ``captions`` layer of a region's GeoPackage: one polygon per tile with its caption, status and thumbnails;
-and, for models with a change-map head, the ``changes`` layer: one multipolygon per tile around the changed places.
+"""The ``captions`` layer of a region's GeoPackage: one polygon per tile and interval of the date series, with its
+caption, status and thumbnails; and, for models with a change-map head, the ``changes`` layer: one multipolygon per
+tile and interval around the changed places.
 
-Resumable: ``tile_id`` is unique, a batch is written in one transaction, and a rerun skips the tiles already
-captioned or skipped (failed tiles are tried again). The options that decide which pixels a tile holds and who
-captions it are stored with the layer, and a rerun with other options is refused rather than mixed in.
+The fields, key, migration and default style are :mod:`ccexpert_core.geo.schema`'s (the QGIS plugin's writer
+builds its layer from the same module). Resumable: (``tile_id``, ``interval``) is unique, a batch is written in one
+transaction, a rerun skips the features already captioned or skipped (failed ones are tried again), and a feature
+written again is updated in place, so the analyst's review survives. The options that decide which pixels a tile
+holds and who captions it are stored with the layer, and a rerun with other options is refused rather than mixed
+in. Files written before this schema are migrated on resume (the fields they lack are added).
 """
 
 from __future__ import annotations
@@ -15,43 +19,42 @@ from pathlib import Path
 
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
+from ccexpert_core.geo import schema
 from ccexpert_core.geo.gpkg import (
     APPLICATION_ID, Bounds, GeoPackage, Point, SpatialRef, blob_bounds, multipolygon_blob, polygon_blob, quote,
     timestamp,
 )
 from ccexpert_core.geo.grid import Polygon, Tile
 
-LAYER = "captions"
-CHANGES_LAYER = "changes"
-THUMBNAILS_TABLE = "ccexpert_thumbnails"
-OPTIONS_TABLE = "ccexpert_run_options"
+LAYER = schema.CAPTIONS_LAYER
+CHANGES_LAYER = schema.CHANGES_LAYER
+THUMBNAILS_TABLE = schema.THUMBNAILS_TABLE
+OPTIONS_TABLE = schema.OPTIONS_TABLE
 
-CAPTIONED = "captioned"
-SKIPPED_NODATA = "skipped_nodata"
-FAILED = "failed"
-#: Tiles with these statuses are done: a rerun does not redo them.
-FINAL_STATUSES = (CAPTIONED, SKIPPED_NODATA)
+CAPTIONED = schema.CAPTIONED
+SKIPPED_NODATA = schema.SKIPPED_NODATA
+FAILED = schema.FAILED
+FINAL_STATUSES = schema.FINAL_STATUSES
 
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("tile_id", "TEXT NOT NULL UNIQUE"),
-    ("row", "INTEGER NOT NULL"),
-    ("col", "INTEGER NOT NULL"),
-    ("caption", "TEXT"),
-    ("change_detected", "BOOLEAN"),
-    ("confidence", "REAL"),
-    ("status", "TEXT NOT NULL"),
-    ("before_source", "TEXT"),
-    ("after_source", "TEXT"),
-    ("model_id", "TEXT"),
-    ("created_at", "DATETIME"),
-)
-_NAMES = [name for name, _ in COLUMNS]
+#: The captions layer's columns as (name, SQL type and constraints), from the schema.
+COLUMNS: tuple[tuple[str, str], ...] = tuple((field.name, field.sql()) for field in schema.FIELDS)
+_KEY_COLUMNS = (("tile_id", "TEXT NOT NULL"), ("interval", "INTEGER NOT NULL DEFAULT 0"))
+_THUMBNAIL_COLUMNS = (*_KEY_COLUMNS, ("before_png", "BLOB"), ("after_png", "BLOB"))
+_CHANGES_COLUMNS = (*_KEY_COLUMNS, ("model_id", "TEXT"), ("created_at", "DATETIME"))
+
+_RUN_NAMES = [field.name for field in schema.RUN_FIELDS]
+_VALUE_NAMES = [name for name in _RUN_NAMES if name not in schema.KEY]
+_KEY_WHERE = " AND ".join(f"{quote(name)} = ?" for name in schema.KEY)
 _INSERT = (
-    f"INSERT INTO {LAYER} (geom, {', '.join(quote(n) for n in _NAMES)}) VALUES ({', '.join('?' * (len(_NAMES) + 1))})"
+    f"INSERT INTO {quote(LAYER)} (geom, {', '.join(quote(n) for n in _RUN_NAMES)}) "
+    f"VALUES ({', '.join('?' * (len(_RUN_NAMES) + 1))})"
 )
 # Replacing is an UPDATE, then an INSERT where nothing was there, not one UPSERT: SQLite lets an UPSERT's conflict
-# clause override the INSERT OR REPLACE in the R-tree triggers, which then fail on the tile's own index entry.
-_UPDATE = f"UPDATE {LAYER} SET geom = ?, " + ", ".join(f"{quote(n)} = ?" for n in _NAMES[1:]) + " WHERE tile_id = ?"
+# clause override the INSERT OR REPLACE in the R-tree triggers, which then fail on the tile's own index entry. It
+# sets the run's fields only, so the analyst's review stays.
+_UPDATE = (
+    f"UPDATE {quote(LAYER)} SET geom = ?, " + ", ".join(f"{quote(n)} = ?" for n in _VALUE_NAMES) + f" WHERE {_KEY_WHERE}"
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,12 @@ class TileRecord:
     thumbnails: tuple[bytes, bytes] | None = None
     #: Polygons around the changed places, where the model gives a change map (None where it does not).
     changes: list[Polygon] | None = None
+    #: Which interval of the date series (0 for two dates), and its dates as given (None where unknown).
+    interval: int = 0
+    date_before: str | None = None
+    date_after: str | None = None
+    #: One of :data:`ccexpert_core.geo.schema.CHANGE_KINDS`, or None.
+    change_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,13 @@ class StoredTile:
     bounds: Bounds
     before_png: bytes | None
     after_png: bytes | None
+    interval: int = 0
+    date_before: str | None = None
+    date_after: str | None = None
+    change_kind: str | None = None
+    review_status: str | None = None
+    reviewed_caption: str | None = None
+    reviewed_at: str | None = None
 
 
 def check_output(path: Path, options: Mapping[str, str], add_to_existing: bool = False) -> None:
@@ -113,7 +129,8 @@ def _check_existing(
     if connection.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
         raise CCExpertError(f"{path} exists and is not a GeoPackage: choose another output file")
     contents = {row[0] for row in connection.execute("SELECT table_name FROM gpkg_contents")} & tables
-    ours = {name for name in contents if name in (LAYER, CHANGES_LAYER) or name.startswith("ccexpert_")}
+    layers = (LAYER, CHANGES_LAYER, schema.HISTORY_LAYER)
+    ours = {name for name in contents if name in layers or name.startswith(schema.TABLE_PREFIX)}
     if contents and not ours and not add_to_existing:
         shown = ", ".join(sorted(contents)[:3]) + (", …" if len(contents) > 3 else "")
         raise CCExpertError(
@@ -123,10 +140,10 @@ def _check_existing(
     if LAYER not in tables:
         return
     present = {row[1] for row in connection.execute(f"PRAGMA table_info({quote(LAYER)})")}
-    missing = [name for name in _NAMES if name not in present]
-    if missing:
+    missing = schema.missing_required(present)
+    if missing is not None:
         raise CCExpertError(
-            f"the layer '{LAYER}' of {path} is not a CCExpert captions layer (it has no field {missing[0]}): choose "
+            f"the layer '{LAYER}' of {path} is not a CCExpert captions layer (it has no field {missing}): choose "
             "another output file"
         )
     has_tiles = connection.execute(f"SELECT 1 FROM {LAYER} LIMIT 1").fetchone() is not None
@@ -143,8 +160,8 @@ def _check_existing(
 
 
 class CaptionsLayer:
-    """The ``captions`` layer of ``path``, created if missing; refuses, before writing anything, what
-    :func:`check_output` refuses."""
+    """The ``captions`` layer of ``path``, created if missing and migrated to the schema if older; refuses, before
+    writing anything, what :func:`check_output` refuses."""
 
     def __init__(
         self, path: Path, srs: SpatialRef, options: Mapping[str, str], before_source: str, after_source: str,
@@ -156,20 +173,35 @@ class CaptionsLayer:
         try:
             with self.package.connection:
                 self.srs_id = self.package.srs_id(srs)
-            self.package.create_feature_table(LAYER, COLUMNS, self.srs_id, "POLYGON", "ccexpert change captions")
+            self.package.create_feature_table(LAYER, COLUMNS, self.srs_id, "POLYGON", schema.layer_description())
+            self._keyed(LAYER, COLUMNS)
+            #: Files written before date series keep ``tile_id`` unique on its own: one interval per tile.
+            self.one_interval_per_tile = _unique_alone(self.package.connection, LAYER, "tile_id")
             self.package.create_attribute_table(
-                THUMBNAILS_TABLE,
-                [("tile_id", "TEXT NOT NULL UNIQUE"), ("before_png", "BLOB"), ("after_png", "BLOB")],
-                "ccexpert: tile thumbnails for the HTML report",
+                THUMBNAILS_TABLE, _THUMBNAIL_COLUMNS, "ccexpert: tile thumbnails for the HTML report"
             )
+            self._keyed(THUMBNAILS_TABLE, _THUMBNAIL_COLUMNS)
             self.package.create_attribute_table(
                 OPTIONS_TABLE, [("key", "TEXT NOT NULL UNIQUE"), ("value", "TEXT")],
                 "ccexpert: the options the captions were made with",
             )
             self._store_options(options)
+            self.package.add_style(schema.style_row(LAYER))
+        except sqlite3.Error as error:
+            self.package.close()
+            raise CCExpertError(f"cannot write to {path}: {error}") from None
         except BaseException:
             self.package.close()
             raise
+
+    def _keyed(self, table: str, columns: Sequence[tuple[str, str]]) -> None:
+        """Add the columns an older ``table`` lacks, and the unique index of the feature key."""
+        present = set(self.package.columns(table))
+        with self.package.connection as connection:
+            for name, sql_type in columns:
+                if name not in present:
+                    connection.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
+            connection.execute(schema.key_index_sql(table))
 
     def _store_options(self, options: Mapping[str, str]) -> None:
         """Record the run's options where the layer has no tiles yet (check_output compared them otherwise)."""
@@ -180,37 +212,54 @@ class CaptionsLayer:
             connection.execute(f"DELETE FROM {OPTIONS_TABLE}")
             connection.executemany(f"INSERT INTO {OPTIONS_TABLE} (key, value) VALUES (?, ?)", options.items())
 
-    def finished_ids(self) -> set[str]:
-        """Ids of the tiles already captioned or skipped."""
+    def finished_keys(self) -> set[tuple[str, int]]:
+        """(tile_id, interval) of the features already captioned or skipped."""
         marks = ", ".join("?" * len(FINAL_STATUSES))
-        rows = self.package.connection.execute(f"SELECT tile_id FROM {LAYER} WHERE status IN ({marks})", FINAL_STATUSES)
-        return {row[0] for row in rows}
+        rows = self.package.connection.execute(
+            f'SELECT tile_id, "interval" FROM {LAYER} WHERE status IN ({marks})', FINAL_STATUSES
+        )
+        return {(tile_id, interval) for tile_id, interval in rows}
+
+    def finished_ids(self) -> set[str]:
+        """Ids of the tiles whose first interval (a two-date run's only one) is already captioned or skipped."""
+        return {tile_id for tile_id, interval in self.finished_keys() if interval == 0}
 
     def write(self, records: Sequence[TileRecord]) -> None:
-        """Write a batch of tiles in one transaction (a tile written before is replaced, never duplicated)."""
+        """Write a batch in one transaction: a feature written before is updated (its review kept), never
+        duplicated."""
+        if self.one_interval_per_tile and any(record.interval != 0 for record in records):
+            raise CCExpertError(
+                f"{self.package.path} was written before date series and holds one interval per tile: write a series "
+                "of more than two dates to a new file"
+            )
         now = timestamp()
         rows, thumbnails = [], []
         for record in records:
             result = record.result
-            rows.append((
-                polygon_blob(record.footprint, self.srs_id), record.tile.tile_id, record.tile.row, record.tile.col,
-                None if result is None else result.caption,
-                None if result is None else int(result.change_detected),
-                None if result is None else result.confidence,
-                record.status, self.before_source, self.after_source, self.model_id, now,
-            ))
+            values = {
+                "tile_id": record.tile.tile_id, "interval": record.interval, "row": record.tile.row,
+                "col": record.tile.col, "date_before": record.date_before, "date_after": record.date_after,
+                "caption": None if result is None else result.caption,
+                "change_detected": None if result is None else int(result.change_detected),
+                "change_kind": record.change_kind, "confidence": None if result is None else result.confidence,
+                "status": record.status, "before_source": self.before_source, "after_source": self.after_source,
+                "model_id": self.model_id, "created_at": now,
+            }
+            rows.append((polygon_blob(record.footprint, self.srs_id), values))
             if record.thumbnails is not None:
-                thumbnails.append((record.tile.tile_id, *record.thumbnails))
+                thumbnails.append((record.tile.tile_id, record.interval, *record.thumbnails))
         xs = [x for record in records for x, _ in record.footprint]
         ys = [y for record in records for _, y in record.footprint]
         mapped = [record for record in records if record.changes is not None]
         try:
             with self.package.connection as connection:
-                for geom, tile_id, *values in rows:
-                    if connection.execute(_UPDATE, (geom, *values, tile_id)).rowcount == 0:
-                        connection.execute(_INSERT, (geom, tile_id, *values))
+                for geom, values in rows:
+                    key = tuple(values[name] for name in schema.KEY)
+                    if connection.execute(_UPDATE, (geom, *(values[n] for n in _VALUE_NAMES), *key)).rowcount == 0:
+                        connection.execute(_INSERT, (geom, *(values[n] for n in _RUN_NAMES)))
                 connection.executemany(
-                    f"INSERT OR REPLACE INTO {THUMBNAILS_TABLE} (tile_id, before_png, after_png) VALUES (?, ?, ?)",
+                    f'INSERT OR REPLACE INTO {THUMBNAILS_TABLE} (tile_id, "interval", before_png, after_png) '
+                    "VALUES (?, ?, ?, ?)",
                     thumbnails,
                 )
                 if records:
@@ -223,17 +272,19 @@ class CaptionsLayer:
     def _write_changes(self, records: Sequence[TileRecord], now: str) -> None:
         # Made on first use, so that outputs of models without a change-map head have no empty layer.
         self.package.create_feature_table(
-            CHANGES_LAYER, [("tile_id", "TEXT NOT NULL UNIQUE"), ("model_id", "TEXT"), ("created_at", "DATETIME")],
-            self.srs_id, "MULTIPOLYGON", "ccexpert: changed places from the model's change map",
+            CHANGES_LAYER, _CHANGES_COLUMNS, self.srs_id, "MULTIPOLYGON",
+            "ccexpert: changed places from the model's change map",
         )
+        self._keyed(CHANGES_LAYER, _CHANGES_COLUMNS)
         with self.package.connection as connection:
             for record in records:
-                tile_id = record.tile.tile_id
-                connection.execute(f"DELETE FROM {CHANGES_LAYER} WHERE tile_id = ?", (tile_id,))
+                key = (record.tile.tile_id, record.interval)
+                connection.execute(f'DELETE FROM {CHANGES_LAYER} WHERE tile_id = ? AND "interval" = ?', key)
                 if record.changes:
                     connection.execute(
-                        f"INSERT INTO {CHANGES_LAYER} (geom, tile_id, model_id, created_at) VALUES (?, ?, ?, ?)",
-                        (multipolygon_blob(record.changes, self.srs_id), tile_id, self.model_id, now),
+                        f'INSERT INTO {CHANGES_LAYER} (geom, tile_id, "interval", model_id, created_at) '
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (multipolygon_blob(record.changes, self.srs_id), *key, self.model_id, now),
                     )
                     points = [p for polygon in record.changes for p in polygon[0]]
                     xs, ys = [p[0] for p in points], [p[1] for p in points]
@@ -250,22 +301,50 @@ class CaptionsLayer:
         self.close()
 
 
+def _unique_alone(connection: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether ``column`` of ``table`` has a UNIQUE constraint or index of its own."""
+    for _, name, unique, *_ in connection.execute(f"PRAGMA index_list({quote(table)})").fetchall():
+        columns = [row[2] for row in connection.execute(f"PRAGMA index_info({quote(name)})")]
+        if unique and columns == [column]:
+            return True
+    return False
+
+
+#: What :func:`read_tiles` reads of each feature, in :class:`StoredTile`'s order, and what a file written before a
+#: field existed gives for it.
+_STORED = (
+    ("tile_id", None), ("row", None), ("col", None), ("caption", None), ("change_detected", None),
+    ("confidence", None), ("status", None), ("interval", 0), ("date_before", None), ("date_after", None),
+    ("change_kind", None), ("review_status", None), ("reviewed_caption", None), ("reviewed_at", None),
+)
+
+
 def read_tiles(path: Path) -> Iterator[StoredTile]:
-    """The tiles of a region's GeoPackage, row by row, with their thumbnails where stored."""
+    """The features of a region's GeoPackage by row, column and interval, with their thumbnails where stored (a
+    file is read as it is: fields it lacks read as they would after migration)."""
     try:
         connection = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
     except sqlite3.Error as error:
         raise CCExpertError(f"cannot read {path}: {error}") from None
     try:
-        query = (
-            f"SELECT c.tile_id, c.row, c.col, c.caption, c.change_detected, c.confidence, c.status, c.geom, "
-            f"t.before_png, t.after_png FROM {LAYER} c LEFT JOIN {THUMBNAILS_TABLE} t ON t.tile_id = c.tile_id "
-            f"ORDER BY c.row, c.col"
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({quote(LAYER)})")}
+        thumbnails = {row[1] for row in connection.execute(f"PRAGMA table_info({quote(THUMBNAILS_TABLE)})")}
+        selected = ", ".join(
+            f"c.{quote(name)}" if name in present else ("NULL" if default is None else str(default))
+            for name, default in _STORED
         )
-        for tile_id, row, col, caption, change, confidence, status, geom, before, after in connection.execute(query):
+        series = "interval" in present and "interval" in thumbnails
+        join = "t.tile_id = c.tile_id" + (' AND t."interval" = c."interval"' if series else "")
+        order = 'c."row", c."col"' + (', c."interval"' if "interval" in present else "")
+        query = (
+            f"SELECT {selected}, c.geom, t.before_png, t.after_png FROM {LAYER} c "
+            f"LEFT JOIN {THUMBNAILS_TABLE} t ON {join} ORDER BY {order}"
+        )
+        for values in connection.execute(query):
+            tile_id, row, col, caption, change, confidence, status, *extra, geom, before, after = values
             yield StoredTile(
                 tile_id, row, col, caption, None if change is None else bool(change), confidence, status,
-                blob_bounds(geom), before, after,
+                blob_bounds(geom), before, after, *extra,
             )
     except sqlite3.Error as error:
         raise CCExpertError(f"cannot read the captions of {path}: {error}") from None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ccexpert_core.errors import CCExpertError
+from ccexpert_core.geo.schema import STYLES_FID, STYLES_FIELDS, STYLES_TABLE, quote
 
 Point = tuple[float, float]
 Bounds = tuple[float, float, float, float]
@@ -171,11 +172,6 @@ def _rtree_sql(table: str, column: str) -> list[str]:
     ]
 
 
-def quote(name: str) -> str:
-    """An SQL identifier, quoted (``row``, ``before`` and such are SQLite keywords)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 class GeoPackage:
     """An open GeoPackage file: created when missing, refused when the file is something else."""
 
@@ -266,19 +262,42 @@ class GeoPackage:
             (table, column, "http://www.geopackage.org/spec/#extension_rtree"),
         )
 
-    def create_attribute_table(self, name: str, columns: Sequence[tuple[str, str]], description: str = "") -> None:
+    def create_attribute_table(
+        self, name: str, columns: Sequence[tuple[str, str]], description: str = "", fid: str = "fid"
+    ) -> None:
         """Add a table without geometry (``fid`` and ``columns``) unless it exists."""
         if self.table_exists(name):
             return
         with self.connection:
-            self._create_table(name, columns)
+            self._create_table(name, columns, fid)
             self._register(name, "attributes", description, None)
 
-    def _create_table(self, name: str, columns: Sequence[tuple[str, str]]) -> None:
+    def _create_table(self, name: str, columns: Sequence[tuple[str, str]], fid: str = "fid") -> None:
         definitions = ", ".join(f"{quote(column)} {sql_type}" for column, sql_type in columns)
         self.connection.execute(
-            f"CREATE TABLE {quote(name)} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, {definitions})"
+            f"CREATE TABLE {quote(name)} ({quote(fid)} INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, {definitions})"
         )
+
+    def columns(self, table: str) -> list[str]:
+        """The names of a table's columns, in order."""
+        return [row[1] for row in self.connection.execute(f"PRAGMA table_info({quote(table)})")]
+
+    def add_style(self, style: Mapping[str, object]) -> None:
+        """Add a row (column → value) to QGIS's ``layer_styles``, made as QGIS makes it where missing, unless the
+        table it styles (``f_table_name``) has a style there already: a style someone saved is never replaced."""
+        self.create_attribute_table(STYLES_TABLE, [(f.name, f.sql()) for f in STYLES_FIELDS], fid=STYLES_FID)
+        with self.connection:
+            styled = self.connection.execute(
+                f"SELECT 1 FROM {quote(STYLES_TABLE)} WHERE f_table_name = ? LIMIT 1", (style["f_table_name"],)
+            )
+            if styled.fetchone() is not None:
+                return
+            row = {**style, "update_time": timestamp()}
+            self.connection.execute(
+                f"INSERT INTO {quote(STYLES_TABLE)} ({', '.join(quote(name) for name in row)}) "
+                f"VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
 
     def _register(self, name: str, data_type: str, description: str, srs_id: int | None) -> None:
         self.connection.execute(

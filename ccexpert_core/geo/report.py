@@ -18,15 +18,17 @@ import numpy as np
 from PIL import Image
 
 from ccexpert_core.errors import CCExpertError
-from ccexpert_core.geo.captions_layer import CAPTIONED, FAILED, SKIPPED_NODATA, StoredTile
+from ccexpert_core.geo.captions_layer import StoredTile
 from ccexpert_core.geo.gpkg import Bounds
+from ccexpert_core.geo.schema import CATEGORIES, CHANGED, FAILED, SKIPPED_NODATA, UNCHANGED, category
 
 THUMBNAIL_SIZE = 128
 #: Cards shown in the page; the GeoPackage holds every tile, the page stays small enough for a browser.
 MAX_CARDS = 120
 
-_COLOURS = {"change": "#d7301f", "no_change": "#1a9850", SKIPPED_NODATA: "#969696", FAILED: "#54278f"}
-_LABELS = {"change": "change", "no_change": "no change", SKIPPED_NODATA: "skipped (nodata)", FAILED: "failed"}
+#: The map's palette (the QGIS style's categories), so that the page and the layer read the same.
+_COLOURS = {entry.value: entry.colour for entry in CATEGORIES}
+_LABELS = {CHANGED: "change", UNCHANGED: "no change", SKIPPED_NODATA: "skipped (nodata)", FAILED: "failed"}
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
@@ -74,9 +76,7 @@ def _data_uri(png: bytes) -> str:
 
 
 def _kind(tile: StoredTile) -> str:
-    if tile.status == CAPTIONED:
-        return "change" if tile.change_detected else "no_change"
-    return tile.status
+    return category(tile.status, tile.change_detected)
 
 
 def _overview_html(tiles: list[StoredTile], overview: Overview) -> str:
@@ -117,7 +117,7 @@ def _card_html(tile: StoredTile) -> str:
 
 
 def _card_order(tile: StoredTile) -> tuple[int, float, int, int]:
-    rank = {"change": 0, "no_change": 1, FAILED: 2, SKIPPED_NODATA: 3}.get(_kind(tile), 4)
+    rank = {CHANGED: 0, UNCHANGED: 1, FAILED: 2, SKIPPED_NODATA: 3}.get(_kind(tile), 4)
     return rank, -(tile.confidence or 0.0), tile.row, tile.col
 
 

@@ -1,4 +1,4 @@
-"""The plugin reads the same pixels as ``ccexpert caption-region`` and writes the same layer schema.
+"""The plugin reads the same pixels as ``ccexpert caption-region`` (its layer schema: test_captions_schema.py).
 
 Tiles: the command's reader (rasterio, in the project's .venv) dumps its uint8 tiles; the plugin's reader (GDAL in
 QGIS's Python) must give identical arrays for the same inputs and options, warped inputs included.
@@ -7,21 +7,15 @@ QGIS's Python) must give identical arrays for the same inputs and options, warpe
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import VENV_PYTHON, require_project_venv
-from osgeo import gdal, osr
+from osgeo import gdal
 from rasters import scene_pair, write_geotiff
 
-from ccexpert_core.captions import CaptionResult
-from ccexpert_core.geo.captions_layer import CaptionsLayer
-from ccexpert_core.geo.captions_layer import TileRecord as CommandRecord
-from ccexpert_core.geo.gpkg import SpatialRef
-from qgis_plugin.captions_gpkg import CAPTIONED, CaptionsGeoPackage, TileRecord
 from qgis_plugin.shared_modules import grid as tiling
 from qgis_plugin.tile_reader import RasterPairReader
 
@@ -103,32 +97,3 @@ def test_plugin_tiles_are_pixel_identical_to_caption_regions(case: str, inputs: 
     for key in expected.files:
         assert produced[key].dtype == expected[key].dtype, key
         np.testing.assert_array_equal(produced[key], expected[key], err_msg=key)
-
-
-def test_the_geopackage_schema_is_caption_regions(tmp_path: Path) -> None:
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32631)
-    tile, ring = tiling.Tile(0, 1, 0, 0, 8, 8), [(0, 0), (8, 0), (8, 8), (0, 8), (0, 0)]
-    options = {"tile_size": "8"}
-    with CaptionsGeoPackage(str(tmp_path / "plugin.gpkg"), "captions", srs.ExportToWkt(), options, "b.tif", "a.tif",
-                            "m") as plugin:
-        plugin.write([TileRecord(tile, ring, CAPTIONED, "a road was built", True, 0.5)])
-    reference = SpatialRef("EPSG:32631", 32631, "EPSG", 32631, srs.ExportToWkt())
-    with CaptionsLayer(tmp_path / "command.gpkg", reference, options, "b.tif", "a.tif", "m") as command:
-        command.write([CommandRecord(tile, ring, CAPTIONED, CaptionResult("a road was built", True, 0.5))])
-
-    def schema(path: Path) -> list:
-        with sqlite3.connect(path) as connection:
-            return [
-                connection.execute(f"PRAGMA table_info({table})").fetchall()
-                for table in ("captions", "ccexpert_run_options")
-            ] + [connection.execute("SELECT tile_id, row, col, caption, change_detected, confidence, status, "
-                                    "before_source, after_source, model_id FROM captions").fetchall()]
-
-    assert schema(tmp_path / "plugin.gpkg") == schema(tmp_path / "command.gpkg")
-    # Each resumes the other's file: the plugin's tile counts as done for the command, and the other way round.
-    with CaptionsLayer(tmp_path / "plugin.gpkg", reference, options, "b.tif", "a.tif", "m") as command:
-        assert command.finished_ids() == {"r0_c1"}
-    with CaptionsGeoPackage(str(tmp_path / "command.gpkg"), "captions", srs.ExportToWkt(), options, "b.tif", "a.tif",
-                            "m") as plugin:
-        assert plugin.finished_ids() == {"r0_c1"}

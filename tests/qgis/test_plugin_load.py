@@ -39,7 +39,8 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
         names = set(zipped.namelist())
         assert {f"ccexpert_qgis/{n}" for n in ("__init__.py", "metadata.txt", "icon.png", "LICENSE")} <= names
         assert all(name.startswith("ccexpert_qgis/") for name in names)
-        for source in ("ccexpert_core/geo/grid.py", "ccexpert_core/geo/pixels.py", "ccexpert_core/protocol.py"):
+        for source in ("ccexpert_core/geo/grid.py", "ccexpert_core/geo/pixels.py", "ccexpert_core/geo/schema.py",
+                       "ccexpert_core/protocol.py"):
             assert zipped.read(f"ccexpert_qgis/bundled/{Path(source).name}") == (REPO / source).read_bytes()
         plugins = tmp_path / "plugins"
         zipped.extractall(plugins)  # what QGIS's "Install from ZIP" does, into the profile's plugins folder
@@ -57,7 +58,7 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
         assert qgis.utils.pluginMetadata("ccexpert_qgis", "name") == "CCExpert"
         assert qgis.utils.loadPlugin("ccexpert_qgis") and qgis.utils.startPlugin("ccexpert_qgis")
         shared = sys.modules["ccexpert_qgis.shared_modules"]
-        for module in (shared.grid, shared.pixels, shared.protocol):  # not the repository's
+        for module in (shared.grid, shared.pixels, shared.protocol, shared.schema):  # not the repository's
             assert Path(module.__file__).parent == plugins / "ccexpert_qgis" / "bundled"
         assert registry_has_algorithm()
         assert qgis.utils.unloadPlugin("ccexpert_qgis")

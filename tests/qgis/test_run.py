@@ -20,6 +20,7 @@ import pytest
 from conftest import (
     CCEXPERT, MASTER_PASSWORD, SCREENSHOTS, TOKEN, Backend, add_raster, build_plugin_zip, start_backend, wait_until,
 )
+from layer_style import style_facts
 from osgeo import gdal
 from qgis.core import (
     Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject,
@@ -199,6 +200,17 @@ def caption_region(scene: tuple[Path, Path], output: Path, backend: Backend, fol
     )
     assert result.returncode == 0, result.stderr
     return result.stderr
+
+
+def test_caption_regions_geopackage_opens_in_qgis_with_the_plugins_style(
+    full_run, backend: Backend, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    output = tmp_path / "command.gpkg"
+    caption_region(scene, output, backend, tmp_path)
+    opened = QgsVectorLayer(f"{output}|layername=captions", "command", "ogr")  # styled by the file alone
+    (shown,) = QgsProject.instance().mapLayersByName("captions (2019 → 2021)")
+    assert opened.isValid() and opened.featureCount() == 4
+    assert isinstance(opened.renderer(), QgsCategorizedSymbolRenderer) and style_facts(opened) == style_facts(shown)
 
 
 def test_caption_region_resumes_the_plugins_geopackage_with_nothing_left_to_do(
