@@ -2,8 +2,10 @@
 
 The zip holds one folder, ``ccexpert_qgis/``, with the plugin's modules, ``metadata.txt``, ``icon.png``, ``LICENSE``
 and ``bundled/`` — copies of ``ccexpert_core/geo/grid.py``, ``ccexpert_core/geo/pixels.py``,
-``ccexpert_core/geo/schema.py`` and ``ccexpert_core/protocol.py``, which the plugin imports from there (one tiler,
-one set of pixel rules, one captions layer schema and style, one wire format, nothing to install in QGIS's Python).
+``ccexpert_core/geo/schema.py``, ``ccexpert_core/protocol.py``, ``ccexpert_core/inflight.py`` and
+``ccexpert_core/geo/run_files.py``, which the plugin imports from there (one tiler, one set of pixel rules, one
+captions layer schema and style, one wire format, one scheduler of batches in flight, one set of checks on a run's
+files, nothing to install in QGIS's Python).
 
 Usage: python3 scripts/build_plugin.py [--out DIR]   → DIR/ccexpert_qgis-VERSION.zip (default DIR: dist)
 """
@@ -29,6 +31,8 @@ BUNDLED = {
     "pixels.py": REPO / "ccexpert_core" / "geo" / "pixels.py",
     "schema.py": REPO / "ccexpert_core" / "geo" / "schema.py",
     "protocol.py": REPO / "ccexpert_core" / "protocol.py",
+    "inflight.py": REPO / "ccexpert_core" / "inflight.py",
+    "run_files.py": REPO / "ccexpert_core" / "geo" / "run_files.py",
 }
 BUNDLED_INIT = '"""Copies of the project\'s pure modules (ccexpert_core), made by `make plugin`: do not edit here."""\n'
 REQUIRED_METADATA = (
