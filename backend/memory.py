@@ -2,11 +2,10 @@
 
 Under load, many threads (uploads, decoding, the model) allocate at once. glibc gives each its own arena (up to 8
 per core), and what a burst leaves live in each keeps the freed memory around it from going back to the system: the
-RSS stays near its peak (measured: 517 MB at start, 586-624 MB after each of four 12 s bursts of 50 clients).
-:func:`limit_malloc_arenas` caps the arenas at two, so the memory of a burst stays in few places (523-528 MB after
-the same bursts); :func:`release_free_memory`, run once the backend is idle, collects the garbage (reference cycles
-that hold freed requests) and returns the free pages with ``malloc_trim(0)``. Where the C library is not glibc
-(musl, macOS) both calls do what they can: nothing, and a collection.
+RSS stays near its peak. :func:`limit_malloc_arenas` caps the arenas at two, so the memory of a burst stays in few
+places; :func:`release_free_memory`, run once the backend is idle, collects the garbage (reference cycles that hold
+freed requests) and returns the free pages with ``malloc_trim(0)``. Measured: bench/RESULTS.md, "Backend under
+abuse". Where the C library is not glibc (musl, macOS) both calls do what they can: nothing, and a collection.
 """
 
 from __future__ import annotations
