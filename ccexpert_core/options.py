@@ -11,9 +11,14 @@ import argparse
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ccexpert_core import protocol
 from ccexpert_core.errors import CCExpertError
+
+if TYPE_CHECKING:
+    from ccexpert_core.geo.dates import DateLabel
 
 _OVERLAP = re.compile(r"^\s*(\d+|\d+(\.\d+)?%)\s*$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -116,3 +121,24 @@ def check_device(name: str) -> None:
         raise CCExpertError(
             f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
         )
+
+
+def date_label_value(text: str) -> "DateLabel":
+    """A date label: ``2016``, ``2016-05`` or ``2016-05-12``."""
+    from ccexpert_core.geo.dates import DateLabel
+
+    try:
+        return DateLabel.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def dated_path_value(text: str) -> "tuple[DateLabel, Path]":
+    """``LABEL=PATH``: a date label and the raster of that date."""
+    from ccexpert_core.geo.dates import parse_date_argument
+
+    try:
+        label, path = parse_date_argument(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return label, Path(path)

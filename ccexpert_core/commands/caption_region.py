@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ccexpert_core.options import (
-    backend_url_value, bounds_value, device_value, float_in, int_in, numbers, overlap_value,
+    backend_url_value, bounds_value, date_label_value, dated_path_value, device_value, float_in, int_in, numbers,
+    overlap_value,
 )
 
 #: Tiles are resized to the model's 384 px; below this a tile holds too little to describe.
@@ -19,15 +20,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``caption-region`` subcommand."""
     parser = subparsers.add_parser(
         "caption-region",
-        help="caption a whole region from two rasters into a GeoPackage",
+        help="caption a whole region from two rasters (or a series of dates) into a GeoPackage",
         description=(
-            "Cut the area into tiles, read both dates on BEFORE's grid (AFTER is aligned onto it when needed), "
-            "caption each tile and write one polygon per tile to the 'captions' layer of a GeoPackage. "
-            "Running again with the same output resumes where the last run stopped."
+            "Cut the area into tiles, read every date on the first one's grid (later dates are aligned onto it "
+            "when needed), caption each tile (for a series: each interval between consecutive dates) and write one "
+            "polygon per tile and interval to the 'captions' layer of a GeoPackage. Running again with the same "
+            "output resumes where the last run stopped."
         ),
     )
-    parser.add_argument("--before", type=Path, required=True, help="the earlier raster (any format GDAL reads)")
-    parser.add_argument("--after", type=Path, required=True, help="the later raster")
+    parser.add_argument("--before", type=Path, help="the earlier raster (any format GDAL reads)")
+    parser.add_argument("--after", type=Path, help="the later raster")
+    parser.add_argument("--before-date", type=date_label_value, metavar="DATE",
+                        help="BEFORE's date (2016, 2016-05 or 2016-05-12; default: its metadata, if it says)")
+    parser.add_argument("--after-date", type=date_label_value, metavar="DATE", help="AFTER's date")
+    parser.add_argument(
+        "--date", type=dated_path_value, action="append", metavar="DATE=PATH",
+        help="a series instead of --before/--after: repeat for two or more dates, in time order (2016=a.tif)",
+    )
+    parser.add_argument(
+        "--first-to-last", action="store_true", help="for a series, also caption the first date against the last"
+    )
     parser.add_argument("--out", type=Path, required=True, help="the GeoPackage to write (created or resumed)")
     area = parser.add_mutually_exclusive_group()
     area.add_argument("--area", type=Path, help="GeoJSON (multi)polygons of the area (default: all of BEFORE)")
@@ -88,13 +100,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def _dates(args: argparse.Namespace) -> list:  # -> list[DateInput]
+    """The run's dates: ``--date`` repeated, or ``--before``/``--after`` with their optional dates."""
+    from ccexpert_core.errors import CCExpertError
+    from ccexpert_core.geo.region import DateInput
+
+    pair_given = [name for name in ("before", "after", "before_date", "after_date") if getattr(args, name)]
+    if args.date:
+        if pair_given:
+            raise CCExpertError(f"give either --date (repeated) or --before/--after, not both "
+                                f"(--{pair_given[0].replace('_', '-')} with --date)")
+        if len(args.date) < 2:
+            raise CCExpertError("a series needs two or more dates: repeat --date DATE=PATH, in time order")
+        return [DateInput(path, label) for label, path in args.date]
+    if args.before is None or args.after is None:
+        raise CCExpertError("give --before and --after (two rasters), or --date DATE=PATH repeated for a series")
+    if args.first_to_last:
+        raise CCExpertError("--first-to-last is for a series of three or more dates (--date repeated)")
+    return [DateInput(args.before, args.before_date), DateInput(args.after, args.after_date)]
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the engine, caption the region, say where the results are."""
     from ccexpert_core.errors import CCExpertError
     from ccexpert_core.defaults import default_model, print_model_note
     from ccexpert_core.geo.engine import CaptionEngine, load_backend_engine, load_model_engine
     from ccexpert_core.geo.progress import ProgressBar
-    from ccexpert_core.geo.region import RegionOptions, caption_region, log_to_stderr
+    from ccexpert_core.geo.region import RegionOptions, caption_dates, log_to_stderr
     from ccexpert_core.options import check_device
 
     if args.token_file is not None and args.backend is None:
@@ -105,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         tile_size=args.tile_size, overlap=args.overlap, bounds=args.bounds, area_file=args.area, bands=args.bands,
         value_range=args.value_range, resolution=args.resolution, batch_size=args.batch_size,
         max_nodata=args.max_nodata, report=args.report, max_tiles=args.max_tiles,
-        add_to_existing=args.add_to_existing,
+        add_to_existing=args.add_to_existing, first_to_last=args.first_to_last,
     )
     if args.in_flight is not None and args.backend is None:
         raise CCExpertError("--in-flight goes with --backend (a local model captions one batch at a time)")
@@ -117,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         print_model_note(model)
         return load_model_engine(model, args.device)
 
-    summary = caption_region(args.before, args.after, args.out, load_engine, options, progress=ProgressBar())
+    summary = caption_dates(_dates(args), args.out, load_engine, options, progress=ProgressBar())
     counts = ", ".join(f"{count} {status}" for status, count in summary.counts.items())
     print(f"{summary.tiles} tiles in the area ({summary.already_done} done before, now {counts}): {summary.out}")
     if summary.engine_note:

@@ -246,6 +246,34 @@ class SceneGenerator:
             place=place,
         )
 
+    def series(self, index: int, dates: int, change_share: float = 0.5) -> tuple[list[np.ndarray], list[str | None]]:
+        """The ``index``-th series of ``dates`` images of one place, each date a new acquisition and, with
+        probability ``change_share``, one change since the date before; returns the images and each consecutive
+        interval's change type (None: nothing changed)."""
+        rng = np.random.default_rng([self.seed, index, dates])
+        layout = self.random_layout(rng)
+        labels = self.labels(layout)
+        image = self.render(layout, labels, rng)
+        images, changes = [self.nuisance(image, rng)], []
+        for step in range(1, dates):
+            changed = None
+            if rng.random() < change_share:
+                for _ in range(8):
+                    changed = self._change(layout, rng)
+                    if changed:
+                        break
+            if changed:
+                layout, change_type = changed[0], changed[1]
+                new_labels = self.labels(layout)
+                fresh = self.render(layout, new_labels, np.random.default_rng([self.seed, index, dates, step]))
+                image = np.where((labels == new_labels)[..., None], image, fresh)
+                labels = new_labels
+                changes.append(change_type)
+            else:
+                changes.append(None)
+            images.append(self.nuisance(image, rng))
+        return images, changes
+
     def pairs(self, count: int, start: int = 0) -> Iterator[SyntheticPair]:
         """``count`` consecutive pairs of this seed."""
         for index in range(start, start + count):
@@ -397,3 +425,23 @@ def synthetic_town(rows: int, cols: int, seed: int = 0, scene_size: int = 384) -
         after=mosaic([pair.after for pair in pairs]),
         truth=tuple((pair.change_type, pair.place, pair.captions[0]) for pair in pairs),
     )
+
+
+@dataclass(frozen=True)
+class SyntheticTownSeries:
+    """A synthetic town at several dates: one mosaic per date, and per scene (row-major) each consecutive
+    interval's change type (None: nothing changed)."""
+
+    images: list[np.ndarray]
+    truth: tuple[tuple[str | None, ...], ...]
+
+
+def synthetic_town_series(rows: int, cols: int, dates: int, seed: int = 0, scene_size: int = 384) -> SyntheticTownSeries:
+    """``rows`` × ``cols`` scenes at ``dates`` dates (a tile grid of ``scene_size`` cuts it into its scenes)."""
+    generator = SceneGenerator(seed, scene_size)
+    scenes = [generator.series(index, dates) for index in range(rows * cols)]
+    mosaics = []
+    for date in range(dates):
+        tiles = [images[date] for images, _ in scenes]
+        mosaics.append(np.concatenate([np.concatenate(tiles[r * cols : (r + 1) * cols], axis=1) for r in range(rows)]))
+    return SyntheticTownSeries(mosaics, tuple(tuple(changes) for _, changes in scenes))

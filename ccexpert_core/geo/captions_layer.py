@@ -24,10 +24,11 @@ from ccexpert_core.geo.gpkg import (
     APPLICATION_ID, Bounds, GeoPackage, Point, SpatialRef, blob_bounds, multipolygon_blob, polygon_blob, quote,
     timestamp,
 )
-from ccexpert_core.geo.grid import Polygon, Tile
+from ccexpert_core.geo.grid import Polygon, Tile, TileGrid
 
 LAYER = schema.CAPTIONS_LAYER
 CHANGES_LAYER = schema.CHANGES_LAYER
+HISTORY_LAYER = schema.HISTORY_LAYER
 THUMBNAILS_TABLE = schema.THUMBNAILS_TABLE
 OPTIONS_TABLE = schema.OPTIONS_TABLE
 
@@ -75,6 +76,9 @@ class TileRecord:
     date_after: str | None = None
     #: One of :data:`ccexpert_core.geo.schema.CHANGE_KINDS`, or None.
     change_kind: str | None = None
+    #: The interval's two rasters, where they are not the layer's (a series compares other dates per interval).
+    before_source: str | None = None
+    after_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,8 @@ class CaptionsLayer:
                 "caption": None if result is None else result.caption,
                 "change_detected": None if result is None else int(result.change_detected),
                 "change_kind": record.change_kind, "confidence": None if result is None else result.confidence,
-                "status": record.status, "before_source": self.before_source, "after_source": self.after_source,
+                "status": record.status, "before_source": record.before_source or self.before_source,
+                "after_source": record.after_source or self.after_source,
                 "model_id": self.model_id, "created_at": now,
             }
             rows.append((polygon_blob(record.footprint, self.srs_id), values))
@@ -289,6 +294,51 @@ class CaptionsLayer:
                     points = [p for polygon in record.changes for p in polygon[0]]
                     xs, ys = [p[0] for p in points], [p[1] for p in points]
                     self.package.extend_extent(CHANGES_LAYER, (min(xs), min(ys), max(xs), max(ys)))
+
+    def write_history(self, tiles: Sequence[Tile], grid: TileGrid, intervals: Sequence[tuple[int, int]]) -> None:
+        """Write the ``history`` feature of each of ``tiles`` from what the layer holds of its consecutive
+        intervals (in one transaction; a tile's history is replaced)."""
+        columns = [(field.name, field.sql()) for field in schema.HISTORY_FIELDS]
+        if not self.package.table_exists(HISTORY_LAYER):
+            self.package.create_feature_table(
+                HISTORY_LAYER, columns, self.srs_id, "POLYGON", "ccexpert: each tile's changes over the dates"
+            )
+            with self.package.connection as connection:
+                index = quote(HISTORY_LAYER + "_key")
+                connection.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {quote(HISTORY_LAYER)} (tile_id)")
+        consecutive = {k: (i, j) for k, (i, j) in enumerate(intervals) if j == i + 1}
+        ids = [tile.tile_id for tile in tiles]
+        marks = ", ".join("?" * len(ids))
+        rows = self.package.connection.execute(
+            f'SELECT tile_id, "interval", date_before, date_after, status, '
+            f"coalesce(nullif(reviewed_caption, ''), caption), change_detected FROM {quote(LAYER)} "
+            f"WHERE tile_id IN ({marks})", ids,
+        ).fetchall()
+        entries: dict[str, dict[int, schema.IntervalEntry]] = {tile_id: {} for tile_id in ids}
+        for tile_id, k, before, after, status, caption, changed in rows:
+            if k in consecutive:
+                i, j = consecutive[k]
+                entries[tile_id][k] = schema.IntervalEntry(
+                    before or f"date {i + 1}", after or f"date {j + 1}", status, caption,
+                    None if changed is None else bool(changed),
+                )
+        now = timestamp()
+        names = [field.name for field in schema.HISTORY_FIELDS]
+        insert = (f"INSERT INTO {quote(HISTORY_LAYER)} (geom, {', '.join(quote(n) for n in names)}) "
+                  f"VALUES ({', '.join('?' * (len(names) + 1))})")
+        try:
+            with self.package.connection as connection:
+                for tile in tiles:
+                    told = [entries[tile.tile_id][k] for k in sorted(entries[tile.tile_id])]
+                    values = {"tile_id": tile.tile_id, "row": tile.row, "col": tile.col, **schema.history(told),
+                              "model_id": self.model_id, "created_at": now}
+                    footprint = grid.footprint(tile)
+                    connection.execute(f"DELETE FROM {quote(HISTORY_LAYER)} WHERE tile_id = ?", (tile.tile_id,))
+                    connection.execute(insert, (polygon_blob(footprint, self.srs_id), *(values[n] for n in names)))
+                    xs, ys = [x for x, _ in footprint], [y for _, y in footprint]
+                    self.package.extend_extent(HISTORY_LAYER, (min(xs), min(ys), max(xs), max(ys)))
+        except sqlite3.Error as error:
+            raise CCExpertError(f"cannot write to {self.package.path}: {error}") from None
 
     def close(self) -> None:
         """Close the GeoPackage."""

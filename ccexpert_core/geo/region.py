@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +26,18 @@ from ccexpert_core.geo.captions_layer import (
 )
 from ccexpert_core.geo.changes import tile_changes
 from ccexpert_core.defaults import model_note
-from ccexpert_core.geo.engine import CaptionEngine
+from ccexpert_core.geo.engine import CaptionEngine, Interval
 from ccexpert_core.geo.gpkg import timestamp
 from ccexpert_core.geo.grid import (
     Area, Bounds, Tile, TileGrid, invert_transform, parse_overlap, pixel_to_geo, run_options,
 )
-from ccexpert_core.geo.raster import PairSource, RasterPair, bounded_read_cache, crs_name, format_bounds, spatial_ref
+from ccexpert_core.geo.dates import DateLabel, check_order, date_from_metadata
+from ccexpert_core.geo.raster import (
+    PairSource, RasterPair, RasterSeries, SeriesSource, bounded_read_cache, crs_name, format_bounds, spatial_ref,
+)
 from ccexpert_core.geo.report import Overview, write_report
 from ccexpert_core.geo.run_files import OutputBusy, OutputLock, check_run_paths
-from ccexpert_core.geo.runner import BatchOutcome, LocalRunner, Runner
+from ccexpert_core.geo.runner import BatchOutcome, LocalRunner, Needed, Runner
 
 #: A run stops after this many batches in a row failed in the engine (a backend that is down, say).
 MAX_FAILED_BATCHES = 3
@@ -73,6 +76,8 @@ class RegionOptions:
     add_to_existing: bool = False
     #: Areas that need more tiles are refused (a mistyped --resolution can ask for billions).
     max_tiles: int = 1_000_000
+    #: A series of three or more dates: also caption the first date against the last.
+    first_to_last: bool = False
 
 
 @dataclass
@@ -90,11 +95,32 @@ class RegionSummary:
     engine_note: str | None = None
 
 
-class _Writer:
-    """Turns finished batches into features, writes them, and stops the run once the engine keeps failing."""
+@dataclass(frozen=True)
+class _Dating:
+    """Which dates and rasters each of a run's intervals compares."""
 
-    def __init__(self, grid: TileGrid, layer: CaptionsLayer, summary: RegionSummary, log: Log) -> None:
+    labels: Sequence[DateLabel | None]
+    names: Sequence[str]
+    intervals: Sequence[Interval]
+
+    def of(self, interval: int) -> dict[str, str | None]:
+        """The record fields of an interval: its dates (as given, or None) and its rasters' names."""
+        i, j = self.intervals[interval]
+        label = lambda k: None if self.labels[k] is None else str(self.labels[k])  # noqa: E731
+        return {"date_before": label(i), "date_after": label(j), "before_source": self.names[i],
+                "after_source": self.names[j]}
+
+
+class _Writer:
+    """Turns finished batches into features, writes them (and, for a series, each tile's history), and stops the
+    run once the engine keeps failing."""
+
+    def __init__(
+        self, grid: TileGrid, layer: CaptionsLayer, summary: RegionSummary, log: Log, dating: _Dating,
+        history: bool = False,
+    ) -> None:
         self.grid, self.layer, self.summary, self.log = grid, layer, summary, log
+        self.dating, self.history = dating, history
         self.failed_batches = 0
 
     def write(self, outcome: BatchOutcome) -> int:
@@ -106,12 +132,17 @@ class _Writer:
                 changes = tile_changes(tile.result.change_map, self.grid.transform, tile.tile)
             records.append(TileRecord(
                 tile.tile, self.grid.footprint(tile.tile), tile.status, tile.result, tile.thumbnails, changes,
+                interval=tile.interval, change_kind=None if tile.result is None else tile.result.change_kind,
+                **self.dating.of(tile.interval),
             ))
         self.layer.write(records)
+        tiles = {record.tile: None for record in records}
+        if self.history:
+            self.layer.write_history(list(tiles), self.grid, self.dating.intervals)
         for record in records:
             self.summary.counts[record.status] += 1
         self._check(outcome)
-        return len(records)
+        return len(tiles)
 
     def _check(self, outcome: BatchOutcome) -> None:
         # Any engine error (a network failure, a model error) fails its batch only: its tiles are recorded as
@@ -129,7 +160,7 @@ class _Writer:
             )
 
 
-def _area(pair: RasterPair, options: RegionOptions, log: Log = log_to_stderr) -> Area | None:
+def _area(pair: RasterSeries, options: RegionOptions, log: Log = log_to_stderr) -> Area | None:
     """The run's area in the rasters' CRS (None: the whole BEFORE raster); notes on its polygons go to ``log``."""
     if options.area_file is not None:
         return read_area_file(options.area_file, pair.grid.crs, log)
@@ -165,16 +196,60 @@ def _check_tile_count(grid: TileGrid, area: Area | None, options: RegionOptions)
         resolution = f" at {options.resolution:g} m per pixel" if options.resolution else ""
         raise CCExpertError(
             f"the area needs up to {count:,} tiles of {grid.tile_size} px{resolution}, over --max-tiles "
-            f"{options.max_tiles:,}: choose a smaller area, a coarser --resolution or larger tiles, or raise --max-tiles"
+            f"{options.max_tiles:,}: choose a smaller area, a coarser --resolution or larger tiles, or raise "
+            "--max-tiles"
         )
 
 
-def _run_options(pair: RasterPair, grid: TileGrid, options: RegionOptions, model_id: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class DateInput:
+    """One date of a run: its raster, and its date label where known (None: the raster's metadata, if it says)."""
+
+    path: Path
+    label: DateLabel | None = None
+
+
+def _intervals(count: int, first_to_last: bool) -> list[Interval]:
+    """Consecutive dates, and the first against the last when asked (and not already consecutive)."""
+    intervals = [(k, k + 1) for k in range(count - 1)]
+    if first_to_last and count > 2:
+        intervals.append((0, count - 1))
+    return intervals
+
+
+def _labels(dates: RasterSeries, given: Sequence[DateLabel | None], log: Log) -> list[DateLabel | None]:
+    """Each date's label as given, else from its raster's metadata; time order checked where all are known."""
+    labels = []
+    for date, label in zip(dates.dates, given):
+        if label is None:
+            label = date_from_metadata({**date.dataset.tags(), **date.dataset.tags(ns="IMAGERY")})
+            if label is not None:
+                log(f"{date.role} ({date.path.name}) is dated {label} by its metadata")
+        labels.append(label)
+    if all(labels):
+        try:
+            check_order(labels, [date.path.name for date in dates.dates])  # type: ignore[arg-type]
+        except ValueError as error:
+            raise CCExpertError(str(error)) from None
+    return labels
+
+
+def _run_options(
+    dates: RasterSeries, grid: TileGrid, options: RegionOptions, model_id: str, labels: Sequence[DateLabel | None],
+    intervals: Sequence[Interval],
+) -> dict[str, str]:
     """What decides a tile's pixels and caption: a rerun with other values must not resume this output."""
-    return run_options(
-        grid, pair.grid.crs.to_string(), pair.before.bands, options.value_range, options.max_nodata,
-        pair.before.path.name, pair.after.path.name, model_id,
+    first, last = dates.dates[0], dates.dates[-1]
+    stored = run_options(
+        grid, dates.grid.crs.to_string(), first.bands, options.value_range, options.max_nodata,
+        first.path.name, last.path.name, model_id,
     )
+    # Added only where there is something to say, so that outputs of plain two-date runs resume as before.
+    if len(dates.dates) > 2 or any(labels):
+        stored["dates"] = ";".join(f"{label or ''}={date.path.name}" for label, date in zip(labels, dates.dates))
+    if intervals != _intervals(len(dates.dates), False):
+        stored["intervals"] = ",".join(f"{i}-{j}" for i, j in intervals)
+    return stored
 
 
 def caption_region(
@@ -183,79 +258,111 @@ def caption_region(
     out: Path,
     load_engine: Callable[[], CaptionEngine],
     options: RegionOptions = RegionOptions(),
+    **keywords: object,
+) -> RegionSummary:
+    """:func:`caption_dates` of two rasters (their dates from their metadata, if it says)."""
+    return caption_dates([DateInput(Path(before)), DateInput(Path(after))], out, load_engine, options, **keywords)
+
+
+def caption_dates(
+    dates: Sequence[DateInput],
+    out: Path,
+    load_engine: Callable[[], CaptionEngine],
+    options: RegionOptions = RegionOptions(),
     *,
     log: Log = log_to_stderr,
     progress: Progress | None = None,
     max_batches: int | None = None,
-    make_runner: Callable[[PairSource, CaptionEngine], Runner] | None = None,
+    make_runner: Callable[[PairSource | SeriesSource, CaptionEngine, list[Interval]], Runner] | None = None,
 ) -> RegionSummary:
-    """Caption every tile of the area into the GeoPackage ``out``, resuming what an earlier run left.
+    """Caption every tile of the area, for each interval between consecutive dates (two dates: one interval),
+    into the GeoPackage ``out``, resuming what an earlier run left.
 
     ``load_engine`` is called once the inputs and the output are checked, so that a mistake is reported before a
     large model loads. ``max_batches`` stops after that many batches (for tests and trial runs). ``make_runner``
     chooses where tiles are read and captioned (default: :class:`~ccexpert_core.geo.runner.LocalRunner`).
     Raises :class:`~ccexpert_core.errors.CCExpertError` for bad input; work written before an error is kept.
     """
+    if len(dates) < 2:
+        raise CCExpertError("a run needs two or more dates")
     if options.batch_size < 1:
         raise CCExpertError(f"--batch-size must be at least 1, not {options.batch_size}")
     if not 0 <= options.max_nodata <= 1:
         raise CCExpertError(f"the nodata share must be between 0 and 1, not {options.max_nodata}")
-    try:
-        check_run_paths(
-            {"BEFORE": Path(before), "AFTER": Path(after), "--area": options.area_file},
-            {"--out": Path(out), "--report": options.report},
-        )
-    except ValueError as error:
-        raise CCExpertError(str(error)) from None
-    with (
-        _locked(Path(out)),
-        bounded_read_cache(),
-        RasterPair(Path(before), Path(after), options.bands, options.resolution, log) as pair,
-    ):
+    given = [date.label for date in dates]
+    if all(given):
         try:
-            overlap = parse_overlap(options.overlap, options.tile_size)
-            grid = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, options.tile_size, overlap)
+            check_order(given, [Path(date.path).name for date in dates])  # type: ignore[arg-type]
         except ValueError as error:
             raise CCExpertError(str(error)) from None
-        area = _area(pair, options, log)
+    paired = len(dates) == 2
+    roles = ["BEFORE", "AFTER"] if paired else [f"date {date.label or k + 1}" for k, date in enumerate(dates)]
+    inputs: dict[str, Path | None] = {role: Path(date.path) for role, date in zip(roles, dates)}
+    if len(set(map(str, inputs.values()))) < len(dates) and not paired:
+        raise CCExpertError("the same raster is given for two dates: give one raster per date")
+    try:
+        check_run_paths({**inputs, "--area": options.area_file}, {"--out": Path(out), "--report": options.report})
+    except ValueError as error:
+        raise CCExpertError(str(error)) from None
+    paths = [Path(date.path) for date in dates]
+    opened = (RasterPair(paths[0], paths[1], options.bands, options.resolution, log) if paired
+              else RasterSeries(paths, roles, options.bands, options.resolution, log))
+    with _locked(Path(out)), bounded_read_cache(), opened as series:
+        labels = _labels(series, given, log)
+        intervals = _intervals(len(dates), options.first_to_last)
+        try:
+            overlap = parse_overlap(options.overlap, options.tile_size)
+            grid = TileGrid(series.grid.width, series.grid.height, series.grid.gdal_transform, options.tile_size,
+                            overlap)
+        except ValueError as error:
+            raise CCExpertError(str(error)) from None
+        area = _area(series, options, log)
         _check_tile_count(grid, area, options)
         tiles = grid.tiles(area)
         if not tiles:
             raise CCExpertError(
-                f"the area {format_bounds(area.bounds)} lies outside the rasters {format_bounds(pair.grid.bounds)} "
-                f"(both in {crs_name(pair.grid.crs)})"
+                f"the area {format_bounds(area.bounds)} lies outside the rasters "
+                f"{format_bounds(series.grid.bounds)} (both in {crs_name(series.grid.crs)})"
             )
         # Everything but the model's id can be checked against an existing output before a large model loads.
-        known = _run_options(pair, grid, options, model_id="")
+        known = _run_options(series, grid, options, "", labels, intervals)
         del known["model_id"]
         check_output(Path(out), known, options.add_to_existing)
         engine = load_engine()
         summary = RegionSummary(Path(out), len(tiles))
+        names = [date.path.name for date in series.dates]
         with CaptionsLayer(
-            Path(out), spatial_ref(pair.grid.crs), _run_options(pair, grid, options, engine.model_id),
-            pair.before.path.name, pair.after.path.name, engine.model_id, options.add_to_existing,
+            Path(out), spatial_ref(series.grid.crs), _run_options(series, grid, options, engine.model_id, labels,
+                                                                  intervals),
+            names[0], names[-1], engine.model_id, options.add_to_existing,
         ) as layer:
-            finished = layer.finished_ids()
-            pending = [t for t in tiles if t.tile_id not in finished]
+            finished = layer.finished_keys()
+            needed = {t.tile_id: [k for k in range(len(intervals)) if (t.tile_id, k) not in finished] for t in tiles}
+            pending = [t for t in tiles if needed[t.tile_id]]
             summary.already_done = len(tiles) - len(pending)
+            shown = f"{len(intervals)} intervals of {len(dates)} dates; " if not paired else ""
             log(f"{len(tiles)} tiles of {min(options.tile_size, grid.width)}×{min(options.tile_size, grid.height)} px "
-                f"cover the area; {summary.already_done} already in {out}, {len(pending)} to do")
-            pair.fit_stretch(tiles, options.value_range)
+                f"cover the area; {shown}{summary.already_done} already in {out}, {len(pending)} to do")
+            series.fit_stretch(tiles, options.value_range)
             batches = [pending[i : i + options.batch_size] for i in range(0, len(pending), options.batch_size)]
             if max_batches is not None and len(batches) > max_batches:
                 batches, summary.stopped_early = batches[:max_batches], True
-            runner = make_runner(pair.source(), engine) if make_runner else LocalRunner(
-                pair.source(), engine, options.max_nodata, thumbnails=options.report is not None, log=log,
+            source = series.source()
+            runner = make_runner(source, engine, intervals) if make_runner else LocalRunner(
+                source, engine, options.max_nodata, thumbnails=options.report is not None, log=log,
+                intervals=intervals,
             )
-            _caption_batches(runner, batches, _Writer(grid, layer, summary, log), progress)
+            partial = {tile_id: wanted for tile_id, wanted in needed.items() if len(wanted) < len(intervals)}
+            writer = _Writer(grid, layer, summary, log, _Dating(labels, names, intervals), history=not paired)
+            _caption_batches(runner, batches, writer, progress, partial or None)
             summary.engine_note = engine.describe()
         if options.report is not None:
-            summary.report = _write_report(pair, grid, tiles, Path(out), options.report, engine.model_id)
+            summary.report = _write_report(series, grid, tiles, Path(out), options.report, engine.model_id)
     return summary
 
 
 def _caption_batches(
-    runner: Runner, batches: list[list[Tile]], writer: _Writer, progress: Progress | None
+    runner: Runner, batches: list[list[Tile]], writer: _Writer, progress: Progress | None, needed: Needed | None,
 ) -> None:
     total = sum(len(batch) for batch in batches)
     if not total:
@@ -263,7 +370,7 @@ def _caption_batches(
     if progress is not None:
         progress(0, total)
     done = 0
-    outcomes = runner.run(batches)
+    outcomes = runner.run(batches, needed)
     try:
         for outcome in outcomes:
             done += writer.write(outcome)

@@ -125,6 +125,52 @@ REQUIRED_FIELDS = tuple(field.name for field in FIELDS if field.required)
 #: A feature's key: one tile, one interval.
 KEY = ("tile_id", "interval")
 
+#: The history layer (a series of three or more dates): one polygon per tile over all its intervals.
+HISTORY_FIELDS: tuple[Field, ...] = (
+    Field("tile_id", TEXT, "the tile's place in the grid, r{row}_c{col}", not_null=True),
+    Field("row", INTEGER, "the tile's row in the grid, 0 at the top", not_null=True),
+    Field("col", INTEGER, "the tile's column in the grid, 0 on the left", not_null=True),
+    Field("timeline", TEXT, "what happened when, interval by interval (2016→2018: …; 2018→2021: no change)"),
+    Field("changes", INTEGER, "how many consecutive intervals changed"),
+    Field("first_change", TEXT, "the first interval that changed (2016→2018), empty if none"),
+    Field("intervals", INTEGER, "how many consecutive intervals are captioned so far"),
+    Field("model_id", TEXT, "the model that wrote the captions"),
+    Field("created_at", DATETIME, "when the history was last written (UTC)"),
+)
+
+
+@dataclass(frozen=True)
+class IntervalEntry:
+    """What the history of a tile needs of one of its consecutive intervals."""
+
+    before: str
+    after: str
+    status: str
+    caption: str | None
+    change_detected: bool | None
+
+    @property
+    def span(self) -> str:
+        """``2016→2018``."""
+        return f"{self.before}→{self.after}"
+
+
+def history(entries: list[IntervalEntry]) -> dict[str, object]:
+    """A tile's ``timeline``, ``changes``, ``first_change`` and ``intervals`` from its consecutive intervals, in
+    time order (reviewed captions where the analyst gave them)."""
+    words = {SKIPPED_NODATA: "no data", FAILED: "not captioned yet"}
+    parts, changed = [], []
+    for entry in entries:
+        said = entry.caption if entry.status == CAPTIONED and entry.caption else words.get(entry.status, entry.status)
+        parts.append(f"{entry.span}: {said}")
+        if entry.status == CAPTIONED and entry.change_detected:
+            changed.append(entry)
+    return {
+        "timeline": "; ".join(parts), "changes": len(changed), "first_change": changed[0].span if changed else None,
+        "intervals": sum(entry.status == CAPTIONED for entry in entries),
+    }
+
+
 #: The columns of QGIS's ``layer_styles`` (its ``id`` comes first), as QGIS creates them through OGR.
 STYLES_FID = "id"
 STYLES_FIELDS: tuple[Field, ...] = (

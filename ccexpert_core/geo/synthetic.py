@@ -10,7 +10,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from ccexpert_core.data.synthetic import synthetic_town
+from ccexpert_core.data.synthetic import synthetic_town, synthetic_town_series
 
 #: The demo area: UTM zone 31N, 0.5 m per pixel (about LEVIR-CC's resolution).
 DEMO_CRS = "EPSG:32631"
@@ -73,3 +73,23 @@ def write_demo_rasters(folder: Path) -> tuple[Path, Path]:
         write_geotiff(before, town.before, DEMO_CRS, transform)
         write_geotiff(after, town.after, DEMO_CRS, transform)
     return before, after
+
+
+#: The demo series: the town at four dates.
+DEMO_SERIES_DATES = ("2016", "2018", "2021", "2024")
+
+
+def write_demo_series(folder: Path, dates: tuple[str, ...] = DEMO_SERIES_DATES, scenes: int = DEMO_SCENES,
+                      seed: int = DEMO_SEED) -> list[Path]:
+    """The demo town at several dates as GeoTIFFs under ``folder`` (``town_<date>.tif``, written once), each dated
+    in its metadata (``TIFFTAG_DATETIME``) as a camera would."""
+    folder = Path(folder)
+    paths = [folder / f"town_{date}.tif" for date in dates]
+    if not all(path.is_file() for path in paths):
+        transform = Affine(DEMO_PIXEL_SIZE, 0, DEMO_ORIGIN[0], 0, -DEMO_PIXEL_SIZE, DEMO_ORIGIN[1])
+        town = synthetic_town_series(scenes, scenes, len(dates), seed=seed)
+        for path, date, image in zip(paths, dates, town.images):
+            write_geotiff(path, image, DEMO_CRS, transform)
+            with rasterio.open(path, "r+") as dataset:
+                dataset.update_tags(TIFFTAG_DATETIME=f"{date[:4]}:{(date + '-06')[5:7]}:15 10:30:00")
+    return paths
