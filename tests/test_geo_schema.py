@@ -12,7 +12,7 @@ import numpy as np
 
 from ccexpert_core.geo import schema
 from ccexpert_core.geo.captions_layer import StoredTile
-from ccexpert_core.geo.report import png_thumbnail, write_report
+from ccexpert_core.geo.report import thumbnail, write_report
 
 
 def test_the_module_imports_only_the_standard_library() -> None:
@@ -101,7 +101,7 @@ def test_category_follows_the_status_then_the_change_flag() -> None:
 
 
 def test_the_report_draws_each_tile_in_its_categorys_colour(tmp_path: Path) -> None:
-    png = png_thumbnail(np.zeros((8, 8, 3), np.uint8))
+    png = thumbnail(np.zeros((8, 8, 3), np.uint8))
     cases = [(schema.CAPTIONED, True), (schema.CAPTIONED, False), (schema.SKIPPED_NODATA, None), (schema.FAILED, None)]
     tiles = [
         StoredTile(f"r0_c{i}", 0, i, "x" if status == schema.CAPTIONED else None, change, 0.5, status,
@@ -110,7 +110,7 @@ def test_the_report_draws_each_tile_in_its_categorys_colour(tmp_path: Path) -> N
     ]
     page = write_report(tmp_path / "r.html", tiles, None, {}).read_text(encoding="utf-8")
     cards = re.findall(
-        r'class="card" style="border-left-color: (#[0-9a-f]{6})">.*?class="small">(r0_c\d+) ·', page, re.DOTALL
+        r'class="card" id="[^"]*" style="border-left-color: (#[0-9a-f]{6})">.*?class="small">(r0_c\d+) ·', page, re.DOTALL
     )
     drawn = {tile: colour for colour, tile in cards}
     palette = {c.value: c.colour for c in schema.CATEGORIES}

@@ -394,13 +394,13 @@ def _locked(out: Path) -> Iterator[None]:
         lock.release()
 
 
-def _write_report(pair: RasterPair, grid: TileGrid, tiles: list[Tile], out: Path, path: Path, model_id: str) -> Path:
-    rgb, (x, y, width, height) = pair.overview(tiles, OVERVIEW_SIZE)
+def _write_report(
+    dates: RasterSeries, grid: TileGrid, tiles: list[Tile], out: Path, path: Path, model_id: str
+) -> Path:
+    rgb, (x, y, width, height) = dates.overview(tiles, OVERVIEW_SIZE)
     overview = Overview(rgb, grid.bounds(Tile(0, 0, x, y, width, height)))
     wanted = {t.tile_id for t in tiles}
-    facts = {
-        "BEFORE": str(pair.before.path), "AFTER": str(pair.after.path), "GeoPackage": str(out),
-        "model": model_id, "CRS": crs_name(pair.grid.crs), "written": timestamp(),
-    }
+    facts = {date.role: str(date.path) for date in dates.dates}
+    facts.update({"GeoPackage": str(out), "model": model_id, "CRS": crs_name(dates.grid.crs), "written": timestamp()})
     note = model_note(model_id) or ""
     return write_report(path, (t for t in read_tiles(out) if t.tile_id in wanted), overview, facts, note)

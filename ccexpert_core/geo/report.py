@@ -1,7 +1,8 @@
-"""The region report: one self-contained HTML page (inline CSS, base64 PNG images, no external assets).
+"""The region report: one self-contained HTML page (inline CSS, base64 JPEG images, no external assets).
 
-An overview of the region with each tile coloured by what was found, then a card per tile with the before and
-after thumbnails, the caption and the status (changed tiles first, most confident first).
+An overview of the region with each tile coloured by what was found (each linking to its card), then a card per
+tile with the before and after thumbnails — for a series, every date in a row with the captions between —, the
+caption and the status (changed tiles first, most confident first).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ccexpert_core.geo.gpkg import Bounds
 from ccexpert_core.geo.schema import CATEGORIES, CHANGED, FAILED, SKIPPED_NODATA, UNCHANGED, category
 
 THUMBNAIL_SIZE = 128
+THUMBNAIL_QUALITY = 80
+OVERVIEW_QUALITY = 85
 #: Cards shown in the page; the GeoPackage holds every tile, the page stays small enough for a browser.
 MAX_CARDS = 120
 
@@ -43,6 +46,11 @@ h1 { font-size: 1.4em; margin-bottom: .2em; } .meta { color: #555; margin: .1em 
 .card { background: #fff; border: 1px solid #ddd; border-left: 6px solid; padding: .5em; width: 280px; }
 .card img { width: 134px; height: 134px; image-rendering: pixelated; }
 .card .caption { margin: .3em 0; } .card .small { color: #666; font-size: .85em; }
+.card:target { outline: 3px solid #2b8cbe; }
+.series { display: flex; align-items: center; gap: .4em; }
+.series + .small { margin-top: .3em; } .card:has(.series) { width: auto; }
+.step { width: 130px; font-size: .85em; border-top: 3px solid; padding-top: .2em; }
+.step .when { display: block; color: #666; }
 """
 
 
@@ -54,93 +62,155 @@ class Overview:
     bounds: Bounds
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """H×W×3 uint8 → PNG bytes."""
+def _jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", optimize=False)
+    image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
-def png_thumbnail(rgb: np.ndarray, size: int = THUMBNAIL_SIZE) -> bytes:
-    """A PNG of at most ``size`` pixels a side (aspect kept), made for every tile: a box-filter reduction and light
-    compression take a quarter of the time of Pillow's defaults."""
+def overview_jpeg(rgb: np.ndarray) -> bytes:
+    """The region's overview picture as JPEG (a photo: a tenth of a PNG's bytes)."""
+    return _jpeg(Image.fromarray(rgb), OVERVIEW_QUALITY)
+
+
+def thumbnail(rgb: np.ndarray, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A JPEG of at most ``size`` pixels a side (aspect kept), for the report's cards: a box-filter reduction; a
+    few kilobytes, so that a page of a hundred tiles stays light."""
     image = Image.fromarray(rgb)
-    image = image.reduce(-(-max(image.size) // size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()
+    return _jpeg(image.reduce(-(-max(image.size) // size)), THUMBNAIL_QUALITY)
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _data_uri(data: bytes) -> str:
+    kind = "png" if data.startswith(b"\x89PNG") else "jpeg"  # older outputs stored PNG thumbnails
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True)
+class _TileCard:
+    """A tile as the report shows it: its features (one per interval, in order) and what they add up to."""
+
+    features: list[StoredTile]
+
+    @property
+    def tile_id(self) -> str:
+        return self.features[0].tile_id
+
+    @property
+    def kind(self) -> str:
+        """Changed if any interval changed, else the first feature's category."""
+        kinds = [_kind(feature) for feature in self.features]
+        return CHANGED if CHANGED in kinds else kinds[0]
+
+    @property
+    def confidence(self) -> float:
+        return max((feature.confidence or 0.0) for feature in self.features)
 
 
 def _kind(tile: StoredTile) -> str:
     return category(tile.status, tile.change_detected)
 
 
-def _overview_html(tiles: list[StoredTile], overview: Overview) -> str:
+def _shown(feature: StoredTile) -> str | None:
+    """The caption to show: the analyst's where the tile was corrected."""
+    return feature.reviewed_caption or feature.caption
+
+
+def _overview_html(cards: list[_TileCard], overview: Overview, linked: set[str]) -> str:
     xmin, ymin, xmax, ymax = overview.bounds
     # SVG's y grows downwards: draw in (x, -y) so that geo coordinates can be used as they are.
     shapes = []
-    for tile in tiles:
-        x0, y0, x1, y1 = tile.bounds
-        colour = _COLOURS.get(_kind(tile), "#000")
-        shapes.append(
+    for card in cards:
+        x0, y0, x1, y1 = card.features[0].bounds
+        colour = _COLOURS.get(card.kind, "#000")
+        said = "; ".join(_shown(f) or _LABELS.get(_kind(f), "") for f in card.features)
+        shape = (
             f'<rect x="{x0}" y="{-y1}" width="{x1 - x0}" height="{y1 - y0}" fill="{colour}" fill-opacity="0.3" '
             f'stroke="{colour}" stroke-width="1.5" vector-effect="non-scaling-stroke">'
-            f"<title>{html.escape(tile.tile_id)}: {html.escape(tile.caption or _LABELS.get(_kind(tile), ''))}"
-            "</title></rect>"
+            f"<title>{html.escape(card.tile_id)}: {html.escape(said)}</title></rect>"
         )
+        shapes.append(f'<a href="#tile-{html.escape(card.tile_id)}">{shape}</a>' if card.tile_id in linked else shape)
     return (
-        f'<div class="overview"><img alt="BEFORE overview" src="{_data_uri(png_bytes(overview.rgb))}">'
+        f'<div class="overview"><img alt="overview" src="{_data_uri(overview_jpeg(overview.rgb))}">'
         f'<svg viewBox="{xmin} {-ymax} {xmax - xmin} {ymax - ymin}" preserveAspectRatio="none">'
         + "".join(shapes)
         + "</svg></div>"
     )
 
 
-def _card_html(tile: StoredTile) -> str:
-    kind = _kind(tile)
-    images = "".join(
-        f'<img alt="{label}" title="{label}" src="{_data_uri(png)}">'
-        for label, png in (("before", tile.before_png), ("after", tile.after_png))
-        if png is not None
-    )
-    caption = html.escape(tile.caption) if tile.caption else f"<em>{_LABELS.get(kind, kind)}</em>"
-    detail = _LABELS.get(kind, kind) + (f" · confidence {tile.confidence:.2f}" if tile.confidence is not None else "")
+def _image(label: str, data: bytes | None) -> str:
+    return f'<img alt="{label}" title="{label}" src="{_data_uri(data)}">' if data is not None else ""
+
+
+def _interval(feature: StoredTile) -> str:
+    if feature.date_before or feature.date_after:
+        return f"{feature.date_before or '?'}→{feature.date_after or '?'}"
+    return ""
+
+
+def _card_html(card: _TileCard) -> str:
+    features = card.features
+    if len(features) == 1:
+        feature = features[0]
+        kind = _kind(feature)
+        images = _image(feature.date_before or "before", feature.before_png) + _image(
+            feature.date_after or "after", feature.after_png)
+        said = _shown(feature)
+        caption = html.escape(said) if said else f"<em>{_LABELS.get(kind, kind)}</em>"
+        when = _interval(feature)
+        body = f'<div class="pair">{images}</div><div class="caption">{caption}</div>'
+        detail = (f"{when} · " if when else "") + _LABELS.get(kind, kind) + (
+            f" · confidence {feature.confidence:.2f}" if feature.confidence is not None else "")
+    else:
+        # A series: the dates' thumbnails in a row, each interval's caption between its two dates.
+        steps = [_image(features[0].date_before or "date 1", features[0].before_png)]
+        for feature in features:
+            said = _shown(feature)
+            words = html.escape(said) if said else f"<em>{_LABELS.get(_kind(feature), feature.status)}</em>"
+            steps.append(f'<div class="step" style="border-color: {_COLOURS.get(_kind(feature), "#000")}">'
+                         f'<span class="when">{html.escape(_interval(feature))}</span>{words}</div>')
+            steps.append(_image(feature.date_after or "later", feature.after_png))
+        body = f'<div class="series">{"".join(steps)}</div>'
+        detail = f"{sum(_kind(f) == CHANGED for f in features)} of {len(features)} intervals changed"
     return (
-        f'<div class="card" style="border-left-color: {_COLOURS.get(kind, "#000")}">{images}'
-        f'<div class="caption">{caption}</div>'
-        f'<div class="small">{html.escape(tile.tile_id)} · {detail}</div></div>'
+        f'<div class="card" id="tile-{html.escape(card.tile_id)}" '
+        f'style="border-left-color: {_COLOURS.get(card.kind, "#000")}">{body}'
+        f'<div class="small">{html.escape(card.tile_id)} · {detail}</div></div>'
     )
 
 
-def _card_order(tile: StoredTile) -> tuple[int, float, int, int]:
-    rank = {CHANGED: 0, UNCHANGED: 1, FAILED: 2, SKIPPED_NODATA: 3}.get(_kind(tile), 4)
-    return rank, -(tile.confidence or 0.0), tile.row, tile.col
+def _card_order(card: _TileCard) -> tuple[int, float, int, int]:
+    rank = {CHANGED: 0, UNCHANGED: 1, FAILED: 2, SKIPPED_NODATA: 3}.get(card.kind, 4)
+    first = card.features[0]
+    return rank, -card.confidence, first.row, first.col
 
 
 def write_report(
     path: Path, tiles: Iterable[StoredTile], overview: Overview | None, facts: Mapping[str, str], note: str = ""
 ) -> Path:
-    """Write the HTML report; ``facts`` are shown as "key: value" lines under the title, ``note`` in a box."""
+    """Write the HTML report; ``facts`` are shown as "key: value" lines under the title, ``note`` in a box. A tile
+    with several intervals (a series) gets one card with its dates in a row."""
     tiles = list(tiles)
-    counts = {kind: sum(1 for t in tiles if _kind(t) == kind) for kind in _LABELS}
+    grouped: dict[str, list[StoredTile]] = {}
+    for tile in sorted(tiles, key=lambda t: t.interval):
+        grouped.setdefault(tile.tile_id, []).append(tile)
+    cards = sorted((_TileCard(features) for features in grouped.values()), key=_card_order)
+    counts = {kind: sum(1 for c in cards if c.kind == kind) for kind in _LABELS}
     legend = "".join(
         f'<span><i style="background: {_COLOURS[kind]}"></i>{_LABELS[kind]}: {counts[kind]}</span>' for kind in _LABELS
     )
-    cards = sorted(tiles, key=_card_order)
-    hidden = len(cards) - MAX_CARDS
+    shown, hidden = cards[:MAX_CARDS], len(cards) - MAX_CARDS
+    series = any(len(card.features) > 1 for card in cards)
+    reading = ("Each tile: its dates from left to right, what changed between each two." if series else
+               "Each tile: BEFORE on the left, AFTER on the right; changed tiles first.")
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>CCExpert region report</title>",
         f"<style>{_CSS}</style></head><body><h1>What changed in this region</h1>",
         *(f'<p class="meta">{html.escape(k)}: {html.escape(v)}</p>' for k, v in facts.items()),
         f'<div class="note">{html.escape(note)}</div>' if note else "",
         f'<p class="legend">{legend}</p>',
-        _overview_html(tiles, overview) if overview is not None and tiles else "",
-        '<p class="meta">Each tile: BEFORE on the left, AFTER on the right; changed tiles first.</p>',
-        '<div class="cards">', *(_card_html(t) for t in cards[:MAX_CARDS]), "</div>",
+        _overview_html(cards, overview, {c.tile_id for c in shown}) if overview is not None and cards else "",
+        f'<p class="meta">{reading} Click a tile on the map to see its card.</p>',
+        '<div class="cards">', *(_card_html(card) for card in shown), "</div>",
         f"<p class=\"meta\">{hidden} more tiles are in the GeoPackage.</p>" if hidden > 0 else "",
         "</body></html>",
     ]

@@ -18,7 +18,7 @@ from ccexpert_core.geo.captions_layer import CAPTIONED, FAILED, SKIPPED_NODATA
 from ccexpert_core.geo.engine import PAIR_INTERVALS, CaptionEngine, Interval
 from ccexpert_core.geo.grid import Tile
 from ccexpert_core.geo.raster import PairSource, RasterSeries, SeriesSource
-from ccexpert_core.geo.report import png_thumbnail
+from ccexpert_core.geo.report import thumbnail
 from ccexpert_core.inflight import run_in_flight
 
 Log = Callable[[str], None]
@@ -95,7 +95,7 @@ def read_batch(
             continue
         images = [rgb for rgb, _ in read]
         missing = [1.0 - float(valid.mean()) for _, valid in read]
-        small = [png_thumbnail(rgb) for rgb in images] if thumbnails else None
+        small = [thumbnail(rgb) for rgb in images] if thumbnails else None
         to_do, to_do_ids = [], []
         for k in wanted:
             i, j = intervals[k]
