@@ -91,16 +91,23 @@ PART_HEADER_BYTES = 16 * 1024
 
 @dataclass(frozen=True)
 class BodyRule:
-    """What one request body may hold: bytes in all, bytes in one multipart part (a file), multipart parts."""
+    """What one request body may hold: bytes in all, bytes in one multipart part (a file), multipart parts.
+
+    ``max_parts`` None: no count of its own (the multipart parser still refuses more than 1,000 files or fields).
+    """
 
     max_bytes: int
     max_file_bytes: int
-    max_parts: int
+    max_parts: int | None = None
 
 
 def api_body_rule(limits: Limits) -> BodyRule:
-    """The API's rule: a full captions request (per pair: before, after and a tile id), each image within its limit."""
-    return BodyRule(limits.max_body_bytes(), limits.max_image_bytes, 3 * limits.max_pairs_per_request + 2)
+    """The API's rule: a full captions request, each image within its limit.
+
+    No part count: the API ignores form fields it does not know, and a client may send some; the body and file
+    limits already bound what a request can make the backend store.
+    """
+    return BodyRule(limits.max_body_bytes(), limits.max_image_bytes)
 
 
 class _BodyOverLimit(HTTPException):
@@ -140,7 +147,7 @@ class MultipartScanner:
         self._tail = data[-keep:]
         largest = max(largest, self._offset + len(self._tail) - self._part_start)
         # The parts lie between the delimiters: the closing delimiter ends the last one.
-        if self.delimiters - 1 > self._rule.max_parts:
+        if self._rule.max_parts is not None and self.delimiters - 1 > self._rule.max_parts:
             return f"the request holds more than {self._rule.max_parts} parts"
         if largest > self._rule.max_file_bytes + PART_HEADER_BYTES:
             return f"an uploaded file is over the limit of {self._rule.max_file_bytes} bytes"

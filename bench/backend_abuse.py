@@ -206,7 +206,7 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=60)
     probes = held["probes"]
-    print("| scenario | connections held | requests | 5xx | other failures | server memory MB (before / peak / after) |")
+    print("| scenario | connections held | requests | 5xx | other failures | memory MB (before / peak / after) |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     failures = sum(n for outcome, n in probes.items() if outcome not in ("ok", "5xx"))
     print(

@@ -238,27 +238,16 @@ def _chunked_file(megabytes: int) -> Iterator[bytes]:
         yield b"x" * 1024 * 1024
 
 
-def _chunked_parts(count: int) -> Iterator[bytes]:
-    """A multipart body of ``count`` tiny file parts (sent chunked)."""
-    for index in range(count):
-        yield f'--xyz\r\nContent-Disposition: form-data; name="before"; filename="{index}.png"\r\n\r\nx\r\n'.encode()
-    yield b"--xyz--\r\n"
-
-
-@pytest.mark.parametrize(
-    ("body", "detail"),
-    [(lambda: _chunked_file(100), "an uploaded file is over the limit"), (lambda: _chunked_parts(200), "parts")],
-    ids=["100-MiB-file", "200-parts"],
-)
-def test_a_chunked_body_over_the_limit_gets_413(server: Server, body, detail: str) -> None:
+def test_a_chunked_body_over_the_limit_gets_413(server: Server) -> None:
     response = requests.post(
         server.url + protocol.CAPTIONS_PATH,
-        data=body(),
+        data=_chunked_file(100),
         headers={**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"},
         timeout=120,
     )
     assert response.status_code == 413, response.text
-    assert response.json()["error"] == protocol.ERROR_TOO_LARGE and detail in response.json()["detail"]
+    body = response.json()
+    assert body["error"] == protocol.ERROR_TOO_LARGE and "an uploaded file is over the limit" in body["detail"]
     assert _info(server)["internal_errors"] == 0
 
 
@@ -311,7 +300,7 @@ def test_openapi_declares_what_is_refused(server: Server) -> None:
         images = body["properties"][name]
         assert images["minItems"] == 1 and images["maxItems"] == TEST_LIMITS.max_pairs_per_request
         assert images["items"]["minLength"] == 1  # an empty file is refused, and the schema says so
-        assert images["items"]["maxLength"] == TEST_LIMITS.max_image_bytes
+        assert f"1 to {TEST_LIMITS.max_image_bytes} bytes" in images["items"]["description"]
         assert content["encoding"][name]["contentType"] == "image/png, image/jpeg, image/tiff"
     assert "multi-page TIFF counts as its first page" in operation["description"]
     assert f"{TEST_LIMITS.max_image_pixels} pixels" in operation["description"]

@@ -3,9 +3,10 @@
 Schemathesis turns /openapi.json into Hypothesis strategies (valid and deliberately invalid requests for every
 operation) and checks each response against the schema; the run is bounded in examples and in time.
 Schemathesis's own "schema-valid data is accepted" is replaced by a stricter reading of it: the schema declares the
-limits (pairs per request, bytes per image, no empty file), so a schema-valid request may be refused only for what
-no JSON schema can say, which the OpenAPI description states: ``before``, ``after`` and ``tile_ids`` of unequal
-lengths, or a file that is not a decodable image (any bytes are a valid ``format: binary`` string). Every refusal
+limits (pairs per request, no empty file; the bytes per image in words, as schemathesis cannot negate a binary's
+maxLength), so a schema-valid request may be refused only for what no JSON schema can say, which the OpenAPI
+description states: ``before``, ``after`` and ``tile_ids`` of unequal lengths, or a file that is not a decodable
+image (any bytes are a valid ``format: binary`` string). Data past a declared limit may get 413. Every refusal
 carries the JSON error body.
 (Its pytest integration does not work with pytest 9 yet, hence Hypothesis's ``@given`` used directly.)
 """
@@ -20,6 +21,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.config import SchemathesisConfig
+from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
+from schemathesis.core.failures import AcceptedNegativeData, FailureGroup
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from backend_server import TOKEN, auth_server, bearer
@@ -28,6 +32,15 @@ from ccexpert_core import protocol
 MAX_EXAMPLES = 300
 #: Wall-clock budget: examples past it are drawn but not sent, so the test ends soon after.
 BUDGET_S = 60.0
+
+
+def _invisible_in_a_form(failure: Exception) -> bool:
+    """A "schema-violating request accepted" that only broke the type of ``tile_ids``: a form sends every value as
+    text, so a number or an object there arrives as one valid id, and the backend rightly accepts it."""
+    if not isinstance(failure, AcceptedNegativeData):
+        return False
+    violations = [line for line in failure.message.splitlines() if "violates" in line]
+    return bool(violations) and all(f"/properties/{protocol.FIELD_TILE_IDS}" in line for line in violations)
 
 
 def _refused_for_what_no_schema_says(status: int, body: dict) -> bool:
@@ -45,7 +58,16 @@ def _refused_for_what_no_schema_says(status: int, body: dict) -> bool:
 
 def test_generated_requests_never_get_a_server_error(request, tiny_model_dir: Path) -> None:
     server = auth_server(request, tiny_model_dir)
-    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    # Data past a declared limit (more items than maxItems) is rightly refused with 413. The token goes in as the
+    # schema's bearer scheme, so schemathesis itself leaves it out when a negative case drops the header.
+    rejection = [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]
+    config = SchemathesisConfig.from_dict(
+        {
+            "auth": {"openapi": {"HTTPBearer": {"bearer": TOKEN}}},
+            "checks": {"negative_data_rejection": {"expected-statuses": rejection}},
+        }
+    )
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json", config=config)
     cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
     end = time.monotonic() + BUDGET_S
     sent: list[int] = []
@@ -56,7 +78,13 @@ def test_generated_requests_never_get_a_server_error(request, tiny_model_dir: Pa
     def run(case) -> None:
         if time.monotonic() > end:
             return
-        response = case.call_and_validate(headers=bearer(TOKEN), timeout=60, excluded_checks=[positive_data_acceptance])
+        response = case.call(timeout=60)
+        try:
+            case.validate_response(response, excluded_checks=[positive_data_acceptance])
+        except FailureGroup as group:
+            real = [failure for failure in group.exceptions if not _invisible_in_a_form(failure)]
+            if real:
+                raise FailureGroup(real) from None
         sent.append(response.status_code)
         if response.status_code >= 400:
             body = response.json()
