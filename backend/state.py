@@ -23,6 +23,8 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     tokens: tuple[bytes, ...] | None = None
     ui: bool = True
+    #: Copies of this backend behind its URL (``serve --ray --replicas``), reported at /v1/info.
+    replicas: int = 1
 
 
 @dataclass

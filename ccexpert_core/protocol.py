@@ -120,6 +120,8 @@ class InfoBody(TypedDict):
     limits: dict[str, Any]  # Limits.to_dict()
     batching: BatchingStats
     internal_errors: int  # requests that ended in a 500: should stay 0
+    #: Copies of this backend, one model each, answering at this URL (Ray Serve replicas; 1 for one process).
+    replicas: int
 
 
 class CaptionItem(TypedDict, total=False):

@@ -44,4 +44,5 @@ async def info(state: Annotated[BackendState, Depends(backend_state)]) -> protoc
         "limits": state.settings.limits.to_dict(),
         "batching": state.batcher.stats(),
         "internal_errors": state.internal_errors,
+        "replicas": state.settings.replicas,
     }

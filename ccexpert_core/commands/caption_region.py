@@ -55,6 +55,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--token-file", type=Path, help="file holding the backend's access token")
     parser.add_argument(
+        "--ray", metavar="ADDRESS",
+        help="caption on a Ray cluster: 'local' starts Ray on this machine, else the head's HOST:PORT (as `ray start "
+             "--head` prints it) or ray://HOST:PORT; the rasters and --model must be readable from every node",
+    )
+    parser.add_argument(
+        "--ray-workers", type=int_in(1, 4096), metavar="N",
+        help="model workers on the cluster, one Captioner each (default: one per GPU, or one on the CPU)",
+    )
+    parser.add_argument(
+        "--ray-gpus-per-worker", type=float_in(0, 1), metavar="F",
+        help="GPUs each worker reserves: 0.5 puts two small models on a GPU, 0 runs workers on CPUs (default: 1)",
+    )
+    parser.add_argument(
         "--in-flight", type=int_in(1, 256), metavar="N",
         help="requests kept open at each backend (default: enough to keep three of its model batches queued)",
     )
@@ -131,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.token_file is not None and args.backend is None:
         raise CCExpertError("--token-file goes with --backend")
+    _check_ray_options(args)
     if args.backend is None:
         check_device(args.device)
     options = RegionOptions(
@@ -142,14 +156,30 @@ def run(args: argparse.Namespace) -> int:
     if args.in_flight is not None and args.backend is None:
         raise CCExpertError("--in-flight goes with --backend (a local model captions one batch at a time)")
 
+    dates = _dates(args)
+    on_ray = None
+    if args.ray is not None:
+        from ccexpert_core.geo.ray_runner import RayRegion
+
+        on_ray = RayRegion(args.ray, args.ray_workers, args.ray_gpus_per_worker, args.max_nodata,
+                           args.report is not None, log_to_stderr)
+
     def load_engine() -> CaptionEngine:
         if args.backend is not None:
             return load_backend_engine(args.backend, args.token_file, args.in_flight, args.batch_size, log_to_stderr)
         model = args.model or default_model()
         print_model_note(model)
+        if on_ray is not None:
+            roles = ["BEFORE", "AFTER"] if len(dates) == 2 else [f"date {d.label or k + 1}" for k, d in enumerate(dates)]
+            return on_ray.load_engine(model, [(role, date.path) for role, date in zip(roles, dates)])
         return load_model_engine(model, args.device)
 
-    summary = caption_dates(_dates(args), args.out, load_engine, options, progress=ProgressBar())
+    try:
+        summary = caption_dates(dates, args.out, load_engine, options, progress=ProgressBar(),
+                                make_runner=None if on_ray is None else on_ray.make_runner)
+    finally:
+        if on_ray is not None:
+            on_ray.close()
     counts = ", ".join(f"{count} {status}" for status, count in summary.counts.items())
     print(f"{summary.tiles} tiles in the area ({summary.already_done} done before, now {counts}): {summary.out}")
     if summary.engine_note:
@@ -157,3 +187,18 @@ def run(args: argparse.Namespace) -> int:
     if summary.report is not None:
         print(f"report: {summary.report}")
     return 0
+
+
+def _check_ray_options(args: argparse.Namespace) -> None:
+    """``--ray`` takes the place of a local device and of backends; its options go with it."""
+    from ccexpert_core.errors import CCExpertError
+
+    if args.ray is None:
+        given = [name for name in ("ray_workers", "ray_gpus_per_worker") if getattr(args, name) is not None]
+        if given:
+            raise CCExpertError(f"--{given[0].replace('_', '-')} goes with --ray")
+        return
+    if args.backend is not None:
+        raise CCExpertError("give --ray or --backend, not both: the cluster's workers load the model themselves")
+    if args.device != "auto":
+        raise CCExpertError("--device goes without --ray: Ray gives each worker its GPU (see --ray-gpus-per-worker)")

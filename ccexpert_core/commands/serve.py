@@ -9,6 +9,7 @@ import sys
 from ccexpert_core import protocol
 from ccexpert_core.commands.model import add_model_arguments, load_captioner
 from ccexpert_core.errors import CCExpertError
+from ccexpert_core.options import float_in, int_in
 
 _LIMITS = protocol.Limits()
 
@@ -71,6 +72,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds a request body may stop arriving before the connection is closed (default: %(default)s)",
     )
     parser.add_argument("--no-ui", action="store_true", help="serve the API only, without the Gradio UI")
+    parser.add_argument(
+        "--ray", metavar="ADDRESS",
+        help="serve as replicas on a Ray cluster (Ray Serve, one URL on the head node): 'local' starts Ray on this "
+             "machine, else the head's HOST:PORT or ray://HOST:PORT; --model must be readable from every node. "
+             "Ray Serve's proxy then holds the connections (--max-connections, --header-timeout and --body-timeout "
+             "do not apply)",
+    )
+    parser.add_argument(
+        "--replicas", type=int_in(1, 1024), metavar="N",
+        help="with --ray: copies of the backend, one model each (default: one per GPU, or one on the CPU); the UI "
+             "has one more of its own",
+    )
+    parser.add_argument(
+        "--ray-gpus-per-replica", type=float_in(0, 1), metavar="F",
+        help="with --ray: GPUs each replica reserves, 0.5 for two small models a GPU, 0 for CPUs (default: 1)",
+    )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
 
@@ -105,6 +122,19 @@ def _check_positive(args: argparse.Namespace) -> None:
         raise CCExpertError(f"--max-connections must be positive, not {args.max_connections}")
     if args.max_wait_ms < 0:
         raise CCExpertError(f"--max-wait-ms must be 0 or more, not {args.max_wait_ms}")
+    _check_ray_options(args)
+
+
+def _check_ray_options(args: argparse.Namespace) -> None:
+    if args.ray is None:
+        given = [name for name in ("replicas", "ray_gpus_per_replica") if getattr(args, name) is not None]
+        if given:
+            raise CCExpertError(f"--{given[0].replace('_', '-')} goes with --ray")
+        return
+    if args.device != "auto":
+        raise CCExpertError("--device goes without --ray: Ray gives each replica its GPU (see --ray-gpus-per-replica)")
+    if args.max_connections is not None:
+        raise CCExpertError("--max-connections goes without --ray: Ray Serve's proxy holds the connections")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +153,6 @@ def run(args: argparse.Namespace) -> int:
     from backend.limits import guard_pillow
     from backend.state import ServerSettings
 
-    captioner = load_captioner(args)
     limits = protocol.Limits(
         max_pairs_per_request=args.max_pairs,
         max_image_bytes=args.max_image_bytes,
@@ -135,6 +164,19 @@ def run(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits, tokens=tokens, ui=not args.no_ui
     )
+    if args.ray is not None:
+        from ccexpert_core.ray_cluster import prepare_ray
+
+        prepare_ray()  # before ray is imported
+        from backend.ray_serve import serve_on_ray
+        from ccexpert_core.defaults import default_model, print_model_note
+
+        model = args.model or default_model()
+        print_model_note(model)
+        auth = f"tokens from {args.token_file}" if tokens else "none"
+        return serve_on_ray(args.ray, model, args.dtype, settings, args.host.strip("[]"), args.port, args.replicas,
+                            args.ray_gpus_per_replica, auth)
+    captioner = load_captioner(args)
     guard_pillow(limits)
     app = create_app(captioner, settings)
     # Counted once the model and the app are loaded: what they hold open is not free for connections.

@@ -1,0 +1,291 @@
+"""Regions on a Ray cluster (``caption-region --ray``): tiles read in Ray tasks, captioned by Ray Data actors that
+each hold one Captioner, the finished batches streamed back to the region pipeline's one GeoPackage writer.
+
+The pipeline, one Ray Data stream::
+
+    pending batches ─▶ read (Ray tasks on any node: runner.read_batch, the pixels a local run reads)
+                    ─▶ caption (a pool of actors, one Captioner each in the in-process engine: prepare +
+                       caption_prepared, so a series encodes each image once, as in-process)
+                    ─▶ the driver: region.py writes each batch in one transaction, in the order they finish
+
+- A batch of the pipeline is one block and one call in both stages (blocks of one batch, ``batch_size=1``), so Ray
+  retries a batch, never more: a read task whose process dies runs again, an actor that dies is restarted and the
+  batches it held are sent to the pool again (Ray Data's defaults for both). The driver yields each batch once.
+- Reading runs in tasks, apart from the actors: any node's CPUs read, and an actor receives the 8-bit pixels (a
+  quarter of the processor's float32 tensors) and does the processor's work on a second thread while its model
+  runs the batch before (two calls at once per actor; the Captioner runs one batch at a time).
+- Only pending tiles are ever given to the cluster (region.py resumes); nothing but tile windows goes out and
+  nothing but outcomes comes back, so the driver's memory stays bounded by the batches in flight.
+
+The rasters and the model must be readable from every node at the same path (a shared file system);
+:class:`~ccexpert_core.ray_cluster.RayCluster` checks each node before any tile is sent. Ray is imported
+here and only here; ``import ccexpert_core`` never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ccexpert_core.errors import CCExpertError
+from ccexpert_core.geo.engine import Interval
+from ccexpert_core.geo.grid import Tile
+from ccexpert_core.geo.raster import PairSource, SeriesSource
+from ccexpert_core.geo.runner import BatchOutcome, Needed, ReadBatch, finish_batch, read_batch
+from ccexpert_core.ray_cluster import CAPTION_MODULES, RayCluster, WorkerPlan, last_line, worker_model
+
+Log = Callable[[str], None]
+
+#: Read tasks at once per model worker: reading a batch takes a fraction of what a GPU takes to caption it. Never
+#: equal to the workers, or Ray Data would fuse the two stages and read inside the actors.
+READERS_PER_WORKER = 2
+#: Calls an actor holds at once: one captioning, one being prepared, two queued behind them.
+CALLS_IN_FLIGHT_PER_WORKER = 4
+#: Tile fields as the read tasks receive them (a flat list of ints per batch).
+_TILE_FIELDS = 6
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """The engine seam's side of a run on Ray: the model's id, exactly what a local run of the same ``--model``
+    writes (either run resumes the other's output), known without loading the model here; the model runs in the
+    actors. Only ``model_id`` and :meth:`describe` are asked of it by the region pipeline."""
+
+    model_id: str
+    #: What the actors load (None: each node's own default model).
+    model: str | None
+    plan: WorkerPlan
+    cluster: str
+    in_flight: int = 1
+
+    def describe(self) -> str:
+        """``Ray: 2 workers (1 GPU each) on 2 nodes, 16 CPUs, 2 GPUs``."""
+        return f"Ray: {self.plan.describe()} on {self.cluster}"
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One batch on its way through the stream: read (``read``), then captioned (``outcome``); ``log`` carries the
+    workers' warnings to the driver's log, ``error`` a problem that stops the run."""
+
+    index: int
+    read: ReadBatch | None = None
+    outcome: BatchOutcome | None = None
+    log: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array of ``values`` (``np.array`` would make a 2-D array of equal-length sequences)."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = list(values)
+    return column
+
+
+def _pack(tiles: Sequence[Tile]) -> list[int]:
+    return [value for t in tiles for value in (t.row, t.col, t.x, t.y, t.width, t.height)]
+
+
+def _unpack(values: Any) -> list[Tile]:
+    return [Tile(*map(int, row)) for row in np.asarray(values, dtype=np.int64).reshape(-1, _TILE_FIELDS)]
+
+
+def _trace(path: str | None, stage: str, tiles: Sequence[Tile]) -> None:
+    """Append who handled which tiles to the trace file (one ``write`` per line: lines of processes never mix)."""
+    if path is None:
+        return
+    line = json.dumps({"stage": stage, "pid": os.getpid(), "host": socket.gethostname(),
+                       "tiles": [tile.tile_id for tile in tiles]})
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(line + "\n")
+
+
+def _read_batches(
+    batch: dict[str, np.ndarray], *, source: PairSource | SeriesSource, intervals: list[Interval], max_nodata: float,
+    thumbnails: bool, trace: str | None,
+) -> dict[str, np.ndarray]:
+    """The read stage (a Ray task): each batch's tiles read and judged as a local run does (``read_batch``)."""
+    items = []
+    for index, packed, needed in zip(batch["index"], batch["tiles"], batch["needed"]):
+        tiles = _unpack(packed)
+        _trace(trace, "read", tiles)
+        messages: list[str] = []
+        try:
+            dates = source.open()
+        except CCExpertError as error:
+            items.append(_Item(int(index), error=(
+                f"a Ray worker on {socket.gethostname()} cannot open the rasters ({error}): on Ray they must be "
+                "readable from every node at the same path (a shared file system)"
+            )))
+            continue
+        try:
+            read = read_batch(dates, tiles, max_nodata, thumbnails, messages.append, intervals,
+                              json.loads(needed) or None)
+        finally:
+            dates.close()
+        items.append(_Item(int(index), read=read, log=tuple(messages)))
+    return {"item": _objects(items)}
+
+
+class _CaptionActor:
+    """The caption stage: a Ray Data actor holding one Captioner (on the GPU Ray gave it, else the CPU), behind
+    the in-process engine, so that a batch is prepared and captioned exactly as in a local run."""
+
+    def __init__(self, model: str | None, trace: str | None) -> None:
+        from ccexpert_core.defaults import default_model
+        from ccexpert_core.geo.engine import load_model_engine
+
+        self.engine = load_model_engine(model or default_model())
+        self.trace = trace
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Caption each read batch of the block (one, by the pipeline's block sizing)."""
+        return {"item": _objects([self._caption(item) for item in batch["item"]])}
+
+    def _caption(self, item: _Item) -> _Item:
+        if item.read is None:
+            return item
+        read = item.read
+        _trace(self.trace, "caption", read.to_caption)
+        ids = [tile.tile_id for tile in read.to_caption]
+        try:
+            # prepare is thread-safe and the engine captions one batch at a time: the actor's second call
+            # prepares the next batch while this one is in the model.
+            results = self.engine.caption_prepared(self.engine.prepare(read.series, read.intervals, ids)) if (
+                read.series) else []
+        except Exception as error:  # noqa: BLE001 — an engine error fails its batch only, as in-process
+            # Sent as the message alone: any exception type must unpickle on the driver.
+            return replace(item, read=None, outcome=finish_batch(read, None, CCExpertError(str(error))))
+        return replace(item, read=None, outcome=finish_batch(read, results, None))
+
+
+def _absolute(source: PairSource | SeriesSource) -> PairSource | SeriesSource:
+    """The source with absolute paths: workers would resolve relative ones against their own folders."""
+    if isinstance(source, PairSource):
+        return replace(source, before=Path(source.before).absolute(), after=Path(source.after).absolute())
+    return replace(source, paths=tuple(Path(path).absolute() for path in source.paths))
+
+
+class RayRunner:
+    """A :class:`~ccexpert_core.geo.runner.Runner` on a Ray cluster (see the module's description).
+
+    ``trace``: a file that readers and actors append one JSON line to per batch (stage, process id, host, tile ids),
+    on a path the workers can write; for audits of where the work went, and for tests.
+    """
+
+    def __init__(
+        self, source: PairSource | SeriesSource, model: str | None, plan: WorkerPlan, intervals: Sequence[Interval],
+        max_nodata: float, thumbnails: bool = False, log: Log = lambda message: None, trace: Path | None = None,
+    ) -> None:
+        self.source = _absolute(source)
+        self.model, self.plan, self.intervals = model, plan, [tuple(interval) for interval in intervals]
+        self.max_nodata, self.thumbnails = max_nodata, thumbnails
+        self.log = log
+        self.trace = None if trace is None else str(Path(trace).absolute())
+
+    def run(self, batches: Iterable[Sequence[Tile]], needed: Needed | None = None) -> Iterator[BatchOutcome]:
+        """Yield each batch's outcome as it comes back from the cluster (see :class:`Runner`)."""
+        work = [list(batch) for batch in batches]
+        if not work:
+            return
+        stream = iter(self._dataset(work, needed or {}).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+        seen: set[int] = set()
+        try:
+            while True:
+                try:
+                    block = next(stream)
+                except StopIteration:
+                    break
+                except Exception as error:  # noqa: BLE001 — whatever the cluster raises ends the run in one line
+                    raise CCExpertError(
+                        f"the Ray cluster failed the run: {last_line(error)}; the work written so far is kept: rerun "
+                        "the same command to resume"
+                    ) from None
+                for item in block["item"]:
+                    for message in item.log:
+                        self.log(message)
+                    if item.error is not None:
+                        raise CCExpertError(item.error)
+                    if item.index not in seen:  # a block Ray rebuilt from lineage after it was delivered
+                        seen.add(item.index)
+                        yield item.outcome
+            if len(seen) != len(work):
+                raise CCExpertError(
+                    f"{len(work) - len(seen)} batches never came back from the Ray cluster; the work written so far "
+                    "is kept: rerun the same command to caption them"
+                )
+        finally:
+            stream.close()  # an error or Ctrl-C: the stream's executor stops sending work
+
+    def _dataset(self, work: list[list[Tile]], needed: Needed) -> Any:
+        import ray.data
+        from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+        # Ray Data warns when a region has fewer batches than readers: true, and nothing to act on.
+        warnings.filterwarnings("ignore", message=r"The maximum number of concurrent tasks for 'MapBatches\(_read")
+
+        items = [
+            {"index": index, "tiles": _pack(tiles),
+             "needed": json.dumps({t.tile_id: list(needed[t.tile_id]) for t in tiles if t.tile_id in needed})}
+            for index, tiles in enumerate(work)
+        ]
+        # One block per batch: the unit of reading, captioning and retrying.
+        dataset = ray.data.from_items(items, override_num_blocks=len(items))
+        read = dataset.map_batches(
+            _read_batches, batch_size=1, num_cpus=1,
+            compute=TaskPoolStrategy(size=READERS_PER_WORKER * self.plan.workers),
+            fn_kwargs={"source": self.source, "intervals": self.intervals, "max_nodata": self.max_nodata,
+                       "thumbnails": self.thumbnails, "trace": self.trace},
+        )
+        return read.map_batches(
+            _CaptionActor, batch_size=1, num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus or None,
+            compute=ActorPoolStrategy(
+                size=self.plan.workers, max_tasks_in_flight_per_actor=CALLS_IN_FLIGHT_PER_WORKER,
+                max_concurrent_calls_per_actor=2, enable_true_multi_threading=True,
+            ),
+            fn_constructor_kwargs={"model": self.model, "trace": self.trace},
+        )
+
+
+class RayRegion:
+    """What ``caption-region --ray`` hands the region pipeline: :meth:`load_engine` connects and checks the cluster
+    (after the inputs are checked, as a local model loads), :meth:`make_runner` is its ``make_runner``;
+    :meth:`close` ends the job on the cluster (or stops the ``local`` instance)."""
+
+    def __init__(
+        self, address: str, workers: int | None = None, gpus_per_worker: float | None = None,
+        max_nodata: float = 0.5, thumbnails: bool = False, log: Log = lambda message: None,
+        trace: Path | None = None,
+    ) -> None:
+        self.cluster = RayCluster(address, log)
+        self.workers, self.gpus_per_worker = workers, gpus_per_worker
+        self.max_nodata, self.thumbnails = max_nodata, thumbnails
+        self.log, self.trace = log, trace
+
+    def load_engine(self, model: str, rasters: Sequence[tuple[str, Path]]) -> RayEngine:
+        """Connect, plan the workers (one CPU left to read), check that every node can open the ``(role, path)``
+        rasters and load ``model`` (what ``--model`` gave, or the default model)."""
+        self.cluster.connect()
+        plan = self.cluster.plan(self.workers, self.gpus_per_worker, spare_cpus=1)
+        loaded = worker_model(model)
+        self.cluster.check_nodes(CAPTION_MODULES, [(role, Path(path).absolute()) for role, path in rasters], loaded)
+        engine = RayEngine(model, loaded, plan, self.cluster.describe())
+        self.log(f"captioning on {engine.describe().removeprefix('Ray: ')} (Ray at {self.cluster.address})")
+        return engine
+
+    def make_runner(self, source: PairSource | SeriesSource, engine: Any, intervals: Sequence[Interval]) -> RayRunner:
+        """The runner for the engine :meth:`load_engine` gave."""
+        return RayRunner(source, engine.model, engine.plan, intervals, self.max_nodata, self.thumbnails, self.log,
+                         self.trace)
+
+    def close(self) -> None:
+        """Disconnect from the cluster (its work for this run stops), or stop the ``local`` instance."""
+        self.cluster.close()
