@@ -1,29 +1,34 @@
 """The CCExpert backend over QGIS's network stack, so that the analyst's proxy, SSL and network settings apply.
 
-Requests are blocking (``QgsBlockingNetworkRequest``: call from a task's thread, or briefly from the interface for
-"Test connection"); bodies follow the shared wire format (``protocol``). Connection failures and 502/503/504 are
-retried with exponential backoff; every failure ends as a :class:`CaptionRunError` whose message says what to do.
-A request in flight is let finish: its captions are worth writing, and cancelling happens between batches.
+Requests are blocking (``QgsBlockingNetworkRequest``): call them from a QThread — a task's, or one of
+:class:`RequestThreads`' — or briefly from the interface for "Test connection". A plain Python thread will not
+do: QGIS's network timeout runs on a Qt timer, and Qt timers only run in threads Qt started. Bodies follow the
+shared wire format (``protocol``). Connection failures and 502/503/504 are retried with exponential backoff, then
+raised as :class:`BackendUnavailable` (the run's failover sends the batch elsewhere or waits for the backend to
+come back); every other failure is a :class:`CaptionRunError` whose message says what to do.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
+from urllib.parse import urlsplit
 
 from qgis.core import QgsBlockingNetworkRequest
-from qgis.PyQt.QtCore import QByteArray, QUrl
+from qgis.PyQt.QtCore import QByteArray, QRunnable, QThreadPool, QUrl
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
-from .errors import CaptionRunError
+from .errors import BackendUnavailable, CaptionRunError
 from .shared_modules import protocol
 
 #: Answers that mean "not now" (a proxy without a backend behind it, a busy backend): retried.
 RETRY_STATUSES = frozenset({502, 503, 504})
-#: Network errors that mean the backend is not (or no longer) there: retried.
+#: Network errors that mean the backend is not (or no longer) there: retried before giving up on it.
 RETRY_ERRORS = frozenset({
     QNetworkReply.ConnectionRefusedError,
     QNetworkReply.RemoteHostClosedError,
@@ -34,7 +39,9 @@ RETRY_ERRORS = frozenset({
 #: The backoff sleeps in steps this long, checking for cancellation between them.
 _SLEEP_STEP_S = 0.1
 
-PngPair = tuple[bytes, bytes]
+EncodedPair = tuple[bytes, bytes]
+Argument = TypeVar("Argument")
+Result = TypeVar("Result")
 
 
 class _Answer(NamedTuple):
@@ -44,39 +51,66 @@ class _Answer(NamedTuple):
     timed_out: bool
 
 
-def multipart_body(pairs: Sequence[PngPair], tile_ids: Sequence[str]) -> tuple[bytes, str]:
+def _image_type(data: bytes) -> tuple[str, str]:
+    """(file suffix, MIME type) of encoded image bytes, for the part's headers (the backend reads the bytes)."""
+    if data.startswith(b"\x89PNG"):
+        return "png", "image/png"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tif", "image/tiff"
+    return "jpg", "image/jpeg"
+
+
+def multipart_body(pairs: Sequence[EncodedPair], tile_ids: Sequence[str]) -> tuple[bytes, str]:
     """A captions request body and its content type: ``before``/``after`` per pair, then ``tile_ids``."""
     boundary = f"ccexpert-{uuid.uuid4().hex}"
-    parts = []
+    delimiter = f"--{boundary}\r\n".encode()
+    parts: list[bytes] = []
     for index, (before, after) in enumerate(pairs):
         for field, data in ((protocol.FIELD_BEFORE, before), (protocol.FIELD_AFTER, after)):
-            header = (f'Content-Disposition: form-data; name="{field}"; filename="{field}_{index}.png"\r\n'
-                      "Content-Type: image/png\r\n\r\n")
-            parts.append(header.encode() + data)
+            suffix, mime = _image_type(data)
+            header = (f'Content-Disposition: form-data; name="{field}"; filename="{field}_{index}.{suffix}"\r\n'
+                      f"Content-Type: {mime}\r\n\r\n")
+            # Header, image and delimiter as separate pieces: one join copies each image once.
+            parts += [delimiter, header.encode(), data, b"\r\n"]
     for tile_id in tile_ids:
-        parts.append(f'Content-Disposition: form-data; name="{protocol.FIELD_TILE_IDS}"\r\n\r\n{tile_id}'.encode())
-    delimiter = f"--{boundary}\r\n".encode()
-    body = b"".join(delimiter + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+        parts += [delimiter, f'Content-Disposition: form-data; name="{protocol.FIELD_TILE_IDS}"\r\n\r\n'
+                             f"{tile_id}\r\n".encode()]
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine (localhost, 127.0.0.0/8, ::1): bytes cost nothing there."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class BackendClient:
     """Talks to one backend with an optional bearer token.
 
     ``retries`` is how many times a request is repeated after a connection failure or a 502/503/504, waiting
-    ``backoff_s``, then twice that…; ``is_canceled`` cuts those waits short.
+    ``backoff_s``, then twice that…; ``is_canceled`` cuts those waits short and refuses new requests (one already
+    sent is let finish: QGIS 3.22 cannot abort a blocking request safely, see :class:`RequestThreads`).
     """
 
     def __init__(
         self, url: str, token: str = "", is_canceled: Callable[[], bool] = lambda: False, retries: int = 3,
         backoff_s: float = 0.5,
     ) -> None:
-        self.url = url.strip().rstrip("/")
-        if not self.url.startswith(("http://", "https://")):
-            raise CaptionRunError(f"the backend URL must start with http:// or https://, not '{url}'")
+        try:
+            self.url = protocol.check_backend_url(url)
+        except ValueError as error:
+            raise CaptionRunError(str(error)) from None
         self.token = token.strip()
         self.is_canceled = is_canceled
         self.retries, self.backoff_s = max(0, retries), backoff_s
+        #: Whether tile images are compressed for the trip (not to a backend on this machine: see png.py).
+        self.compress = not is_loopback(self.url)
         self._limits: protocol.Limits | None = None
 
     def info(self) -> dict[str, Any]:
@@ -90,23 +124,25 @@ class BackendClient:
         self._limits = protocol.Limits.from_dict(body.get("limits", {}))
         return body
 
-    def caption(self, pairs: Sequence[PngPair], tile_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """One result per (before PNG, after PNG) pair, in order, in as many requests as the backend's limit needs."""
-        step = (self._limits or protocol.Limits.from_dict(self.info().get("limits", {}))).max_pairs_per_request
-        results: list[dict[str, Any]] = []
-        for start in range(0, len(pairs), step):
-            chunk = pairs[start : start + step]
-            body, content_type = multipart_body(chunk, tile_ids[start : start + step])
-            answer = self._json(self._request(protocol.CAPTIONS_PATH, body, content_type))
-            items = answer.get("results", [])
-            if len(items) != len(chunk):
-                raise CaptionRunError(f"the backend at {self.url} returned {len(items)} results for {len(chunk)} pairs")
-            results.extend(items)
-        return results
+    @property
+    def limits(self) -> protocol.Limits:
+        """The backend's request limits (from :meth:`info`, asked once)."""
+        if self._limits is None:
+            self.info()
+        return self._limits
+
+    def caption_body(self, body: bytes, content_type: str, pairs: int) -> list[dict[str, Any]]:
+        """The results of one captions request made by :func:`multipart_body` for ``pairs`` pairs, in order."""
+        answer = self._json(self._request(protocol.CAPTIONS_PATH, body, content_type))
+        items = answer.get("results", [])
+        if len(items) != pairs:
+            raise CaptionRunError(f"the backend at {self.url} returned {len(items)} results for {pairs} pairs")
+        return items
 
     def _request(self, path: str, body: bytes | None = None, content_type: str = "") -> _Answer:
         """The answer to a GET (no body) or POST, after the retries."""
         for attempt in range(self.retries + 1):
+            self._check_running()
             request = QNetworkRequest(QUrl(self.url + path))
             if self.token:
                 request.setRawHeader(protocol.AUTH_HEADER.encode(), f"{protocol.AUTH_SCHEME} {self.token}".encode())
@@ -116,17 +152,23 @@ class BackendClient:
             else:
                 request.setHeader(QNetworkRequest.ContentTypeHeader, content_type)
                 outcome = blocking.post(request, QByteArray(body), True)
+            self._check_running()  # the run stopped while this request was open: nobody reads its answer
             reply = blocking.reply()
             answer = _Answer(
                 int(reply.attribute(QNetworkRequest.HttpStatusCodeAttribute) or 0), bytes(reply.content()),
                 blocking.errorMessage(), outcome == QgsBlockingNetworkRequest.TimeoutError,
             )
-            # A timeout is not retried: the backend is there but slow, and asking again would only add load.
+            # A timeout is not repeated here: the backend is there but slow, and asking it again would only add
+            # load; the run's failover may send the batch to another backend.
             retry = answer.status in RETRY_STATUSES or (answer.status == 0 and reply.error() in RETRY_ERRORS)
-            if not retry or attempt == self.retries or self.is_canceled():
+            if not retry or attempt == self.retries:
                 return answer
             self._wait(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable: the last attempt returns")
+
+    def _check_running(self) -> None:
+        if self.is_canceled():
+            raise CaptionRunError("the run was stopped before the backend answered")
 
     def _wait(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -136,13 +178,13 @@ class BackendClient:
     def _json(self, answer: _Answer) -> dict[str, Any]:
         status = answer.status
         if answer.timed_out:
-            raise CaptionRunError(
-                f"the backend at {self.url} did not answer within QGIS's network timeout: lower the batch size, or "
-                "raise the timeout in Settings › Options › Network"
+            raise BackendUnavailable(
+                f"the backend at {self.url} did not answer within QGIS's network timeout: lower the batch size or "
+                "the requests in flight, or raise the timeout in Settings › Options › Network"
             )
         if status == 0:
             tries = f" (tried {self.retries + 1} times)" if self.retries else ""
-            raise CaptionRunError(
+            raise BackendUnavailable(
                 f"cannot reach the backend at {self.url}{tries}: {answer.error or 'no answer'}. "
                 "Is `ccexpert serve` running there?"
             )
@@ -154,13 +196,68 @@ class BackendClient:
                 )
             raise CaptionRunError(f"the backend at {self.url} needs a token (401): enter one in the Backend section")
         try:
-            body = json.loads(answer.content.decode("utf-8"))
+            body = json.loads(answer.content)
         except (UnicodeDecodeError, ValueError):
             body = None
         if status >= 400:
             detail = body.get("detail") if isinstance(body, dict) else None
             kind = "rejected the request" if status < 500 else "failed"
-            raise CaptionRunError(f"the backend at {self.url} {kind} ({status}): {detail or answer.error}")
+            error = BackendUnavailable if status in RETRY_STATUSES else CaptionRunError
+            raise error(f"the backend at {self.url} {kind} ({status}): {detail or answer.error}")
         if not isinstance(body, dict):
             raise CaptionRunError(f"{self.url} answered with something other than JSON: is it a CCExpert backend?")
         return body
+
+
+class _Call(QRunnable):
+    """One function call on a pool thread; ``done`` is set once it returned or raised."""
+
+    def __init__(self, function: Callable[[Any], Any], argument: Any) -> None:
+        super().__init__()
+        self.setAutoDelete(False)  # Python owns it: the caller reads the result after run()
+        self.function, self.argument = function, argument
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.result = self.function(self.argument)
+        except BaseException as error:  # handed to the caller's thread, which raises it
+            self.error = error
+        finally:
+            self.done.set()
+
+
+class RequestThreads:
+    """Runs blocking network calls on ``threads`` QThreads of their own, for callers on any thread (the in-flight
+    scheduler's are plain Python threads, where QGIS's network timeout would never fire).
+
+    A run that stops does not wait for the requests it left open: in QGIS 3.22 aborting a blocking request through
+    its feedback drops the reply it waits for, and the request then never returns. They end when their backend
+    answers (or at QGIS's network timeout); their answers are not read, their batches are done by the next run.
+    """
+
+    #: Pools whose runs stopped with requests open, kept alive until those end (a pool destroyed waits for them).
+    _draining: ClassVar[list[QThreadPool]] = []
+
+    def __init__(self, threads: int) -> None:
+        self._pool = QThreadPool()
+        self._pool.setMaxThreadCount(max(1, threads))
+
+    def call(self, function: Callable[[Argument], Result], argument: Argument) -> Result:
+        """``function(argument)`` on one of the pool's threads, waited for; its error is raised here."""
+        call = _Call(function, argument)
+        self._pool.start(call)
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def close(self) -> None:
+        """Let go of the pool now; one with requests still open lives on until they end."""
+        drained = [pool for pool in RequestThreads._draining if pool.activeThreadCount() == 0]
+        for pool in drained:
+            RequestThreads._draining.remove(pool)
+        if self._pool.activeThreadCount():
+            RequestThreads._draining.append(self._pool)

@@ -19,7 +19,7 @@ from qgis.PyQt.QtWidgets import (
 from .auth import load_token, store_token
 from .backend_client import BackendClient
 from .errors import CaptionRunError
-from .params import AreaMode, CaptionParams, parse_bands
+from .params import AreaMode, CaptionParams, parse_backend_urls, parse_bands
 from .shared_modules import grid as tiling
 
 _AREA_LABELS = {
@@ -149,8 +149,13 @@ class CaptionDialog(QDialog):
     def _backend_group(self) -> QGroupBox:
         group, form = QGroupBox("Backend"), QFormLayout()
         self.backend_url = QLineEdit()
-        self.backend_url.setPlaceholderText("http://127.0.0.1:8000 (ccexpert serve)")
-        form.addRow("URL", self.backend_url)
+        self.backend_url.setPlaceholderText("http://127.0.0.1:8000 (ccexpert serve); several of one model: a, b, …")
+        form.addRow("URLs", self.backend_url)
+        self.in_flight = QSpinBox()
+        self.in_flight.setRange(0, 64)
+        self.in_flight.setSpecialValueText("automatic (three model batches queued)")
+        self.in_flight.setSuffix(" per backend")
+        form.addRow("Requests in flight", self.in_flight)
         self.token = QLineEdit()
         self.token.setEchoMode(QLineEdit.Password)
         self.token.setPlaceholderText("none (a loopback backend without --token-file)")
@@ -208,6 +213,7 @@ class CaptionDialog(QDialog):
             box.setEnabled(params.value_range is not None)
         self.batch_size.setValue(params.batch_size)
         self.backend_url.setText(params.backend_url)
+        self.in_flight.setValue(params.in_flight)
         self.auth_config_id = params.auth_config_id
         try:
             self.token.setText(load_token(params.auth_config_id))
@@ -237,6 +243,7 @@ class CaptionDialog(QDialog):
             raise CaptionRunError("values: the first number must be below the second")
         if not self.output.filePath().strip():
             raise CaptionRunError("choose the output GeoPackage")
+        urls = parse_backend_urls(self.backend_url.text())
         rectangle, crs = self._rectangle or (None, "")
         return CaptionParams(
             before_layer_id=before.id(), after_layer_id=after.id(), before_date=self.before_date.text().strip(),
@@ -249,7 +256,7 @@ class CaptionDialog(QDialog):
             rectangle_crs=crs, tile_size=self.tile_size.value(), overlap=overlap,
             resolution=self.resolution.value() if self.resample.isChecked() else None,
             bands=parse_bands(self.bands.text()), value_range=value_range,
-            backend_url=self.backend_url.text().strip(), auth_config_id=self.auth_config_id,
+            backend_url=", ".join(urls), in_flight=self.in_flight.value(), auth_config_id=self.auth_config_id,
             output=self._gpkg_path(), layer_name=self.layer_name.text().strip() or "captions",
             batch_size=self.batch_size.value(),
         )
@@ -277,18 +284,26 @@ class CaptionDialog(QDialog):
         self.run_requested.emit(params)
 
     def test_connection(self) -> None:
-        """Ask the backend for ``/v1/info`` with the URL and token shown; say what it answered."""
+        """Ask each backend for ``/v1/info`` with the URLs and token shown; say what each answered."""
         try:
-            info = BackendClient(self.backend_url.text(), self.token.text(), retries=0).info()
+            urls = parse_backend_urls(self.backend_url.text())
         except CaptionRunError as error:
             self.connection_label.setText(f"✗ {error}")
             return
-        limits = info.get("limits", {})
-        self.connection_label.setText(
-            f"✓ model {info.get('model_id')} on {info.get('device')} ({info.get('dtype')}), "
-            f"API v{info.get('api_version')}, ccexpert {info.get('version')}, "
-            f"up to {limits.get('max_pairs_per_request', '?')} pairs per request"
-        )
+        lines = []
+        for url in urls:
+            try:
+                info = BackendClient(url, self.token.text(), retries=0).info()
+            except CaptionRunError as error:
+                lines.append(f"✗ {error}")
+                continue
+            limits = info.get("limits", {})
+            lines.append(
+                f"✓ {url if len(urls) > 1 else 'model'} {info.get('model_id')} on {info.get('device')} "
+                f"({info.get('dtype')}), API v{info.get('api_version')}, ccexpert {info.get('version')}, "
+                f"up to {limits.get('max_pairs_per_request', '?')} pairs per request"
+            )
+        self.connection_label.setText("\n".join(lines))
 
     def start_drawing(self) -> None:
         """Hide the dialog while the analyst drags a rectangle on the map canvas."""

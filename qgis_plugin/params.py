@@ -17,7 +17,8 @@ from qgis.core import (
 from .area import polygons_in_crs, rectangle_in_crs
 from .captions_gpkg import DEFAULT_LAYER
 from .errors import CaptionRunError
-from .job import Job, RasterInput
+from .job import RETRY_BUDGET_S, Job, RasterInput
+from .shared_modules import protocol
 
 SETTINGS_GROUP = "ccexpert"
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8000"
@@ -56,7 +57,12 @@ class CaptionParams:
     bands: tuple[int, ...] | None = None
     #: Values mapped to 0 and 255 for data that is not 8-bit; None for a 2–98 % stretch.
     value_range: tuple[float, float] | None = None
+    #: One backend URL, or several serving the same model (separated by commas, or one per line).
     backend_url: str = DEFAULT_BACKEND_URL
+    #: Requests kept open at each backend; 0 for enough to keep three of its model batches queued.
+    in_flight: int = 0
+    #: Seconds a run keeps trying when no backend answers (kept in settings: ccexpert/retry_budget_s).
+    retry_budget_s: float = RETRY_BUDGET_S
     #: The QGIS authentication configuration holding the backend token ("" for none).
     auth_config_id: str = ""
     output: str = ""
@@ -109,6 +115,23 @@ def parse_bands(text: str) -> tuple[int, ...] | None:
     return bands
 
 
+def parse_backend_urls(text: str) -> tuple[str, ...]:
+    """The backend URLs in ``text`` (one per line, or separated by commas), checked, each once, in order."""
+    urls: list[str] = []
+    for part in text.replace(",", "\n").splitlines():
+        if not part.strip():
+            continue
+        try:
+            url = protocol.check_backend_url(part)
+        except ValueError as error:
+            raise CaptionRunError(str(error)) from None
+        if url not in urls:
+            urls.append(url)
+    if not urls:
+        raise CaptionRunError(f"give the URL of a backend (e.g. {DEFAULT_BACKEND_URL})")
+    return tuple(urls)
+
+
 def _layer(project: QgsProject, layer_id: str, kind: type, what: str) -> QgsMapLayer:
     layer = project.mapLayer(layer_id) if layer_id else None
     if not isinstance(layer, kind) or not layer.isValid():
@@ -152,9 +175,10 @@ def job_from_params(
     return Job(
         before=raster_input(before_layer, "BEFORE"),
         after=raster_input(_layer(project, params.after_layer_id, QgsRasterLayer, "AFTER raster layer"), "AFTER"),
-        output=params.output, backend_url=params.backend_url, token=token, area=area, tile_size=params.tile_size,
-        overlap=params.overlap, resolution=params.resolution, bands=params.bands, value_range=params.value_range,
-        batch_size=params.batch_size, layer_name=params.layer_name,
+        output=params.output, backend_urls=parse_backend_urls(params.backend_url), token=token, area=area,
+        tile_size=params.tile_size, overlap=params.overlap, resolution=params.resolution, bands=params.bands,
+        value_range=params.value_range, batch_size=params.batch_size, layer_name=params.layer_name,
+        in_flight=params.in_flight or None, retry_budget_s=params.retry_budget_s,
     )
 
 

@@ -3,23 +3,69 @@ and the Processing provider."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from qgis.core import Qgis, QgsApplication, QgsProject
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
 from .auth import load_token
 from .dialog import CaptionDialog
 from .errors import CaptionRunError
-from .job import JobSummary, preflight
+from .job import JobSummary, RunProgress, preflight
 from .params import CaptionParams, job_from_params, result_title
 from .processing_provider import CCExpertProvider
-from .result_layer import show_result
+from .result_layer import layer_uri, open_captions_layer, show_result
 from .task import CaptionTask
 
 MENU = "&CCExpert"
 ICON = Path(__file__).with_name("icon.png")
+#: The live layer is reloaded at most this often (batches can land many times a second).
+REFRESH_S = 0.5
+
+
+class LiveLayer:
+    """A run's captions layer on the map from its first batch: added once (or the one already shown, for a resumed
+    run), reloaded as batches land, its name saying how far the run is and what it found; the plain title again
+    once the run ends."""
+
+    def __init__(self, project: QgsProject, output: str, layer_name: str, title: str) -> None:
+        self.project, self.title = project, title
+        self.output, self.layer_name = output, layer_name
+        self._layer_id = ""
+        self._refreshed = 0.0
+
+    def layer(self) -> QgsVectorLayer | None:
+        """The layer in the project, if it is there (the analyst may have removed it)."""
+        layer = self.project.mapLayer(self._layer_id) if self._layer_id else None
+        if layer is None:
+            uri = layer_uri(self.output, self.layer_name)
+            layer = next((shown for shown in self.project.mapLayers().values() if shown.source() == uri), None)
+        return layer if isinstance(layer, QgsVectorLayer) else None
+
+    def update(self, progress: RunProgress) -> None:
+        """Show the batches written so far (on the main thread)."""
+        layer = self.layer()
+        if layer is None:
+            layer = open_captions_layer(self.output, self.layer_name, self.title)
+            if layer is None:  # nothing written yet: the writer creates the table with its first batch
+                return
+            self.project.addMapLayer(layer)
+        elif time.monotonic() - self._refreshed >= REFRESH_S:
+            # The task's writer commits each batch through its own connection: reopen to see them.
+            layer.reload()
+            layer.updateExtents()
+            layer.triggerRepaint()
+            self._refreshed = time.monotonic()
+        self._layer_id = layer.id()
+        layer.setName(f"{self.title} — running: {progress.done} of {progress.total} tiles, {progress.describe()}")
+
+    def finish(self) -> None:
+        """The run ended: the plain title again (the message bar gives the counts)."""
+        layer = self.layer()
+        if layer is not None:
+            layer.setName(self.title)
 
 
 class CCExpertPlugin:
@@ -92,12 +138,15 @@ class CCExpertPlugin:
         for notice in notices:
             bar.pushMessage("CCExpert", notice, Qgis.Info, 10)
         title = result_title(params)
+        live = LiveLayer(QgsProject.instance(), job.output, job.layer_name, title)
 
         def done(summary: JobSummary) -> None:
             self.tasks.remove(task)
+            live.finish()
             show_result(summary, QgsProject.instance(), bar, title)
 
         task = CaptionTask(job, done)
+        task.batch_written.connect(live.update)
         self.tasks.append(task)  # QGIS keeps no Python reference: the task must outlive this call
         QgsApplication.taskManager().addTask(task)
         return task

@@ -15,8 +15,8 @@ from .area import polygons_in_crs, rectangle_in_crs
 from .auth import load_token
 from .captions_gpkg import CAPTIONED, DEFAULT_LAYER, FAILED, SKIPPED_NODATA
 from .errors import CaptionRunError
-from .job import Job, run_job
-from .params import DEFAULT_BACKEND_URL, parse_bands, raster_input
+from .job import RETRY_BUDGET_S, Job, run_job
+from .params import DEFAULT_BACKEND_URL, parse_backend_urls, parse_bands, raster_input
 from .result_layer import layer_uri, style_and_keep
 
 _COUNTS = {"CAPTIONED": CAPTIONED, "SKIPPED_NODATA": SKIPPED_NODATA, "FAILED": FAILED}
@@ -49,7 +49,10 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
             "each tile to a CCExpert backend (ccexpert serve) and writes one polygon per tile, with its caption, "
             "change flag and confidence, to a layer of a GeoPackage, batch by batch. The area is the polygons of AREA "
             "if given, else EXTENT, else wherever both rasters overlap. Running again with the same output resumes. "
-            "The backend token is read from an authentication configuration (Basic, the token as password)."
+            "BACKEND_URL may list several backends of one model (comma-separated): each is kept busy, and one that "
+            "stops answering hands its batches to the others. IN_FLIGHT is how many requests each backend has open "
+            "(0: enough for three of its model batches); RETRY_BUDGET how long the run keeps trying when no backend "
+            "answers. The backend token is read from an authentication configuration (Basic, the token as password)."
         )
 
     def createInstance(self) -> "CaptionChangesAlgorithm":  # noqa: N802
@@ -75,7 +78,15 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
                 name, f"{label} (empty = 2–98 % stretch for data that is not 8-bit)", double, optional=True,
             ))
         self.addParameter(QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles)", integer, 8, minValue=1))
-        self.addParameter(QgsProcessingParameterString("BACKEND_URL", "Backend URL", DEFAULT_BACKEND_URL))
+        self.addParameter(QgsProcessingParameterString(
+            "BACKEND_URL", "Backend URL (several: comma-separated or one per line)", DEFAULT_BACKEND_URL, multiLine=True,
+        ))
+        self.addParameter(QgsProcessingParameterNumber(
+            "IN_FLIGHT", "Requests in flight per backend (0 = three model batches' worth)", integer, 0, minValue=0,
+        ))
+        self.addParameter(QgsProcessingParameterNumber(
+            "RETRY_BUDGET", "Keep trying for (s) when no backend answers", double, RETRY_BUDGET_S, minValue=0.0,
+        ))
         self.addParameter(QgsProcessingParameterAuthConfig("AUTH_CONFIG", "Backend token", optional=True))
         self.addParameter(QgsProcessingParameterString("LAYER_NAME", "Layer name", DEFAULT_LAYER))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "GeoPackage", "GeoPackage (*.gpkg)"))
@@ -109,13 +120,15 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         return Job(
             before=raster_input(before, "BEFORE"), after=raster_input(after, "AFTER"), output=output,
-            backend_url=self.parameterAsString(parameters, "BACKEND_URL", context),
+            backend_urls=parse_backend_urls(self.parameterAsString(parameters, "BACKEND_URL", context)),
             token=load_token(self.parameterAsString(parameters, "AUTH_CONFIG", context)), area=area,
             tile_size=self.parameterAsInt(parameters, "TILE_SIZE", context),
             overlap=self.parameterAsString(parameters, "OVERLAP", context) or "0",
             resolution=resolution or None, bands=parse_bands(self.parameterAsString(parameters, "BANDS", context)),
             value_range=value_range, batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
             layer_name=self.parameterAsString(parameters, "LAYER_NAME", context) or DEFAULT_LAYER,
+            in_flight=self.parameterAsInt(parameters, "IN_FLIGHT", context) or None,
+            retry_budget_s=self.parameterAsDouble(parameters, "RETRY_BUDGET", context),
         )
 
     def processAlgorithm(  # noqa: N802

@@ -1,4 +1,4 @@
-"""The background run: a QgsTask around :func:`~.job.run_job`, with progress per tile and cancel between batches."""
+"""The background run: a QgsTask around :func:`~.job.run_job`, with progress and a signal per batch written."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import traceback
 from collections.abc import Callable
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
 
 from .job import Job, JobSummary, run_job
 from .result_layer import LOG_TAG
@@ -28,7 +29,13 @@ class _TaskFeedback:
 
 
 class CaptionTask(QgsTask):
-    """Runs a job off the main thread; ``on_done`` gets its summary on the main thread (add layers there)."""
+    """Runs a job off the main thread; ``on_done`` gets its summary on the main thread (add layers there).
+
+    ``batch_written`` carries a :class:`~.job.RunProgress` after each batch; emitted from the task's thread, it
+    reaches slots of the main thread through Qt's event queue, so they may touch layers.
+    """
+
+    batch_written = pyqtSignal(object)
 
     def __init__(self, job: Job, on_done: Callable[[JobSummary], None]) -> None:
         super().__init__(f"CCExpert: captions {job.before.name} → {job.after.name}", QgsTask.CanCancel)
@@ -36,13 +43,17 @@ class CaptionTask(QgsTask):
         self.summary: JobSummary | None = None
 
     def run(self) -> bool:
-        """In the task's thread: the whole job. An unexpected error is logged, never raised into QGIS."""
+        """In the task's thread: the whole job. An unexpected error is logged, never raised into QGIS.
+
+        A cancel is a success here (what was asked, done): QGIS reports a task whose run() returns False as
+        "Task failed", and the message bar says what the canceled run kept.
+        """
         try:
-            self.summary = run_job(self.job, _TaskFeedback(self))
+            self.summary = run_job(self.job, _TaskFeedback(self), self.batch_written.emit)
         except Exception:  # a bug, not the analyst's problem: keep its traceback for the report
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
             return False
-        return self.summary.error is None and not self.summary.canceled
+        return self.summary.error is None or self.summary.canceled
 
     def finished(self, result: bool) -> None:
         """On the main thread, once run() has returned (or the task was canceled before it started)."""

@@ -6,7 +6,8 @@ resampled to a ground resolution); AFTER is warped onto it (bilinear) when its C
 the first three bands are read by default and one band is repeated to grey; data that is not 8-bit is stretched
 (2–98 % over the area) or mapped from a fixed range; nodata values, masks, alpha bands and pixels outside a raster
 are invalid. Those rules on values are the command's own module, bundled (``pixels``); this one reads with GDAL.
-Not thread-safe: open, read and close a reader in one thread.
+Not thread-safe: a reader is used by one thread at a time; :meth:`RasterPairReader.copy` gives another thread
+its own (GDAL datasets cannot be shared between threads).
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ class RasterPairReader:
         resolution: float | None = None,
         log: Log = lambda message: None,
     ) -> None:
+        self._options = (bands, resolution)
         native = PixelGrid.of(open_raster(before, "BEFORE"))
         self.grid = native if resolution is None else native.resampled(resolution)
         if resolution is not None:
@@ -229,6 +231,13 @@ class RasterPairReader:
         bx0, by0, bx1, by1 = self.grid.bounds
         ax0, ay0, ax1, ay1 = self.after_bounds
         return max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+
+    def copy(self) -> "RasterPairReader":
+        """Another reader of the same rasters on the same grid, with the same 8-bit mapping, for another thread
+        (its notices were given by this one)."""
+        twin = RasterPairReader(self.before.source, self.after.source, *self._options)
+        twin.before.stretch, twin.after.stretch = self.before.stretch, self.after.stretch
+        return twin
 
     def close(self) -> None:
         """Close both rasters."""
