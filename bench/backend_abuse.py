@@ -211,7 +211,8 @@ def main() -> None:
     failures = sum(n for outcome, n in probes.items() if outcome not in ("ok", "5xx"))
     print(
         f"| {args.half_open} half-open connections for {args.hold:g} s, {OPEN_FILE_LIMIT} open files; meanwhile "
-        f"health + authenticated info | {held['held']} | {2 * sum(probes.values())} | {probes.get('5xx', 0)} | "
+        f"probes (health, then authenticated info) | {held['held']} | {sum(probes.values())} probes | "
+        f"{probes.get('5xx', 0)} | "
         f"{failures} (after they close: {held['after']}) | – |"
     )
     outcomes = loaded["outcomes"]
