@@ -113,11 +113,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting (a cancelled run): fine
+            self.close_connection = True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         routes = {f"{API}/health": lambda: {"status": "ok", "model_loaded": True, "api_version": "1"},

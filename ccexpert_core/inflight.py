@@ -10,6 +10,7 @@ run does it again.
 from __future__ import annotations
 
 import collections
+import math
 import queue
 import threading
 import time
@@ -25,6 +26,16 @@ Endpoint = TypeVar("Endpoint")
 
 #: How long the loop waits for something to finish before it looks at ``should_stop`` again.
 _POLL_S = 0.1
+#: Requests kept open per backend by default: enough pairs to keep this many of its model batches queued, so its
+#: GPU never waits for the next request to arrive.
+QUEUED_MODEL_BATCHES = 3
+
+
+def default_in_flight(info: dict, batch_size: int) -> int:
+    """Requests to keep open at one backend (its ``/v1/info`` body): enough for :data:`QUEUED_MODEL_BATCHES` of
+    its model batches of ``batching.max_batch`` pairs, in requests of ``batch_size`` pairs; at least two."""
+    model_batch = int((info.get("batching") or {}).get("max_batch") or 16)
+    return max(2, math.ceil(QUEUED_MODEL_BATCHES * model_batch / max(1, batch_size)))
 
 
 class _Pool:

@@ -13,7 +13,6 @@ still open are not waited for, and their batches, never written, are done by the
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,9 +32,6 @@ from .shared_modules import grid as tiling
 from .shared_modules import inflight, run_files, schema
 from .tile_reader import RasterPairReader, crs_name, format_bounds
 
-#: Requests kept open per backend by default: enough pairs for this many of its model batches, so that its GPU
-#: never waits for the next request to arrive (the command's default too: ccexpert_core/geo/engine.py).
-QUEUED_MODEL_BATCHES = 3
 #: How long a run keeps trying by default when no backend answers (a backend restart takes about 20 s).
 RETRY_BUDGET_S = 60.0
 #: Threads reading and encoding batches (each with its own GDAL datasets).
@@ -95,7 +91,8 @@ class Job:
     max_nodata: float = 0.5
     batch_size: int = 8
     layer_name: str = DEFAULT_LAYER
-    #: Requests kept open at each backend; None: enough for :data:`QUEUED_MODEL_BATCHES` of its model batches.
+    #: Requests kept open at each backend; None: enough for ``inflight.QUEUED_MODEL_BATCHES`` of its model
+    #: batches.
     in_flight: int | None = None
     #: Seconds the run keeps trying when no backend answers, then stops (what was written stays).
     retry_budget_s: float = RETRY_BUDGET_S
@@ -257,12 +254,6 @@ def run_job(job: Job, feedback: Feedback, on_batch: Callable[[RunProgress], None
     return summary
 
 
-def _default_in_flight(info: dict[str, Any], batch_size: int) -> int:
-    """Requests to keep open at one backend: enough for :data:`QUEUED_MODEL_BATCHES` of its model batches."""
-    model_batch = int(info.get("batching", {}).get("max_batch") or 16)
-    return max(2, math.ceil(QUEUED_MODEL_BATCHES * model_batch / max(1, batch_size)))
-
-
 class _Backends:
     """The run's backends (one model): requests on QThreads of their own, the failover between backends, and the
     switch that stops new requests once the run stops."""
@@ -280,7 +271,7 @@ class _Backends:
         self.model_id = infos[0]["model_id"]
         #: Pairs per request: the batch size, within every backend's limit.
         self.batch_size = min([job.batch_size] + [client.limits.max_pairs_per_request for client in self.clients])
-        self.in_flight = sum(job.in_flight or _default_in_flight(info, self.batch_size) for info in infos)
+        self.in_flight = sum(job.in_flight or inflight.default_in_flight(info, self.batch_size) for info in infos)
         self.compress = any(client.compress for client in self.clients)
         self.budget_s = job.retry_budget_s
         #: What the failover said from its threads, for the run's thread to log (feedback is not thread-safe).

@@ -9,7 +9,6 @@ once. Tests and simple engines subclass :class:`Engine` and implement :meth:`cap
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
-from ccexpert_core.inflight import Failover, NoEndpointLeft
+from ccexpert_core.inflight import Failover, NoEndpointLeft, default_in_flight
 
 if TYPE_CHECKING:
     from ccexpert_core.client import BackendClient
@@ -32,9 +31,6 @@ Interval = tuple[int, int]
 PAIR_INTERVALS: tuple[Interval, ...] = ((0, 1),)
 Log = Callable[[str], None]
 
-#: Requests kept open per backend by default: enough pairs to keep this many of its model batches queued, so its
-#: GPU never waits for the next request to arrive.
-QUEUED_MODEL_BATCHES = 3
 #: How long a run keeps trying when no backend answers (a restart takes about 20 s).
 RETRY_BUDGET_S = 60.0
 
@@ -204,7 +200,7 @@ class BackendEngine(Engine):
             shown = ", ".join(f"{c.url} serves {i['model_id']}" for c, i in zip(self.clients, infos))
             raise CCExpertError(f"the backends serve different models ({shown}): give backends of one model")
         self.model_id = infos[0]["model_id"]
-        per_backend = [in_flight or _default_in_flight(info, batch_size) for info in infos]
+        per_backend = [in_flight or default_in_flight(info, batch_size) for info in infos]
         self.in_flight = sum(per_backend)
         self.compress = any(client.compress for client in self.clients)
         self._failover = Failover(
@@ -249,12 +245,6 @@ class BackendEngine(Engine):
             f"{client.url}: {count} batches" for client, count in zip(self.clients, self._failover.answered)
         )
         return f"backends: {counts}"
-
-
-def _default_in_flight(info: dict, batch_size: int) -> int:
-    """Requests to keep open at one backend: enough for :data:`QUEUED_MODEL_BATCHES` of its model batches."""
-    model_batch = int(info.get("batching", {}).get("max_batch") or 16)
-    return max(2, math.ceil(QUEUED_MODEL_BATCHES * model_batch / max(1, batch_size)))
 
 
 def load_backend_engine(
