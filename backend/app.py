@@ -13,7 +13,6 @@ from backend.batching import DynamicBatcher
 from backend.errors import install_error_handlers
 from backend.limits import BodySizeLimit, api_body_rule
 from backend.memory import release_free_memory
-from backend.model_card import describe_model
 from backend.routers import captions, status
 from backend.schemas import document_limits
 from backend.state import BackendState, ServerSettings
@@ -42,7 +41,7 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
         on_idle=release_free_memory,
     )
     state = BackendState(
-        captioner=captioner, model=describe_model(captioner.model_id), batcher=batcher, settings=settings
+        captioner=captioner, model=captioner.card, batcher=batcher, settings=settings
     )
 
     @asynccontextmanager

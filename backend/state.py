@@ -8,7 +8,7 @@ from fastapi import Request
 from PIL import Image
 
 from backend.batching import DynamicBatcher
-from backend.model_card import ModelCard
+from ccexpert_core.model_card import ModelCard
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.inference import Captioner
 from ccexpert_core.protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Limits

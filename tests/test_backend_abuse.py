@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from backend.model_card import DEMO_NOTE
+from ccexpert_core.model_card import DEMO_NOTE
 from backend_server import (
     TEST_LIMITS,
     TOKEN,

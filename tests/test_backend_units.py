@@ -11,7 +11,7 @@ import requests
 
 from backend.connections import connection_cap, open_descriptors
 from backend.limits import BodyRule, MultipartScanner
-from backend.model_card import DEMO_NOTE, PRESET_NOTE, describe_model
+from ccexpert_core.model_card import DEMO_NOTE, PRESET_NOTE, describe_model
 from ccexpert_core.defaults import DEMO_MODEL_DIR
 
 

@@ -209,3 +209,19 @@ def test_levircc_pair_as_geotiffs_gives_one_captioned_feature(
     assert info["features"] == 1 and info["total_bounds"] == pytest.approx(
         (ORIGIN[0], ORIGIN[1] - 128, ORIGIN[0] + 128, ORIGIN[1])
     )
+
+
+def test_an_output_written_under_the_models_former_id_resumes(tmp_path: Path) -> None:
+    before, after = write_pair(tmp_path, size=96)
+    out = tmp_path / "out.gpkg"
+    old = FakeEngine()
+    old.model_id = "/models/ccexpert"  # older versions stored the model's path
+    run(before, after, out, old, RegionOptions(tile_size=48, batch_size=1), max_batches=1)
+    new = FakeEngine()
+    new.model_id, new.former_ids = "ccexpert@1234abcd", ("/models/ccexpert",)
+    summary = run(before, after, out, new, RegionOptions(tile_size=48, batch_size=1))
+    assert (summary.already_done, summary.counts[CAPTIONED]) == (1, 3)
+    stranger = FakeEngine()
+    stranger.model_id = "other@00000000"
+    with pytest.raises(CCExpertError, match="model_id: /models/ccexpert there, other@00000000 now"):
+        run(before, after, out, stranger, RegionOptions(tile_size=48, batch_size=1))

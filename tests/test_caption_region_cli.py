@@ -13,6 +13,7 @@ import pytest
 
 from ccexpert_core import cli
 from ccexpert_core.defaults import default_model, model_note
+from ccexpert_core.model_card import describe_model
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
 from ccexpert_core.geo.synthetic import write_geotiff
 from geo_fixtures import CRS, ORIGIN, FakeEngine, utm_transform, write_pair
@@ -42,7 +43,7 @@ def test_default_model_captions_a_region_and_says_what_it_is(tmp_path: Path, cap
     assert "1 captioned" in stdout and str(out) in stdout and str(report) in stdout
     (tile,) = read_tiles(out)
     assert tile.status == CAPTIONED and tile.caption
-    assert html.escape(note) in report.read_text()
+    assert html.escape(describe_model(default_model()).note or "") in report.read_text()
 
 
 @pytest.fixture()

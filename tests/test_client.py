@@ -79,7 +79,7 @@ def test_health_info_and_model_id(server: Server, tiny_model_dir: Path) -> None:
     with BackendClient(server.url) as client:
         assert client.health()["model_loaded"] is True
         assert client.info()["tile_size"] == 384
-        assert client.model_id == str(tiny_model_dir)
+        assert client.model_id.startswith(tiny_model_dir.name + "@")  # the folder's name and fingerprint, no path
         assert client.limits == protocol.Limits()
 
 

@@ -98,7 +98,7 @@ def test_tokens_are_enforced_through_the_proxy(server: ServeProcess) -> None:
 
 
 def test_info_reports_the_replicas_and_the_model_as_a_plain_backend_does(server: ServeProcess) -> None:
-    from backend.model_card import describe_model
+    from ccexpert_core.model_card import describe_model
 
     body = info(server)
     card = describe_model(default_model())

@@ -13,7 +13,7 @@ in. Files written before this schema are migrated on resume (the fields they lac
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +104,15 @@ class StoredTile:
     reviewed_at: str | None = None
 
 
-def check_output(path: Path, options: Mapping[str, str], add_to_existing: bool = False) -> None:
+def check_output(
+    path: Path, options: Mapping[str, str], add_to_existing: bool = False,
+    also_accepted: Mapping[str, Collection[str]] | None = None,
+) -> None:
     """Refuse an existing ``path`` that this run must not write, reading it only (so that a refused run leaves it
     byte for byte as it was): not a GeoPackage, another tool's GeoPackage (unless ``add_to_existing``), a
     ``captions`` layer of another schema, or tiles made with other ``options`` (keys missing from ``options`` are
-    not compared: the model's id is known only once it loads)."""
+    not compared: the model's id is known only once it loads). ``also_accepted`` names stored values that count as
+    the same as ``options``' (a model's id as older versions stored it)."""
     path = Path(path)
     if not path.exists():
         return
@@ -117,7 +121,7 @@ def check_output(path: Path, options: Mapping[str, str], add_to_existing: bool =
     except sqlite3.Error as error:
         raise CCExpertError(f"cannot read the GeoPackage {path}: {error}") from None
     try:
-        _check_existing(connection, path, options, add_to_existing)
+        _check_existing(connection, path, options, add_to_existing, also_accepted or {})
     except sqlite3.DatabaseError:
         raise CCExpertError(f"{path} exists and is not a GeoPackage: choose another output file") from None
     finally:
@@ -125,7 +129,8 @@ def check_output(path: Path, options: Mapping[str, str], add_to_existing: bool =
 
 
 def _check_existing(
-    connection: sqlite3.Connection, path: Path, options: Mapping[str, str], add_to_existing: bool
+    connection: sqlite3.Connection, path: Path, options: Mapping[str, str], add_to_existing: bool,
+    also_accepted: Mapping[str, Collection[str]],
 ) -> None:
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables:
@@ -154,7 +159,10 @@ def _check_existing(
     if not has_tiles or OPTIONS_TABLE not in tables:
         return
     stored = dict(connection.execute(f"SELECT key, value FROM {OPTIONS_TABLE}").fetchall())
-    changed = [key for key in options if stored and stored.get(key) != options[key]]
+    changed = [
+        key for key in options
+        if stored and stored.get(key) != options[key] and stored.get(key) not in also_accepted.get(key, ())
+    ]
     if changed:
         key = changed[0]
         raise CCExpertError(
@@ -169,9 +177,9 @@ class CaptionsLayer:
 
     def __init__(
         self, path: Path, srs: SpatialRef, options: Mapping[str, str], before_source: str, after_source: str,
-        model_id: str, add_to_existing: bool = False,
+        model_id: str, add_to_existing: bool = False, also_accepted: Mapping[str, Collection[str]] | None = None,
     ) -> None:
-        check_output(path, options, add_to_existing)
+        check_output(path, options, add_to_existing, also_accepted)
         self.package = GeoPackage(path)
         self.before_source, self.after_source, self.model_id = before_source, after_source, model_id
         try:

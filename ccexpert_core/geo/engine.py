@@ -45,6 +45,10 @@ class CaptionEngine(Protocol):
     model_id: str
     #: Batches this engine takes at once (calls of :meth:`caption_prepared` from different threads).
     in_flight: int
+    #: What a user must know about the model's captions (the demo model's synthetic training), if anything.
+    model_note: str | None
+    #: Other ids outputs of this same model were written under (older versions stored the model's path).
+    former_ids: tuple[str, ...]
 
     def prepare(
         self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
@@ -99,6 +103,8 @@ class Engine:
 
     model_id: str = "engine"
     in_flight: int = 1
+    model_note: str | None = None
+    former_ids: tuple[str, ...] = ()
 
     def prepare(
         self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
@@ -127,7 +133,9 @@ class InProcessEngine(Engine):
 
     def __init__(self, captioner: "Captioner") -> None:
         self.captioner = captioner
-        self.model_id = captioner.model_id
+        self.model_id, self.model_note = captioner.model_id, captioner.card.note
+        source = captioner.source
+        self.former_ids = (source, str(Path(source).resolve())) if not source.startswith("preset:") else ()
         self._model_lock = threading.Lock()
 
     def prepare(
@@ -200,6 +208,7 @@ class BackendEngine(Engine):
             shown = ", ".join(f"{c.url} serves {i['model_id']}" for c, i in zip(self.clients, infos))
             raise CCExpertError(f"the backends serve different models ({shown}): give backends of one model")
         self.model_id = infos[0]["model_id"]
+        self.model_note = infos[0].get("model_note")
         per_backend = [in_flight or default_in_flight(info, batch_size) for info in infos]
         self.in_flight = sum(per_backend)
         self.compress = any(client.compress for client in self.clients)

@@ -39,6 +39,7 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.engine import Interval
 from ccexpert_core.geo.grid import Tile
 from ccexpert_core.geo.raster import PairSource, SeriesSource
+from ccexpert_core.model_card import describe_model
 from ccexpert_core.geo.runner import BatchOutcome, Needed, ReadBatch, finish_batch, read_batch
 from ccexpert_core.ray_cluster import CAPTION_MODULES, RayCluster, WorkerPlan, last_line, worker_model
 
@@ -65,6 +66,10 @@ class RayEngine:
     plan: WorkerPlan
     cluster: str
     in_flight: int = 1
+    #: What a user must know about the model's captions (the demo model's synthetic training), if anything.
+    model_note: str | None = None
+    #: Ids older versions wrote for this model (its path as given): outputs under them resume.
+    former_ids: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """``Ray: 2 workers (1 GPU each) on 2 nodes, 16 CPUs, 2 GPUs``."""
@@ -277,7 +282,10 @@ class RayRegion:
         plan = self.cluster.plan(self.workers, self.gpus_per_worker, spare_cpus=1)
         loaded = worker_model(model)
         self.cluster.check_nodes(CAPTION_MODULES, [(role, Path(path).absolute()) for role, path in rasters], loaded)
-        engine = RayEngine(model, loaded, plan, self.cluster.describe())
+        card = describe_model(model)  # the id a local run of this model writes, without loading it here
+        former = () if model.startswith("preset:") else (model, str(Path(model).resolve()))
+        engine = RayEngine(card.model_id, loaded, plan, self.cluster.describe(), model_note=card.note,
+                           former_ids=former)
         self.log(f"captioning on {engine.describe().removeprefix('Ray: ')} (Ray at {self.cluster.address})")
         return engine
 

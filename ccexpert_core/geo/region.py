@@ -25,7 +25,6 @@ from ccexpert_core.geo.captions_layer import (
     CAPTIONED, FAILED, SKIPPED_NODATA, CaptionsLayer, TileRecord, check_output, read_tiles,
 )
 from ccexpert_core.geo.changes import tile_changes
-from ccexpert_core.defaults import model_note
 from ccexpert_core.geo.engine import CaptionEngine, Interval
 from ccexpert_core.geo.gpkg import timestamp
 from ccexpert_core.geo.grid import (
@@ -335,6 +334,7 @@ def caption_dates(
             Path(out), spatial_ref(series.grid.crs), _run_options(series, grid, options, engine.model_id, labels,
                                                                   intervals),
             names[0], names[-1], engine.model_id, options.add_to_existing,
+            {"model_id": engine.former_ids},
         ) as layer:
             finished = layer.finished_keys()
             needed = {t.tile_id: [k for k in range(len(intervals)) if (t.tile_id, k) not in finished] for t in tiles}
@@ -357,7 +357,7 @@ def caption_dates(
             _caption_batches(runner, batches, writer, progress, partial or None)
             summary.engine_note = engine.describe()
         if options.report is not None:
-            summary.report = _write_report(series, grid, tiles, Path(out), options.report, engine.model_id)
+            summary.report = _write_report(series, grid, tiles, Path(out), options.report, engine)
     return summary
 
 
@@ -395,12 +395,13 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 def _write_report(
-    dates: RasterSeries, grid: TileGrid, tiles: list[Tile], out: Path, path: Path, model_id: str
+    dates: RasterSeries, grid: TileGrid, tiles: list[Tile], out: Path, path: Path, engine: CaptionEngine
 ) -> Path:
     rgb, (x, y, width, height) = dates.overview(tiles, OVERVIEW_SIZE)
     overview = Overview(rgb, grid.bounds(Tile(0, 0, x, y, width, height)))
     wanted = {t.tile_id for t in tiles}
     facts = {date.role: str(date.path) for date in dates.dates}
-    facts.update({"GeoPackage": str(out), "model": model_id, "CRS": crs_name(dates.grid.crs), "written": timestamp()})
-    note = model_note(model_id) or ""
+    facts.update({"GeoPackage": str(out), "model": engine.model_id, "CRS": crs_name(dates.grid.crs),
+                  "written": timestamp()})
+    note = f"Note on the model: {engine.model_note}." if engine.model_note else ""
     return write_report(path, (t for t in read_tiles(out) if t.tile_id in wanted), overview, facts, note)

@@ -22,6 +22,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
+from ccexpert_core.model_card import ModelCard, describe_model
 from ccexpert_core.model import CCExpertForConditionalGeneration, PairProcessor, load_model
 from ccexpert_core.model.processing_ccexpert import ImageInput, PairInput
 
@@ -117,10 +118,17 @@ class Captioner:
         processor: PairProcessor,
         model_id: str,
         max_new_tokens: int = 40,
+        card: ModelCard | None = None,
+        source: str | None = None,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
+        #: The model's public id (folder name and fingerprint, never a path): what outputs and backends record.
         self.model_id = model_id
+        #: The model's public description: id, name, and a note where its captions need one.
+        self.card = card or ModelCard(model_id, model_id, None)
+        #: What the model was loaded from (a folder path, hub id or preset), for whoever must find it again.
+        self.source = source or model_id
         self.max_new_tokens = max_new_tokens
         self._model_lock = threading.Lock()
         # Every prompt is the same text (the images only fill its image tokens): a series' prompts repeat this row,
@@ -139,8 +147,9 @@ class Captioner:
             dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
         elif isinstance(dtype, str):
             dtype = DTYPES[dtype]
+        card = describe_model(str(model))  # before loading: a path that is not a model fails in load_model's words
         loaded, processor = load_model(model, device=target, dtype=dtype)
-        return cls(loaded, processor, model_id=str(model))
+        return cls(loaded, processor, model_id=card.model_id, card=card, source=str(model))
 
     @property
     def device(self) -> torch.device:
