@@ -10,19 +10,23 @@ from fastapi_offline import FastAPIOffline
 
 from backend.auth import DOCS_ASSETS_PATH, TokenChecker, TokenGuard
 from backend.batching import DynamicBatcher
+from backend.captioning import Work
 from backend.errors import install_error_handlers
 from backend.limits import BodySizeLimit, api_body_rule
 from backend.memory import release_free_memory
-from backend.routers import captions, status
+from backend.routers import captions, series, status
 from backend.schemas import document_limits
 from backend.state import BackendState, ServerSettings
 from ccexpert_core import __version__, protocol
+from ccexpert_core.captions import CaptionResult
+from ccexpert_core.geo.engine import PAIR_INTERVALS, InProcessEngine
 from ccexpert_core.inference import Captioner
 
 DESCRIPTION = """Plain-language change captions for pairs of co-registered images.
 
-Send pairs to `POST /v1/captions` (multipart: `before` and `after` repeated once per pair); concurrent requests
-share model batches. Protected routes want `Authorization: Bearer <token>` when the backend has a token file.
+Send pairs to `POST /v1/captions` (multipart: `before` and `after` repeated once per pair), or a series of dates per
+tile to `POST /v1/series` (`image` repeated, `dates` per tile, optional `intervals`); concurrent requests share
+model batches. Protected routes want `Authorization: Bearer <token>` when the backend has a token file.
 The Gradio UI is at `/ui/`. The wire format is `ccexpert_core/protocol.py`."""
 
 
@@ -32,8 +36,16 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     Process-wide settings are the caller's: ``ccexpert serve`` also calls :func:`backend.limits.guard_pillow`.
     """
     settings = settings or ServerSettings()
+    def run_batch(work: list[Work]) -> list[list[CaptionResult]]:
+        # Pairs go to the model in one forward pass; series through the in-process engine, each image encoded once.
+        if all(item.intervals == PAIR_INTERVALS for item in work):
+            return [[result] for result in captioner.caption([item.images for item in work], settings.max_batch)]
+        engine = InProcessEngine(captioner)
+        images, intervals = [item.images for item in work], [item.intervals for item in work]
+        return engine.caption_prepared(engine.prepare(images, intervals, [""] * len(work)))
+
     batcher = DynamicBatcher(
-        lambda pairs: captioner.caption(pairs, batch_size=settings.max_batch),
+        run_batch,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         max_queued=settings.limits.max_queued_pairs,
@@ -72,6 +84,7 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     app.add_middleware(BodySizeLimit, rule=api_body_rule(settings.limits), rules_by_prefix=rules_by_prefix)
     app.include_router(status.router)
     app.include_router(captions.router)
+    app.include_router(series.router)
     document_limits(app, settings.limits)
     # Added last, so outermost: a request without a token is turned away before its body is read.
     app.add_middleware(TokenGuard, checker=TokenChecker(settings.tokens))

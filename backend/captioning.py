@@ -1,12 +1,14 @@
 """From uploaded bytes to results: decode with limits (off the event loop), then through the batcher, with a timeout.
 
-The REST route and the Gradio UI both caption through :func:`caption_uploads`, so they share every check.
+The REST routes and the Gradio UI all caption through here, so they share every check. The batcher's unit is a
+tile's :class:`Work` (a pair, or a series of dates with its intervals).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -21,27 +23,26 @@ from ccexpert_core.captions import CaptionResult
 Loader = Callable[[], bytes]
 
 
-def _decode_pairs(
-    state: BackendState, uploads: Sequence[tuple[Loader, Loader]]
-) -> list[tuple[Image.Image, Image.Image]]:
+@dataclass(frozen=True)
+class Work:
+    """One tile for the model: its decoded images (two for a pair) and the intervals (i, j) to caption."""
+
+    images: tuple[Image.Image, ...]
+    intervals: tuple[tuple[int, int], ...] = ((0, 1),)
+
+
+def _decode(state: BackendState, uploads: Sequence[Loader], fields: Sequence[str]) -> list[Image.Image]:
     limits, tile = state.settings.limits, state.captioner.tile_size
-    return [
-        (
-            decode_image(before(), limits, tile, f"{protocol.FIELD_BEFORE}[{index}]"),
-            decode_image(after(), limits, tile, f"{protocol.FIELD_AFTER}[{index}]"),
-        )
-        for index, (before, after) in enumerate(uploads)
-    ]
+    return [decode_image(load(), limits, tile, field) for load, field in zip(uploads, fields, strict=True)]
 
 
-async def caption_uploads(state: BackendState, uploads: Sequence[tuple[Loader, Loader]]) -> list[CaptionResult]:
-    """Results for (before, after) uploads in order; :class:`ApiError` for bad images, a full queue or a timeout."""
-    pairs = await asyncio.to_thread(_decode_pairs, state, uploads)
+async def _submit(state: BackendState, work: list[Work]) -> list[list[CaptionResult]]:
+    """Results per tile, per interval, through the batcher; :class:`ApiError` for a full queue or a timeout."""
     timeout = state.settings.limits.request_timeout_s
     # The batcher keeps the deadline itself, so it never starts pairs that would be done after the client is gone.
     deadline = asyncio.get_running_loop().time() + timeout
     try:
-        return await state.batcher.submit(pairs, deadline)
+        return await state.batcher.submit(work, deadline)
     except QueueFull as error:
         raise ApiError(503, protocol.ERROR_BUSY, f"the backend is busy: {error}; retry later") from None
     except DeadlineMissed as error:
@@ -54,3 +55,23 @@ async def caption_uploads(state: BackendState, uploads: Sequence[tuple[Loader, L
         raise ApiError(
             503, protocol.ERROR_TIMEOUT, f"no result within {timeout:g} s: the backend is overloaded; retry later"
         ) from None
+
+
+async def caption_uploads(state: BackendState, uploads: Sequence[tuple[Loader, Loader]]) -> list[CaptionResult]:
+    """Results for (before, after) uploads in order; :class:`ApiError` for bad images, a full queue or a timeout."""
+    loaders = [load for pair in uploads for load in pair]
+    names = (protocol.FIELD_BEFORE, protocol.FIELD_AFTER)
+    fields = [f"{name}[{index}]" for index in range(len(uploads)) for name in names]
+    images = await asyncio.to_thread(_decode, state, loaders, fields)
+    work = [Work((images[2 * k], images[2 * k + 1])) for k in range(len(uploads))]
+    return [results[0] for results in await _submit(state, work)]
+
+
+async def caption_series_uploads(
+    state: BackendState, uploads: Sequence[Loader], dates: int, intervals: Sequence[tuple[int, int]]
+) -> list[list[CaptionResult]]:
+    """Results per tile, per interval, for ``uploads`` holding ``dates`` images per tile, tile after tile."""
+    fields = [f"{protocol.FIELD_IMAGE}[{index}]" for index in range(len(uploads))]
+    images = await asyncio.to_thread(_decode, state, uploads, fields)
+    work = [Work(tuple(images[k : k + dates]), tuple(intervals)) for k in range(0, len(images), dates)]
+    return await _submit(state, work)

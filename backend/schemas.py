@@ -35,6 +35,7 @@ def model_of(typed_dict: type) -> type[BaseModel]:
 Health = model_of(protocol.HealthBody)
 Info = model_of(protocol.InfoBody)
 Captions = model_of(protocol.CaptionsBody)
+Series = model_of(protocol.SeriesBody)
 Error = model_of(protocol.ErrorBody)
 
 #: The error responses a protected route documents (FastAPI's ``responses=``).
@@ -67,6 +68,8 @@ def document_limits(app: FastAPI, limits: protocol.Limits) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
+        _document_images(schema, protocol.SERIES_PATH, (protocol.FIELD_IMAGE,), 2 * limits.max_pairs_per_request,
+                         limits)
         operation = schema["paths"][protocol.CAPTIONS_PATH]["post"]
         content = operation["requestBody"]["content"]["multipart/form-data"]
         body = schema["components"]["schemas"][content["schema"]["$ref"].rsplit("/", 1)[1]]
@@ -94,6 +97,26 @@ def document_limits(app: FastAPI, limits: protocol.Limits) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_images(
+    schema: dict[str, Any], path: str, fields: tuple[str, ...], most: int, limits: protocol.Limits
+) -> dict[str, Any]:
+    """Declare the image fields of ``path``'s multipart body: at most ``most`` non-empty binary files each, and the
+    optional ``tile_ids`` as repeated strings; returns the body's schema."""
+    operation = schema["paths"][path]["post"]
+    content = operation["requestBody"]["content"]["multipart/form-data"]
+    body = schema["components"]["schemas"][content["schema"]["$ref"].rsplit("/", 1)[1]]
+    for name in fields:
+        images = body["properties"][name]
+        images["maxItems"] = most
+        images["items"].update(format="binary", minLength=1,
+                               description=f"a PNG, JPEG or TIFF file of 1 to {limits.max_image_bytes} bytes")
+    tile_ids = body["properties"][protocol.FIELD_TILE_IDS]
+    array = next(choice for choice in tile_ids.pop("anyOf", [tile_ids]) if choice.get("type") == "array")
+    tile_ids.update(array, maxItems=most)
+    content["encoding"] = {name: {"contentType": IMAGE_MEDIA_TYPES} for name in fields}
+    return body
 
 
 def _limits_text(limits: protocol.Limits) -> str:

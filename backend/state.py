@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from fastapi import Request
-from PIL import Image
 
 from backend.batching import DynamicBatcher
-from ccexpert_core.model_card import ModelCard
 from ccexpert_core.captions import CaptionResult
+from ccexpert_core.model_card import ModelCard
 from ccexpert_core.inference import Captioner
 from ccexpert_core.protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Limits
+
+if TYPE_CHECKING:
+    from backend.captioning import Work  # which imports this module
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class BackendState:
 
     captioner: Captioner
     model: ModelCard
-    batcher: DynamicBatcher[tuple[Image.Image, Image.Image], CaptionResult]
+    batcher: DynamicBatcher[Work, list[CaptionResult]]
     settings: ServerSettings
     internal_errors: int = 0
 

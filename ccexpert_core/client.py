@@ -168,7 +168,9 @@ class BackendClient:
         encoded = [(encode_image(b, self.compress), encode_image(a, self.compress)) for b, a in pairs]
         return self.caption_encoded(encoded, tile_ids)
 
-    def caption_encoded(self, pairs: Sequence[EncodedPair], tile_ids: Sequence[str] | None = None) -> list[CaptionResult]:
+    def caption_encoded(
+        self, pairs: Sequence[EncodedPair], tile_ids: Sequence[str] | None = None
+    ) -> list[CaptionResult]:
         """Results for pairs already encoded (PNG, JPEG or TIFF bytes), in order, in as many requests as needed."""
         if tile_ids is not None and len(tile_ids) != len(pairs):
             raise CCExpertError(f"{len(tile_ids)} tile ids for {len(pairs)} pairs: give one per pair, or none")
@@ -177,6 +179,31 @@ class BackendClient:
         for start in range(0, len(pairs), step):
             chunk_ids = None if tile_ids is None else list(tile_ids[start : start + step])
             results.extend(self._caption_chunk(pairs[start : start + step], chunk_ids))
+        return results
+
+    def caption_series_encoded(
+        self, series: Sequence[Sequence[bytes]], intervals: list[tuple[int, int]], tile_ids: Sequence[str] | None = None
+    ) -> list[list[CaptionResult]]:
+        """Results per tile, per interval (``(i, j)`` into each tile's dates), for tiles of several encoded dates:
+        ``POST /v1/series``, each image sent once, in as many requests as the backend's limit needs."""
+        dates = len(series[0]) if series else 0
+        if any(len(images) != dates for images in series):
+            raise CCExpertError("every tile of a series request needs the same number of dates")
+        step = max(1, 2 * self.limits.max_pairs_per_request // max(1, dates))
+        results: list[list[CaptionResult]] = []
+        for start in range(0, len(series), step):
+            chunk = series[start : start + step]
+            files = [(protocol.FIELD_IMAGE, (f"image_{n}", data, "application/octet-stream"))
+                     for n, data in enumerate(image for images in chunk for image in images)]
+            data: dict[str, Any] = {protocol.FIELD_DATES: str(dates),
+                                    protocol.FIELD_INTERVALS: protocol.format_intervals(intervals)}
+            if tile_ids is not None:
+                data[protocol.FIELD_TILE_IDS] = list(tile_ids[start : start + step])
+            body: protocol.SeriesBody = self._json(self._request("POST", protocol.SERIES_PATH, files=files, data=data))
+            items = body.get("results", [])
+            if len(items) != len(chunk) or any(len(item.get("intervals", [])) != len(intervals) for item in items):
+                raise CCExpertError(f"the backend at {self.url} returned results that do not match the request")
+            results.extend([_result(answer) for answer in item["intervals"]] for item in items)
         return results
 
     def _caption_chunk(self, pairs: Sequence[EncodedPair], tile_ids: list[str] | None) -> list[CaptionResult]:
@@ -189,17 +216,7 @@ class BackendClient:
         items = body.get("results", [])
         if len(items) != len(pairs):
             raise CCExpertError(f"the backend at {self.url} returned {len(items)} results for {len(pairs)} pairs")
-        return [
-            CaptionResult(
-                caption=item["caption"],
-                change_detected=bool(item["change_detected"]),
-                confidence=float(item["confidence"]),
-                change_map=_change_map(item.get("change_map")),
-                # The backend's model may tell the kind; an older backend does not, and the words still do.
-                change_kind=item.get("change_kind") or change_kind(item["caption"]),
-            )
-            for item in items
-        ]
+        return [_result(item) for item in items]
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = self.url + path
@@ -248,6 +265,18 @@ class BackendClient:
                 "is it a CCExpert backend?"
             )
         return body
+
+
+def _result(item: protocol.CaptionItem) -> CaptionResult:
+    """A result off the wire."""
+    return CaptionResult(
+        caption=item["caption"],
+        change_detected=bool(item["change_detected"]),
+        confidence=float(item["confidence"]),
+        change_map=_change_map(item.get("change_map")),
+        # The backend's model may tell the kind; an older backend does not, and the words still do.
+        change_kind=item.get("change_kind") or change_kind(item["caption"]),
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -19,6 +19,8 @@ API_PREFIX = f"/v{API_VERSION}"
 HEALTH_PATH = f"{API_PREFIX}/health"
 INFO_PATH = f"{API_PREFIX}/info"
 CAPTIONS_PATH = f"{API_PREFIX}/captions"
+#: A series of dates per tile: each image sent (and through the vision tower) once, captioned for each interval.
+SERIES_PATH = f"{API_PREFIX}/series"
 #: The Gradio UI's mount point; ``gradio_client`` connects to ``URL + UI_PATH + "/"``.
 UI_PATH = "/ui"
 #: The Gradio endpoint name: ``Client(...).predict(before, after, api_name=UI_API_NAME)``.
@@ -27,6 +29,12 @@ UI_API_NAME = "/caption"
 FIELD_BEFORE = "before"
 FIELD_AFTER = "after"
 FIELD_TILE_IDS = "tile_ids"
+#: Series requests: every tile's images, tile after tile, each tile's dates in time order.
+FIELD_IMAGE = "image"
+#: Series requests: how many dates each tile has (two or more).
+FIELD_DATES = "dates"
+#: Series requests: which dates to compare, "0-1,1-2" (the default: each date against the next).
+FIELD_INTERVALS = "intervals"
 
 AUTH_HEADER = "Authorization"
 AUTH_SCHEME = "Bearer"
@@ -122,6 +130,8 @@ class InfoBody(TypedDict):
     internal_errors: int  # requests that ended in a 500: should stay 0
     #: Copies of this backend, one model each, answering at this URL (Ray Serve replicas; 1 for one process).
     replicas: int
+    #: Whether ``POST /v1/series`` is served (older backends lack it: clients send a series as pairs there).
+    series: bool
 
 
 class CaptionItem(TypedDict, total=False):
@@ -134,6 +144,8 @@ class CaptionItem(TypedDict, total=False):
     confidence: float
     tile_id: str
     change_map: list[list[float]]
+    #: The kind of change (buildings, roads, vegetation, water, bare land, demolition), where one is named.
+    change_kind: str
 
 
 class CaptionsBody(TypedDict):
@@ -141,6 +153,39 @@ class CaptionsBody(TypedDict):
 
     model_id: str
     results: list[CaptionItem]
+
+
+class SeriesItem(TypedDict, total=False):
+    """One tile's results in a series request: one :class:`CaptionItem` per interval, in the intervals' order."""
+
+    tile_id: str
+    intervals: list[CaptionItem]
+
+
+class SeriesBody(TypedDict):
+    """``POST /v1/series``: one item per tile, in request order."""
+
+    model_id: str
+    results: list[SeriesItem]
+
+
+def format_intervals(intervals: list[tuple[int, int]]) -> str:
+    """``[(0, 1), (1, 2)]`` → ``"0-1,1-2"`` (the :data:`FIELD_INTERVALS` value)."""
+    return ",".join(f"{i}-{j}" for i, j in intervals)
+
+
+def parse_intervals(text: str, dates: int) -> list[tuple[int, int]]:
+    """The :data:`FIELD_INTERVALS` value for tiles of ``dates`` dates; ``ValueError`` saying what is wrong."""
+    intervals = []
+    for part in text.split(","):
+        first, sep, second = part.strip().partition("-")
+        if not sep or not first.isdigit() or not second.isdigit():
+            raise ValueError(f"intervals are written 0-1,1-2 (date indices, earlier first), not '{text}'")
+        i, j = int(first), int(second)
+        if not 0 <= i < j < dates:
+            raise ValueError(f"the interval {i}-{j} is not two dates of {dates} in time order (0 ≤ i < j < {dates})")
+        intervals.append((i, j))
+    return intervals
 
 
 class ErrorBody(TypedDict, total=False):

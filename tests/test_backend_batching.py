@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 from fastapi.testclient import TestClient
 
+from ccexpert_core.model_card import ModelCard
+
 from backend.app import create_app
 from backend.batching import BatchFailed, DeadlineMissed, DynamicBatcher, QueueFull
 from backend.state import ServerSettings
@@ -181,6 +183,7 @@ class StandInCaptioner:
     gate: threading.Event = field(default_factory=threading.Event)
     fail: bool = False
     model_id: str = "stand-in"
+    card: ModelCard = ModelCard("stand-in", "a stand-in", None)
     tile_size: int = 16
     prompt: str = "What changed?"
     device: str = "cpu"

@@ -1,1 +1,1 @@
-"""The API v1 routers: status (health, info) and captions."""
+"""The API v1 routers: status (health, info), captions (pairs) and series (several dates per tile)."""

@@ -13,6 +13,7 @@ from backend.errors import ApiError
 from backend.limits import check_image_bytes
 from backend.state import BackendState, backend_state
 from ccexpert_core import protocol
+from ccexpert_core.captions import CaptionResult
 
 router = APIRouter(tags=["captions"], dependencies=[Depends(bearer_scheme)])
 
@@ -65,16 +66,22 @@ async def create_captions(
         for index, upload in enumerate(uploads):
             check_image_bytes(upload.size, limits, f"{name}[{index}]")
     results = await caption_uploads(state, [(b.file.read, a.file.read) for b, a in zip(before, after, strict=True)])
-    items: list[protocol.CaptionItem] = []
-    for index, result in enumerate(results):
-        item: protocol.CaptionItem = {
-            "caption": result.caption,
-            "change_detected": result.change_detected,
-            "confidence": result.confidence,
-        }
-        if tile_ids is not None:
-            item["tile_id"] = tile_ids[index]
-        if result.change_map is not None:
-            item["change_map"] = [[round(value, 4) for value in row] for row in result.change_map]
-        items.append(item)
+    items = [result_item(result) for result in results]
+    if tile_ids is not None:
+        for item, tile_id in zip(items, tile_ids, strict=True):
+            item["tile_id"] = tile_id
     return {"model_id": state.model.model_id, "results": items}
+
+
+def result_item(result: CaptionResult) -> protocol.CaptionItem:
+    """One result on the wire (the change map to 4 decimals, where the model has one)."""
+    item: protocol.CaptionItem = {
+        "caption": result.caption,
+        "change_detected": result.change_detected,
+        "confidence": result.confidence,
+    }
+    if result.change_kind is not None:
+        item["change_kind"] = result.change_kind
+    if result.change_map is not None:
+        item["change_map"] = [[round(value, 4) for value in row] for row in result.change_map]
+    return item

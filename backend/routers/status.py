@@ -45,4 +45,5 @@ async def info(state: Annotated[BackendState, Depends(backend_state)]) -> protoc
         "batching": state.batcher.stats(),
         "internal_errors": state.internal_errors,
         "replicas": state.settings.replicas,
+        "series": True,
     }

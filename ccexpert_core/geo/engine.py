@@ -178,6 +178,8 @@ class _Encoded:
     images: list[list[bytes]]
     intervals: list[Sequence[Interval]]
     tile_ids: list[str]
+    #: Whether it goes in series requests (tiles of more than two dates, to backends that take them).
+    is_series: bool = False
 
     def pairs(self) -> tuple[list[tuple[bytes, bytes]], list[str]]:
         """Every tile's intervals as encoded pairs, tile by tile, with their tile ids."""
@@ -187,6 +189,26 @@ class _Encoded:
                 pairs.append((images[i], images[j]))
                 ids.append(tile_id)
         return pairs, ids
+
+    def send(self, client: "BackendClient", as_series: bool) -> list[list[CaptionResult]]:
+        """The batch's results per tile, per interval, from ``client``: in series requests (each image sent once;
+        tiles asking for the same intervals together), or as the intervals' pairs."""
+        if not as_series:
+            flat, start, grouped = client.caption_encoded(*self.pairs()), 0, []
+            for wanted in self.intervals:
+                grouped.append(flat[start : start + len(wanted)])
+                start += len(wanted)
+            return grouped
+        groups: dict[tuple[Interval, ...], list[int]] = {}
+        for index, wanted in enumerate(self.intervals):
+            groups.setdefault(tuple(wanted), []).append(index)
+        results: dict[int, list[CaptionResult]] = {}
+        for wanted, members in groups.items():
+            answered = client.caption_series_encoded(
+                [self.images[k] for k in members], list(wanted), [self.tile_ids[k] for k in members]
+            )
+            results.update(zip(members, answered))
+        return [results[index] for index in range(len(self.images))]
 
 
 class BackendEngine(Engine):
@@ -212,8 +234,10 @@ class BackendEngine(Engine):
         per_backend = [in_flight or default_in_flight(info, batch_size) for info in infos]
         self.in_flight = sum(per_backend)
         self.compress = any(client.compress for client in self.clients)
+        # A series goes as one (each image sent once) where every backend speaks the series route.
+        self._series = all(info.get("series") for info in infos)
         self._failover = Failover(
-            self.clients, lambda client, encoded: client.caption_encoded(*encoded.pairs()),
+            self.clients, lambda client, encoded: encoded.send(client, self._series and encoded.is_series),
             lambda error: isinstance(error, BackendUnavailable), budget_s=retry_budget_s,
             on_down=lambda client, error: log(
                 f"warning: {error}; its batches go to the other backends, and it is tried again later"
@@ -228,23 +252,20 @@ class BackendEngine(Engine):
         network)."""
         from ccexpert_core.client import encode_array
 
+        is_series = self._series and any(len(images) > 2 for images in series)
         encoded = []
         for images, wanted in zip(series, intervals):
-            used = {index for interval in wanted for index in interval}
+            # Sent as pairs, a date no interval uses need not be encoded; a series request carries every date.
+            used = set(range(len(images))) if is_series else {k for interval in wanted for k in interval}
             encoded.append([encode_array(image, self.compress) if k in used else b"" for k, image in enumerate(images)])
-        return _Encoded(encoded, [tuple(w) for w in intervals], list(tile_ids))
+        return _Encoded(encoded, [tuple(w) for w in intervals], list(tile_ids), is_series)
 
     def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
         """Send the batch to the least busy backend that answers."""
         try:
-            flat = self._failover(prepared)
+            return self._failover(prepared)
         except NoEndpointLeft as error:
             raise CCExpertError(f"no backend answered for {self._failover.budget_s:g} s (last: {error})") from None
-        grouped, start = [], 0
-        for wanted in prepared.intervals:
-            grouped.append(flat[start : start + len(wanted)])
-            start += len(wanted)
-        return grouped
 
     def describe(self) -> str | None:
         """How many batches each backend answered, when there are several."""

@@ -1,0 +1,110 @@
+"""``POST /v1/series``: tiles of several dates, each image through the vision tower once, each interval captioned
+as the pairs route would; a bad series refused with 422 naming the field; and ``caption-region --date`` through a
+real backend writes what a local series run writes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.app import create_app
+from backend.state import ServerSettings
+from backend_server import encode, multipart, random_image, shared_server
+from ccexpert_core import cli, protocol
+from ccexpert_core.defaults import DEMO_MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def demo_captioner():
+    from ccexpert_core.inference import Captioner
+
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        pytest.skip("the demo model is not shipped in this checkout")
+    return Captioner.load(DEMO_MODEL_DIR, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(demo_captioner):
+    with TestClient(create_app(demo_captioner, ServerSettings(ui=False))) as client:
+        yield client
+
+
+def series_request(tiles: list[list[bytes]], intervals: str | None = None, ids: list[str] | None = None) -> dict:
+    files = [(protocol.FIELD_IMAGE, (f"i{n}.png", data, "image/png"))
+             for n, data in enumerate(image for images in tiles for image in images)]
+    data: dict[str, object] = {protocol.FIELD_DATES: str(len(tiles[0]))}
+    if intervals:
+        data[protocol.FIELD_INTERVALS] = intervals
+    if ids:
+        data[protocol.FIELD_TILE_IDS] = ids
+    return {"files": files, "data": data}
+
+
+def test_a_series_is_captioned_as_its_pairs_with_each_image_encoded_once(client, demo_captioner) -> None:
+    tiles = [[encode(random_image(10 * t + d, (96, 96))) for d in range(4)] for t in range(2)]
+    seen: list[int] = []
+    tower = demo_captioner.model.model.vision_tower
+    handle = tower.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    try:
+        response = client.post(protocol.SERIES_PATH, **series_request(tiles, "0-1,1-2,2-3,0-3", ["a", "b"]))
+    finally:
+        handle.remove()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["tile_id"] for item in body["results"]] == ["a", "b"]
+    assert sum(seen) == 2 * 4  # tiles × dates, not tiles × 4 intervals × 2 images
+    pairs = [(images[i], images[j]) for images in tiles for i, j in ((0, 1), (1, 2), (2, 3), (0, 3))]
+    as_pairs = client.post(protocol.CAPTIONS_PATH, **multipart(pairs)).json()["results"]
+    in_series = [answer for item in body["results"] for answer in item["intervals"]]
+    assert [a["caption"] for a in in_series] == [a["caption"] for a in as_pairs]
+    assert [a["confidence"] for a in in_series] == pytest.approx([a["confidence"] for a in as_pairs], abs=1e-4)
+    info = client.get(protocol.INFO_PATH).json()
+    assert info["series"] is True
+
+
+@pytest.mark.parametrize(
+    "count, dates, intervals, field",
+    [
+        (6, "1", None, protocol.FIELD_DATES),
+        (5, "3", None, protocol.FIELD_IMAGE),
+        (6, "3", "0-3", protocol.FIELD_INTERVALS),
+        (6, "3", "2-1", protocol.FIELD_INTERVALS),
+        (6, "3", "zero-one", protocol.FIELD_INTERVALS),
+    ],
+)
+def test_a_bad_series_is_refused_naming_its_field(client, count, dates, intervals, field) -> None:
+    image = encode(random_image(1, (32, 32)))
+    request = series_request([[image] * count], intervals)
+    request["data"][protocol.FIELD_DATES] = dates
+    response = client.post(protocol.SERIES_PATH, **request)
+    assert response.status_code == 422
+    assert response.json()["field"] == field
+
+
+def test_caption_region_series_through_a_backend_writes_what_a_local_run_writes(
+    tmp_path: Path, request, capsys
+) -> None:
+    from ccexpert_core.geo.synthetic import write_demo_series
+
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        pytest.skip("the demo model is not shipped in this checkout")
+    server = shared_server(request, "open-demo", ["--no-ui"])
+    paths = write_demo_series(tmp_path / "series", ("2016", "2018", "2021"), scenes=2, seed=5)
+    dates = [f"--date={label}={path}" for label, path in zip(("2016", "2018", "2021"), paths)]
+
+    def rows(out: Path) -> list[tuple]:
+        with sqlite3.connect(out) as connection:
+            return connection.execute(
+                'SELECT tile_id, "interval", caption, round(confidence, 4), date_before, date_after, change_kind, '
+                "model_id FROM captions ORDER BY tile_id, \"interval\"").fetchall()
+
+    assert cli.main(["caption-region", *dates, "--out", str(tmp_path / "local.gpkg")]) == 0
+    assert cli.main(["caption-region", *dates, "--out", str(tmp_path / "remote.gpkg"), "--backend", server.url]) == 0
+    capsys.readouterr()
+    assert rows(tmp_path / "remote.gpkg") == rows(tmp_path / "local.gpkg")
+    assert len(rows(tmp_path / "local.gpkg")) == 4 * 2
+    with sqlite3.connect(tmp_path / "remote.gpkg") as connection:
+        assert connection.execute("SELECT count(*) FROM history").fetchone()[0] == 4
