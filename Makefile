@@ -41,6 +41,7 @@ demo: venv
 	$(BIN)/python -m ccexpert_core.demo
 
 test: venv qgis-venv
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 	@mkdir -p -m 700 $(QGIS_VENV)/runtime
 	QT_QPA_PLATFORM=offscreen GDAL_PAM_ENABLED=NO XDG_RUNTIME_DIR=$(CURDIR)/$(QGIS_VENV)/runtime \

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from qgis.core import (
-    Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCoordinateTransformContext, QgsGeometry,
-    QgsLineString, QgsPointXY, QgsPolygon, QgsRectangle, QgsWkbTypes,
+    Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCoordinateTransformContext, QgsCurvePolygon,
+    QgsGeometry, QgsLineString, QgsMultiSurface, QgsPointXY, QgsPolygon, QgsRectangle, QgsWkbTypes,
 )
 
 from .errors import CaptionRunError
@@ -42,7 +42,7 @@ def polygons_in_crs(
     polygons: list[tiling.Polygon] = []
     for original in geometries:
         geometry = QgsGeometry(original)
-        if geometry.isEmpty() or geometry.type() != QgsWkbTypes.PolygonGeometry:
+        if geometry.isEmpty() or not _polygonal(geometry):
             continue
         if QgsWkbTypes.isCurvedType(geometry.wkbType()):
             geometry.convertToStraightSegment()
@@ -87,8 +87,11 @@ class _PreparedArea:
 
     def __init__(self, geometry: QgsGeometry) -> None:
         self._geometry = geometry  # the engine was made from this geometry's pointer: keep it alive with the engine
-        self._engine = QgsGeometry.createGeometryEngine(geometry.constGet())
-        self._engine.prepareGeometry()
+        engine = QgsGeometry.createGeometryEngine(geometry.constGet())
+        if engine is None:  # only for a null geometry, which tile_area refuses before
+            raise CaptionRunError("the area has no polygon")
+        engine.prepareGeometry()
+        self._engine = engine
 
     def __call__(self, corners: np.ndarray) -> np.ndarray:
         answers = np.zeros(len(corners), dtype=bool)
@@ -128,7 +131,7 @@ def _checked(geometry: QgsGeometry, name: str, log: Callable[[str], None]) -> Qg
             f"{name} is not a valid polygon ({reason}) and has no area left once repaired: fix it, or leave it out"
         )
     # What the polygon means: its exterior minus its holes, each ring repaired on its own.
-    rings = geometry.asPolygon()
+    rings = [[(point.x(), point.y()) for point in ring] for ring in geometry.asPolygon()]
     holes = QgsGeometry.unaryUnion([_repaired(_polygon([ring])) for ring in rings[1:]])
     expected = _repaired(_polygon(rings[:1]))
     if not (holes.isEmpty() or expected.isEmpty()):
@@ -140,7 +143,7 @@ def _checked(geometry: QgsGeometry, name: str, log: Callable[[str], None]) -> Qg
             f"{name} is not a valid polygon ({reason}), and repairing it would change what it covers by {share} "
             "(a hole outside its exterior, or holes that overlap, would become area): fix it in the layer"
         )
-    count = repaired.constGet().partCount()
+    count = len(repaired.asGeometryCollection())
     log(f"warning: {name} is not a valid polygon ({reason}); it was repaired (makeValid) into {count} "
         f"polygon{'s' * (count != 1)}")
     return repaired
@@ -148,7 +151,7 @@ def _checked(geometry: QgsGeometry, name: str, log: Callable[[str], None]) -> Qg
 
 def _reason(geometry: QgsGeometry) -> str:
     """What GEOS finds wrong first, as the core words it: ``self-intersection at (5, 5)``."""
-    errors = geometry.validateGeometry(QgsGeometry.ValidatorGeos)
+    errors = geometry.validateGeometry(Qgis.GeometryValidationEngine.Geos)
     if not errors:
         return "GEOS finds it invalid"
     what = errors[0].what()
@@ -159,6 +162,12 @@ def _reason(geometry: QgsGeometry) -> str:
     return f"{what} at ({where.x():.12g}, {where.y():.12g})"
 
 
+def _polygonal(geometry: QgsGeometry) -> bool:
+    """A polygon or multipolygon (curved ones too), asked of the geometry's class: the same test in every QGIS
+    (QgsWkbTypes.PolygonGeometry of 3.22 is Qgis.GeometryType.Polygon from 3.30 on)."""
+    return isinstance(geometry.constGet(), (QgsCurvePolygon, QgsMultiSurface))
+
+
 def _area(geometry: QgsGeometry) -> float:
     """The geometry's area, 0 for an empty one (QgsGeometry.area gives -1 for a null geometry)."""
     return 0.0 if geometry.isEmpty() else geometry.area()
@@ -167,6 +176,6 @@ def _area(geometry: QgsGeometry) -> float:
 def _repaired(geometry: QgsGeometry) -> QgsGeometry:
     """makeValid's polygons, without the lines and points that collapsed parts leave."""
     valid = geometry.makeValid()
-    parts = [valid] if valid.type() == QgsWkbTypes.PolygonGeometry else valid.asGeometryCollection()
-    polygons = [part for part in parts if part.type() == QgsWkbTypes.PolygonGeometry and not part.isEmpty()]
+    parts = [valid] if _polygonal(valid) else valid.asGeometryCollection()
+    polygons = [part for part in parts if _polygonal(part) and not part.isEmpty()]
     return QgsGeometry.unaryUnion(polygons) if polygons else QgsGeometry()

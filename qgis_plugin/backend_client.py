@@ -23,18 +23,18 @@ from qgis.core import QgsBlockingNetworkRequest
 from qgis.PyQt.QtCore import QByteArray, QRunnable, QThreadPool, QUrl
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
-from .errors import BackendUnavailable, CaptionRunError
+from .errors import BackendUnavailable, CaptionRunError, NotABackend
 from .shared_modules import protocol
 
 #: Answers that mean "not now" (a proxy without a backend behind it, a busy backend): retried.
 RETRY_STATUSES = frozenset({502, 503, 504})
 #: Network errors that mean the backend is not (or no longer) there: retried before giving up on it.
 RETRY_ERRORS = frozenset({
-    QNetworkReply.ConnectionRefusedError,
-    QNetworkReply.RemoteHostClosedError,
-    QNetworkReply.TemporaryNetworkFailureError,
-    QNetworkReply.NetworkSessionFailedError,
-    QNetworkReply.UnknownNetworkError,
+    QNetworkReply.NetworkError.ConnectionRefusedError,
+    QNetworkReply.NetworkError.RemoteHostClosedError,
+    QNetworkReply.NetworkError.TemporaryNetworkFailureError,
+    QNetworkReply.NetworkError.NetworkSessionFailedError,
+    QNetworkReply.NetworkError.UnknownNetworkError,
 })
 #: The backoff sleeps in steps this long, checking for cancellation between them.
 _SLEEP_STEP_S = 0.1
@@ -49,6 +49,15 @@ class _Answer(NamedTuple):
     content: bytes
     error: str  # Qt's words for what went wrong
     timed_out: bool
+
+
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    """``content`` as a JSON object, or None where it is not one."""
+    try:
+        body = json.loads(content)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _image_type(data: bytes) -> tuple[str, str]:
@@ -114,8 +123,19 @@ class BackendClient:
         self._limits: protocol.Limits | None = None
 
     def info(self) -> dict[str, Any]:
-        """``GET /v1/info`` (checks the token and the API version; keeps the request limits)."""
-        body = self._json(self._request(protocol.INFO_PATH))
+        """``GET /v1/info``: checks that a CCExpert backend answers (:class:`NotABackend` otherwise), the token and
+        the API version; keeps the request limits."""
+        answer = self._request(protocol.INFO_PATH)
+        if answer.status == 404 or (200 <= answer.status < 300 and not _json_object(answer.content)):
+            said = "404 Not Found" if answer.status == 404 else "something other than JSON"
+            raise self._not_a_backend(f"it answered {said} to {protocol.INFO_PATH}")
+        if answer.status >= 400 and answer.status not in (401, *RETRY_STATUSES):
+            body = _json_object(answer.content)
+            if body is None or "error" not in body:  # every refusal of the backend is JSON with an error code
+                raise self._not_a_backend(f"it answered {answer.status} to {protocol.INFO_PATH}")
+        body = self._json(answer)
+        if "api_version" not in body:
+            raise self._not_a_backend(f"its {protocol.INFO_PATH} has no api_version")
         if body.get("api_version") != protocol.API_VERSION:
             raise CaptionRunError(
                 f"the backend at {self.url} speaks API v{body.get('api_version')}, "
@@ -124,11 +144,18 @@ class BackendClient:
         self._limits = protocol.Limits.from_dict(body.get("limits", {}))
         return body
 
+    def _not_a_backend(self, why: str) -> NotABackend:
+        hint = ""
+        base, _, tail = self.url.rpartition(protocol.UI_PATH)
+        if base and not tail:  # the web UI's address: the API is at the server's root
+            hint = f"; {self.url} is the backend's web UI: its URL is {base}"
+        return NotABackend(f"nothing at {self.url} answers as a CCExpert backend ({why}){hint}")
+
     @property
     def limits(self) -> protocol.Limits:
         """The backend's request limits (from :meth:`info`, asked once)."""
         if self._limits is None:
-            self.info()
+            self._limits = protocol.Limits.from_dict(self.info().get("limits", {}))
         return self._limits
 
     def caption_body(self, body: bytes, content_type: str, pairs: int) -> list[dict[str, Any]]:
@@ -150,13 +177,13 @@ class BackendClient:
             if body is None:
                 outcome = blocking.get(request, True)
             else:
-                request.setHeader(QNetworkRequest.ContentTypeHeader, content_type)
+                request.setHeader(QNetworkRequest.KnownHeaders.ContentTypeHeader, content_type)
                 outcome = blocking.post(request, QByteArray(body), True)
             self._check_running()  # the run stopped while this request was open: nobody reads its answer
             reply = blocking.reply()
             answer = _Answer(
-                int(reply.attribute(QNetworkRequest.HttpStatusCodeAttribute) or 0), bytes(reply.content()),
-                blocking.errorMessage(), outcome == QgsBlockingNetworkRequest.TimeoutError,
+                int(reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute) or 0), bytes(reply.content()),
+                blocking.errorMessage(), outcome == QgsBlockingNetworkRequest.ErrorCode.TimeoutError,
             )
             # A timeout is not repeated here: the backend is there but slow, and asking it again would only add
             # load; the run's failover may send the batch to another backend.
@@ -195,17 +222,14 @@ class BackendClient:
                     "--token-file"
                 )
             raise CaptionRunError(f"the backend at {self.url} needs a token (401): enter one in the Backend section")
-        try:
-            body = json.loads(answer.content)
-        except (UnicodeDecodeError, ValueError):
-            body = None
+        body = _json_object(answer.content)
         if status >= 400:
-            detail = body.get("detail") if isinstance(body, dict) else None
+            detail = body.get("detail") if body is not None else None
             kind = "rejected the request" if status < 500 else "failed"
             error = BackendUnavailable if status in RETRY_STATUSES else CaptionRunError
             raise error(f"the backend at {self.url} {kind} ({status}): {detail or answer.error}")
-        if not isinstance(body, dict):
-            raise CaptionRunError(f"{self.url} answered with something other than JSON: is it a CCExpert backend?")
+        if body is None:
+            raise self._not_a_backend("it answered with something other than JSON")
         return body
 
 

@@ -6,6 +6,9 @@ transaction, a rerun skips features already captioned or skipped (failed ones ar
 feature written before in place, so the analyst's review fields are never touched. The options that decide a tile's
 pixels are stored beside the layer so that a rerun with other options is refused rather than mixed in. A layer
 written before this schema gets the fields it lacks; the default style goes into ``layer_styles`` as QGIS keeps it.
+Beside it, as the command writes them: for a series of three or more dates the ``history`` layer (one polygon per
+tile over all its intervals, from the schema's ``history()``), and for a model with a change-map head the
+``changes`` layer (one multipolygon per tile and interval around the changed places, made on first use).
 Everything is written through OGR (QGIS may hold the file open).
 """
 
@@ -24,6 +27,15 @@ from .shared_modules import schema
 
 #: The command's layer name; its options table is named for it.
 DEFAULT_LAYER = schema.CAPTIONS_LAYER
+#: The changes layer's fields (``fid`` and the multipolygon ``geom`` first), as ``caption-region`` declares them.
+CHANGES_FIELDS: tuple[schema.Field, ...] = (
+    schema.Field("tile_id", schema.TEXT, "the tile's place in the grid, r{row}_c{col}", not_null=True),
+    schema.Field("interval", schema.INTEGER, "which interval of the date series", not_null=True, default="0"),
+    schema.Field("model_id", schema.TEXT, "the model whose change map it is"),
+    schema.Field("created_at", schema.DATETIME, "when the run wrote the feature (UTC)"),
+)
+CHANGES_DESCRIPTION = "ccexpert: changed places from the model's change map"
+HISTORY_DESCRIPTION = "ccexpert: each tile's changes over the dates"
 CAPTIONED = schema.CAPTIONED
 SKIPPED_NODATA = schema.SKIPPED_NODATA
 FAILED = schema.FAILED
@@ -70,6 +82,17 @@ class TileRecord:
     date_after: str | None = None
     #: One of the schema's CHANGE_KINDS, or None.
     change_kind: str | None = None
+    #: The interval's two rasters, where they are not the layer's (a series compares other dates per interval).
+    before_source: str | None = None
+    after_source: str | None = None
+    #: Polygons around the changed places from the model's change map (None: the model gives no change map).
+    changes: list[tiling.Polygon] | None = None
+
+
+def companion_layer(layer_name: str, kind: str) -> str:
+    """The name of a captions layer's ``history`` or ``changes`` layer: the command's names beside its
+    ``captions``, prefixed by the layer's name otherwise (two captions layers in one file keep theirs apart)."""
+    return kind if layer_name == DEFAULT_LAYER else f"{layer_name}_{kind}"
 
 
 def _literal(text: str) -> str:
@@ -254,7 +277,8 @@ class CaptionsGeoPackage:
                     "caption": record.caption,
                     "change_detected": None if record.change_detected is None else int(record.change_detected),
                     "change_kind": record.change_kind, "confidence": record.confidence, "status": record.status,
-                    "before_source": before_source, "after_source": after_source, "model_id": model_id,
+                    "before_source": record.before_source or before_source,
+                    "after_source": record.after_source or after_source, "model_id": model_id,
                     "created_at": now,
                 }
                 for field in schema.RUN_FIELDS:
@@ -266,6 +290,115 @@ class CaptionsGeoPackage:
                 done = self.layer.CreateFeature(feature) if fid is None else self.layer.SetFeature(feature)
                 if done != ogr.OGRERR_NONE:
                     raise CaptionRunError(f"cannot write tile {record.tile.tile_id} to {self.path}: "
+                                          f"{gdal.GetLastErrorMsg()}")
+        except BaseException:
+            self.dataset.RollbackTransaction()
+            raise
+        if self.dataset.CommitTransaction() != ogr.OGRERR_NONE:
+            raise CaptionRunError(f"cannot write to {self.path}: {gdal.GetLastErrorMsg()}")
+        mapped = [record for record in records if record.changes is not None]
+        if mapped:
+            self._write_changes(mapped, now)
+
+    def _companion(self, kind: str, geometry_type: int, fields: Sequence[schema.Field], description: str,
+                   key: Sequence[str]) -> ogr.Layer:
+        """The ``history`` or ``changes`` layer, created with the captions layer's CRS and a unique index on
+        ``key`` where missing."""
+        name = companion_layer(self.layer_name, kind)
+        layer = self.dataset.GetLayerByName(name)
+        if layer is not None:
+            return layer
+        layer = self.dataset.CreateLayer(
+            name, self.layer.GetSpatialRef(), geometry_type,
+            options=["FID=fid", f"GEOMETRY_NAME={schema.GEOMETRY_COLUMN}", "SPATIAL_INDEX=YES",
+                     f"DESCRIPTION={description}"],
+        )
+        if layer is None:
+            raise CaptionRunError(f"cannot add the layer {name} to {self.path}: {gdal.GetLastErrorMsg()}")
+        for field in fields:
+            layer.CreateField(field_definition(field))
+        columns = ", ".join(schema.quote(column) for column in key)
+        self.dataset.ExecuteSQL(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {schema.quote(name + '_key')} ON {schema.quote(name)} ({columns})"
+        )
+        return layer
+
+    def _write_changes(self, records: Sequence[TileRecord], now: str) -> None:
+        """Each record's changed places replace what the ``changes`` layer held for its tile and interval (nothing
+        where its change map shows no change)."""
+        layer = self._companion("changes", ogr.wkbMultiPolygon, CHANGES_FIELDS, CHANGES_DESCRIPTION, schema.KEY)
+        model_id = self.sources[2]
+        self.dataset.StartTransaction()
+        try:
+            for record in records:
+                layer.SetAttributeFilter(f"tile_id = {_literal(record.tile.tile_id)} AND \"interval\" = "
+                                         f"{record.interval}")
+                for fid in [feature.GetFID() for feature in layer]:
+                    layer.DeleteFeature(fid)
+                layer.SetAttributeFilter(None)
+                if not record.changes:
+                    continue
+                feature = ogr.Feature(layer.GetLayerDefn())
+                feature.SetGeometryDirectly(_multipolygon(record.changes))
+                for name, value in (("tile_id", record.tile.tile_id), ("interval", record.interval),
+                                    ("model_id", model_id), ("created_at", now)):
+                    feature.SetField(name, value)
+                if layer.CreateFeature(feature) != ogr.OGRERR_NONE:
+                    raise CaptionRunError(f"cannot write the changes of tile {record.tile.tile_id} to {self.path}: "
+                                          f"{gdal.GetLastErrorMsg()}")
+        except BaseException:
+            self.dataset.RollbackTransaction()
+            raise
+        if self.dataset.CommitTransaction() != ogr.OGRERR_NONE:
+            raise CaptionRunError(f"cannot write to {self.path}: {gdal.GetLastErrorMsg()}")
+
+    def write_history(self, tiles: Sequence[tiling.Tile], footprints: Mapping[str, Sequence[tiling.Point]],
+                      intervals: int) -> None:
+        """Write the ``history`` feature of each of ``tiles`` from what the captions layer holds of its
+        ``intervals`` consecutive intervals (the analyst's caption where one was given), in one transaction; a
+        tile's history is replaced."""
+        layer = self._companion("history", ogr.wkbPolygon, schema.HISTORY_FIELDS, HISTORY_DESCRIPTION, ("tile_id",))
+        ids = {tile.tile_id for tile in tiles}
+        entries: dict[str, dict[int, schema.IntervalEntry]] = {tile_id: {} for tile_id in ids}
+        self.layer.SetAttributeFilter(f"tile_id IN ({', '.join(_literal(tile_id) for tile_id in sorted(ids))})")
+        self.layer.SetIgnoredFields(["OGR_GEOMETRY"])
+        try:
+            for feature in self.layer:
+                k = feature.GetField("interval")
+                if not 0 <= k < intervals:
+                    continue
+                caption = feature.GetField("reviewed_caption") or feature.GetField("caption")
+                changed = None if feature.IsFieldNull("change_detected") else bool(feature.GetField("change_detected"))
+                entries[feature.GetField("tile_id")][k] = schema.IntervalEntry(
+                    feature.GetField("date_before") or f"date {k + 1}",
+                    feature.GetField("date_after") or f"date {k + 2}",
+                    feature.GetField("status"), caption, changed,
+                )
+        finally:
+            self.layer.SetAttributeFilter(None)
+            self.layer.SetIgnoredFields([])
+        now = _now()
+        model_id = self.sources[2]
+        self.dataset.StartTransaction()
+        try:
+            layer.SetAttributeFilter(f"tile_id IN ({', '.join(_literal(tile_id) for tile_id in sorted(ids))})")
+            for fid in [feature.GetFID() for feature in layer]:
+                layer.DeleteFeature(fid)
+            layer.SetAttributeFilter(None)
+            for tile in tiles:
+                told = [entries[tile.tile_id][k] for k in sorted(entries[tile.tile_id])]
+                values = {"tile_id": tile.tile_id, "row": tile.row, "col": tile.col, **schema.history(told),
+                          "model_id": model_id, "created_at": now}
+                feature = ogr.Feature(layer.GetLayerDefn())
+                feature.SetGeometryDirectly(_polygon(footprints[tile.tile_id]))
+                for field in schema.HISTORY_FIELDS:
+                    value = values[field.name]
+                    if value is None:
+                        feature.SetFieldNull(field.name)
+                    else:
+                        feature.SetField(field.name, value)
+                if layer.CreateFeature(feature) != ogr.OGRERR_NONE:
+                    raise CaptionRunError(f"cannot write the history of tile {tile.tile_id} to {self.path}: "
                                           f"{gdal.GetLastErrorMsg()}")
         except BaseException:
             self.dataset.RollbackTransaction()
@@ -284,10 +417,22 @@ class CaptionsGeoPackage:
         self.close()
 
 
-def _polygon(ring: Sequence[tiling.Point]) -> ogr.Geometry:
+def _ring(points: Sequence[tiling.Point]) -> ogr.Geometry:
     outline = ogr.Geometry(ogr.wkbLinearRing)
-    for x, y in ring:
+    for x, y in points:
         outline.AddPoint_2D(x, y)
+    return outline
+
+
+def _polygon(ring: Sequence[tiling.Point], holes: Sequence[Sequence[tiling.Point]] = ()) -> ogr.Geometry:
     polygon = ogr.Geometry(ogr.wkbPolygon)
-    polygon.AddGeometryDirectly(outline)
+    for points in (ring, *holes):
+        polygon.AddGeometryDirectly(_ring(points))
     return polygon
+
+
+def _multipolygon(polygons: Sequence[tiling.Polygon]) -> ogr.Geometry:
+    multipolygon = ogr.Geometry(ogr.wkbMultiPolygon)
+    for rings in polygons:
+        multipolygon.AddGeometryDirectly(_polygon(rings[0], rings[1:]))
+    return multipolygon

@@ -1,79 +1,213 @@
-"""The dialog: it collects a :class:`~.params.CaptionParams` and nothing else (the plugin runs it).
+"""The dialog: it collects a :class:`~.params.CaptionParams`, checks it against the project and the backend, and
+hands it over (the plugin runs it).
 
-Layer combos list raster layers only; the area is the rasters' overlap, the map extent, a polygon layer (optionally
-its selection) or a rectangle drawn on the map; the backend token goes to QGIS's authentication database.
+Two or more raster layers, one per date, in time order, with their dates (prefilled from the rasters' metadata or
+names, defaulting to two different layers in date or name order); the area is the rasters' overlap, the map extent,
+a polygon layer (optionally its selection) or a rectangle drawn on the map; the backend token goes to QGIS's
+authentication database. Run first asks the backend (which must answer as a CCExpert backend) and shows the tile
+count and an estimate of the time from the backend's measured speed; Start then runs. Status lines have a fixed
+height, so nothing moves under the analyst's pointer as messages change. A backend on this machine can be started
+from here (:mod:`.local_backend`).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsRectangle
+from qgis.core import QgsMapLayer, QgsRasterLayer, QgsRectangle
 from qgis.gui import QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
-    QButtonGroup, QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-    QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget,
+    QApplication, QButtonGroup, QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QGridLayout, QGroupBox,
+    QHBoxLayout, QLabel, QLineEdit, QPushButton, QRadioButton, QSizePolicy, QSpinBox, QToolButton, QVBoxLayout,
+    QWidget,
 )
 
 from .auth import load_token, store_token
 from .backend_client import BackendClient
 from .errors import CaptionRunError
-from .params import AreaMode, CaptionParams, parse_backend_urls, parse_bands
+from .job import RunPlan, model_words, plan_job
+from .layer_dates import in_time_order, layer_date
+from .local_backend import LocalBackend, LocalBackendSettings
+from .params import (
+    AreaMode, CaptionParams, check_dates, date_roles, job_from_params, parse_backend_urls, parse_bands,
+)
+from .qgis_compat import POLYGON_LAYERS, RASTER_LAYERS, project
 from .shared_modules import grid as tiling
 
+#: The README's section on the plugin.
+HELP_URL = "https://github.com/ccexpert/ccexpert#qgis-plugin"
 _AREA_LABELS = {
-    AreaMode.OVERLAP: "Where both rasters overlap",
+    AreaMode.OVERLAP: "Where every raster has pixels",
     AreaMode.CANVAS: "The map canvas extent",
     AreaMode.LAYER: "The polygons of a layer",
     AreaMode.RECTANGLE: "A rectangle drawn on the map",
 }
 _VALUE_LIMIT = 1e12
+#: Lines a status label holds (longer messages are cut; the tooltip has them whole).
+STATUS_LINES = 3
+_ERROR_STYLE = "color: #b00020"
+
+
+def _status_label() -> QLabel:
+    """A label of :data:`STATUS_LINES` lines whatever it says: the layout never reflows."""
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    label.setFixedHeight(label.fontMetrics().lineSpacing() * STATUS_LINES + 4)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    return label
+
+
+def _say(label: QLabel, text: str, error: bool = False) -> None:
+    label.setStyleSheet(_ERROR_STYLE if error else "")
+    label.setText(text)
+    label.setToolTip(text)
+
+
+@dataclass
+class DateRow:
+    """One date of the run: its raster layer and its date as typed (prefilled from the layer)."""
+
+    combo: QgsMapLayerComboBox
+    date: QLineEdit
+    label: QLabel
+    remove: QToolButton
+    #: What was prefilled, so that a date the analyst typed is never overwritten.
+    prefilled: str = ""
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What Run found: the choices it checked and what the run will do."""
+
+    params: CaptionParams
+    plan: RunPlan
 
 
 class CaptionDialog(QDialog):
-    """Emits ``run_requested`` with the collected parameters when the analyst presses Run."""
+    """Emits ``run_requested`` with the collected parameters once Run has checked them and Start is pressed."""
 
     run_requested = pyqtSignal(object)
 
-    def __init__(self, iface, params: CaptionParams, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, iface, params: CaptionParams, parent: QWidget | None = None, local_backend: LocalBackend | None = None,
+    ) -> None:
         super().__init__(parent)
         self.iface = iface
-        self.setWindowTitle("CCExpert — caption changes between two rasters")
+        self.setWindowTitle("CCExpert — caption what changed between dates")
         self._rectangle: tuple[QgsRectangle, str] | None = None
         self._previous_tool = None
         self._extent_tool: QgsMapToolExtent | None = None
+        self._checked: _Checked | None = None
+        self.local_backend = local_backend or LocalBackend(self)
+        self.local_backend.ready.connect(self._local_backend_ready)
+        self.local_backend.failed.connect(lambda message: _say(self.connection_label, f"✗ {message}", True))
+        self.date_rows: list[DateRow] = []
+        columns = QHBoxLayout()
+        left, right = QVBoxLayout(), QVBoxLayout()
+        for group in (self._rasters_group(), self._area_group(), self._output_group()):
+            left.addWidget(group)
+        for group in (self._tiles_group(), self._backend_group(), self._local_group()):
+            right.addWidget(group)
+        left.addStretch(1)
+        right.addStretch(1)
+        columns.addLayout(left, 1)
+        columns.addLayout(right, 1)
         layout = QVBoxLayout(self)
-        for group in (self._rasters_group(), self._area_group(), self._tiles_group(), self._backend_group(),
-                      self._output_group()):
-            layout.addWidget(group)
-        buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.run_button = buttons.addButton("Run", QDialogButtonBox.AcceptRole)
+        layout.addLayout(columns)
+        self.status_label = _status_label()
+        layout.addWidget(self.status_label)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close | QDialogButtonBox.StandardButton.Help)
+        self.run_button = buttons.addButton("Run", QDialogButtonBox.ButtonRole.AcceptRole)
         buttons.accepted.connect(self.request_run)
         buttons.rejected.connect(self.reject)
-        self.error_label = QLabel()
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet("color: #b00020")
-        layout.addWidget(self.error_label)
+        buttons.helpRequested.connect(self.open_help)
+        self.help_button = buttons.button(QDialogButtonBox.StandardButton.Help)
         layout.addWidget(buttons)
         self.set_params(params)
 
     # -- building -------------------------------------------------------------------------------------------------
 
     def _rasters_group(self) -> QGroupBox:
-        group, form = QGroupBox("Rasters"), QFormLayout()
-        self.before_combo, self.after_combo = QgsMapLayerComboBox(), QgsMapLayerComboBox()
-        self.before_date, self.after_date = QLineEdit(), QLineEdit()
-        for combo, date, role in ((self.before_combo, self.before_date, "Before"),
-                                  (self.after_combo, self.after_date, "After")):
-            combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-            date.setPlaceholderText("date, for labels (optional)")
-            row = QHBoxLayout()
-            row.addWidget(combo, 3)
-            row.addWidget(date, 1)
-            form.addRow(role, row)
-        group.setLayout(form)
+        group = QGroupBox("Dates (raster layers in time order)")
+        layout = QVBoxLayout()
+        self.rows_layout = QGridLayout()
+        layout.addLayout(self.rows_layout)
+        self.add_date_button = QPushButton("Add a date")
+        self.add_date_button.setToolTip("A series: each date is captioned against the one before it")
+        self.add_date_button.clicked.connect(lambda: self.add_date_row())
+        add_row = QHBoxLayout()
+        add_row.addWidget(self.add_date_button)
+        add_row.addWidget(QLabel("Dates label the features and drive the Temporal Controller."), 1)
+        layout.addLayout(add_row)
+        group.setLayout(layout)
+        for _ in range(2):
+            self.add_date_row()
         return group
+
+    def add_date_row(self, layer: QgsMapLayer | None = None) -> DateRow:
+        """A row for one more date (the layer after the last row's, by default)."""
+        combo = QgsMapLayerComboBox()
+        combo.setFilters(RASTER_LAYERS)
+        date = QLineEdit()
+        date.setPlaceholderText("date: 2016, 2016-05 or 2016-05-12")
+        remove = QToolButton()
+        remove.setText("✕")
+        remove.setToolTip("Remove this date")
+        row = DateRow(combo, date, QLabel(), remove)
+        index = len(self.date_rows)
+        self.date_rows.append(row)
+        self.rows_layout.addWidget(row.label, index, 0)
+        self.rows_layout.addWidget(combo, index, 1)
+        self.rows_layout.addWidget(date, index, 2)
+        self.rows_layout.addWidget(remove, index, 3)
+        self.rows_layout.setColumnStretch(1, 3)
+        self.rows_layout.setColumnStretch(2, 1)
+        remove.clicked.connect(lambda: self.remove_date_row(row))
+        combo.layerChanged.connect(lambda chosen: self._prefill(row, chosen))
+        if layer is None and index > 0:
+            rasters = in_time_order(self._raster_layers())
+            previous = self.date_rows[index - 1].combo.currentLayer()
+            later = rasters[rasters.index(previous) + 1:] if previous in rasters else []
+            layer = later[0] if later else None
+        if layer is not None:
+            combo.setLayer(layer)
+        self._prefill(row, combo.currentLayer())
+        self._label_rows()
+        return row
+
+    def remove_date_row(self, row: DateRow) -> None:
+        """Take a date out of the series (two stay)."""
+        if len(self.date_rows) <= 2:
+            return
+        self.date_rows.remove(row)
+        for widget in (row.label, row.combo, row.date, row.remove):
+            self.rows_layout.removeWidget(widget)
+            widget.deleteLater()
+        for index, kept in enumerate(self.date_rows):
+            for column, cell in enumerate((kept.label, kept.combo, kept.date, kept.remove)):
+                self.rows_layout.addWidget(cell, index, column)
+        self._label_rows()
+
+    def _label_rows(self) -> None:
+        for row, role in zip(self.date_rows, date_roles(len(self.date_rows))):
+            row.label.setText(role.capitalize())
+            row.remove.setEnabled(len(self.date_rows) > 2)
+
+    def _prefill(self, row: DateRow, layer: QgsMapLayer | None) -> None:
+        """The layer's date in its row, unless the analyst typed one there."""
+        if row.date.text().strip() and row.date.text() != row.prefilled:
+            return
+        found = layer_date(layer) if isinstance(layer, QgsRasterLayer) else None
+        row.prefilled = "" if found is None else str(found)
+        row.date.setText(row.prefilled)
+
+    @staticmethod
+    def _raster_layers() -> list[QgsRasterLayer]:
+        return [layer for layer in project().mapLayers().values() if isinstance(layer, QgsRasterLayer)]
 
     def _area_group(self) -> QGroupBox:
         group, layout = QGroupBox("Area"), QVBoxLayout()
@@ -87,7 +221,7 @@ class CaptionDialog(QDialog):
             if mode == AreaMode.LAYER:
                 row = QHBoxLayout()
                 self.area_layer_combo = QgsMapLayerComboBox()
-                self.area_layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+                self.area_layer_combo.setFilters(POLYGON_LAYERS)
                 self.selected_only = QCheckBox("Selected features only")
                 row.addWidget(self.area_layer_combo, 2)
                 row.addWidget(self.selected_only, 1)
@@ -141,7 +275,7 @@ class CaptionDialog(QDialog):
         form.addRow("", QLabel("Unchecked: data that is not 8-bit is stretched from its 2–98 % range."))
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 256)
-        self.batch_size.setSuffix(" tiles per request")
+        self.batch_size.setSuffix(" pairs per request")
         form.addRow("Batch size", self.batch_size)
         group.setLayout(form)
         return group
@@ -151,30 +285,48 @@ class CaptionDialog(QDialog):
         self.backend_url = QLineEdit()
         self.backend_url.setPlaceholderText("http://127.0.0.1:8000 (ccexpert serve); several of one model: a, b, …")
         form.addRow("URLs", self.backend_url)
+        self.token = QLineEdit()
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText("none (a loopback backend without --token-file)")
+        form.addRow("Token", self.token)
         self.in_flight = QSpinBox()
         self.in_flight.setRange(0, 64)
         self.in_flight.setSpecialValueText("automatic (three model batches queued)")
         self.in_flight.setSuffix(" per backend")
         form.addRow("Requests in flight", self.in_flight)
-        self.token = QLineEdit()
-        self.token.setEchoMode(QLineEdit.Password)
-        self.token.setPlaceholderText("none (a loopback backend without --token-file)")
-        form.addRow("Token", self.token)
         self.test_button = QPushButton("Test connection")
         self.test_button.clicked.connect(self.test_connection)
-        self.connection_label = QLabel()
-        self.connection_label.setWordWrap(True)
-        test_row = QHBoxLayout()
-        test_row.addWidget(self.test_button)
-        test_row.addWidget(self.connection_label, 1)
-        form.addRow("", test_row)
+        form.addRow("", self.test_button)
+        self.connection_label = _status_label()
+        form.addRow(self.connection_label)
+        # What the status said was about these values: it goes once they change.
+        for field in (self.backend_url, self.token):
+            field.textChanged.connect(self._backend_changed)
+        group.setLayout(form)
+        return group
+
+    def _local_group(self) -> QGroupBox:
+        group, form = QGroupBox("Local backend (ccexpert serve on this machine)"), QFormLayout()
+        self.local_command = QLineEdit()
+        self.local_command.setPlaceholderText("/path/to/ccexpert/.venv/bin/ccexpert serve --port 8000")
+        form.addRow("Command", self.local_command)
+        self.local_model = QgsFileWidget()
+        self.local_model.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
+        model_field = self.local_model.lineEdit()
+        if model_field is not None:
+            model_field.setPlaceholderText("the demo model (trained on synthetic scenes only)")
+        form.addRow("Model folder", self.local_model)
+        self.start_local_button = QPushButton("Start local backend")
+        self.start_local_button.setToolTip("Runs the command; QGIS stops the backend when it closes")
+        self.start_local_button.clicked.connect(self.start_local_backend)
+        form.addRow("", self.start_local_button)
         group.setLayout(form)
         return group
 
     def _output_group(self) -> QGroupBox:
         group, form = QGroupBox("Output"), QFormLayout()
         self.output = QgsFileWidget()
-        self.output.setStorageMode(QgsFileWidget.SaveFile)
+        self.output.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output.setFilter("GeoPackage (*.gpkg)")
         form.addRow("GeoPackage", self.output)
         self.layer_name = QLineEdit()
@@ -186,15 +338,31 @@ class CaptionDialog(QDialog):
     # -- parameters in and out ------------------------------------------------------------------------------------
 
     def set_params(self, params: CaptionParams) -> None:
-        """Show ``params`` (layers that are not in the project are left to the combos' defaults)."""
-        project = QgsProject.instance()
-        for combo, layer_id in ((self.before_combo, params.before_layer_id), (self.after_combo, params.after_layer_id),
-                                (self.area_layer_combo, params.area_layer_id)):
-            layer = project.mapLayer(layer_id) if layer_id else None
+        """Show ``params``; remembered layers that are not in the project give way to two different raster layers
+        in date or name order. Every status line starts empty."""
+        current = project()
+        remembered = [current.mapLayer(layer_id) for layer_id in params.layer_ids]
+        layers: list[QgsMapLayer | None] = [layer for layer in remembered if isinstance(layer, QgsRasterLayer)]
+        typed = list(params.dates) if len(layers) == len(params.layer_ids) else []
+        if len(layers) < 2 or len(set(layers)) < len(layers):
+            layers, typed = list(in_time_order(self._raster_layers())[:2]), []
+        layers += [None] * (2 - len(layers))
+        while len(self.date_rows) > max(2, len(layers)):
+            self.remove_date_row(self.date_rows[-1])
+        while len(self.date_rows) < len(layers):
+            self.add_date_row()
+        for index, (row, layer) in enumerate(zip(self.date_rows, layers)):
             if layer is not None:
-                combo.setLayer(layer)
-        self.before_date.setText(params.before_date)
-        self.after_date.setText(params.after_date)
+                row.combo.setLayer(layer)
+            if index < len(typed) and typed[index]:
+                row.date.setText(typed[index])
+            else:
+                row.prefilled = ""
+                row.date.clear()
+                self._prefill(row, row.combo.currentLayer())
+        area_layer = current.mapLayer(params.area_layer_id) if params.area_layer_id else None
+        if area_layer is not None:
+            self.area_layer_combo.setLayer(area_layer)
         self.area_radios[params.area_mode].setChecked(True)
         self.selected_only.setChecked(params.selected_only)
         if params.rectangle is not None:
@@ -215,18 +383,36 @@ class CaptionDialog(QDialog):
         self.backend_url.setText(params.backend_url)
         self.in_flight.setValue(params.in_flight)
         self.auth_config_id = params.auth_config_id
+        self.output.setFilePath(params.output)
+        self.layer_name.setText(params.layer_name)
+        local = LocalBackendSettings.load()
+        self.local_command.setText(local.command)
+        self.local_model.setFilePath(local.model)
+        self._backend_changed()
+        _say(self.status_label, "")
         try:
             self.token.setText(load_token(params.auth_config_id))
         except CaptionRunError as error:
-            self.connection_label.setText(str(error))
-        self.output.setFilePath(params.output)
-        self.layer_name.setText(params.layer_name)
+            _say(self.connection_label, str(error), True)
 
     def params(self) -> CaptionParams:
         """The parameters shown, checked; raises :class:`CaptionRunError` with what to correct."""
-        before, after = self.before_combo.currentLayer(), self.after_combo.currentLayer()
-        if not isinstance(before, QgsRasterLayer) or not isinstance(after, QgsRasterLayer):
-            raise CaptionRunError("choose a BEFORE and an AFTER raster layer")
+        roles = date_roles(len(self.date_rows))
+        layers: list[QgsRasterLayer] = []
+        for row, role in zip(self.date_rows, roles):
+            layer = row.combo.currentLayer()
+            if not isinstance(layer, QgsRasterLayer):
+                raise CaptionRunError(f"choose the {role} raster layer")
+            layers.append(layer)
+        for index, layer in enumerate(layers):
+            if layer in layers[:index]:
+                first = roles[layers.index(layer)]
+                raise CaptionRunError(
+                    f"{first} and {roles[index]} are the same layer ('{layer.name()}'): choose a different raster "
+                    "for each date"
+                )
+        typed = tuple(row.date.text().strip() for row in self.date_rows)
+        check_dates(typed, [f"{role} ({layer.name()})" for role, layer in zip(roles, layers)])
         mode = list(AreaMode)[max(0, self.area_buttons.checkedId())]
         area_layer = self.area_layer_combo.currentLayer()
         if mode == AreaMode.LAYER and area_layer is None:
@@ -246,8 +432,7 @@ class CaptionDialog(QDialog):
         urls = parse_backend_urls(self.backend_url.text())
         rectangle, crs = self._rectangle or (None, "")
         return CaptionParams(
-            before_layer_id=before.id(), after_layer_id=after.id(), before_date=self.before_date.text().strip(),
-            after_date=self.after_date.text().strip(), area_mode=mode,
+            layer_ids=tuple(layer.id() for layer in layers), dates=typed, area_mode=mode,
             area_layer_id=area_layer.id() if area_layer is not None else "",
             selected_only=self.selected_only.isChecked(),
             rectangle=None if rectangle is None else (
@@ -268,7 +453,9 @@ class CaptionDialog(QDialog):
     # -- actions --------------------------------------------------------------------------------------------------
 
     def request_run(self) -> None:
-        """Collect, keep the token in the authentication database, remember the choices, hand them over."""
+        """Run: check the choices, that each backend answers as a CCExpert backend, count the tiles and time one
+        request; the dialog stays open with the count and the estimate, and Start (the same button) runs them.
+        Anything changed in between is checked again."""
         try:
             params = self.params()
             token = self.token.text().strip()
@@ -276,34 +463,97 @@ class CaptionDialog(QDialog):
                 self.auth_config_id = store_token(token, self.auth_config_id)
                 params = replace(params, auth_config_id=self.auth_config_id)
         except CaptionRunError as error:
-            self.error_label.setText(str(error))
+            self._unchecked(str(error))
             return
-        self.error_label.clear()
         params.save()
-        self.accept()
-        self.run_requested.emit(params)
+        if self._checked is not None and self._checked.params == params:
+            self.accept()
+            self.run_requested.emit(params)
+            return
+        _say(self.status_label, "Checking the backend and counting the tiles…")
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            checked = self._check(params, token)
+        except CaptionRunError as error:
+            self._unchecked(str(error))
+            return
+        finally:
+            QApplication.restoreOverrideCursor()
+        self._checked = checked
+        self.run_button.setText("Start")
+        _say(self.status_label, f"{checked.plan.describe()}. Press Start to run.")
+
+    def _check(self, params: CaptionParams, token: str) -> _Checked:
+        urls = parse_backend_urls(params.backend_url)
+        clients = [BackendClient(url, token, retries=0) for url in urls]
+        infos = [client.info() for client in clients]
+        _say(self.connection_label, self._describe(list(zip(urls, infos))))
+        canvas = self.iface.mapCanvas()
+        job = job_from_params(params, project(), canvas.extent(), canvas.mapSettings().destinationCrs(), token)
+        return _Checked(params, plan_job(job, clients[0], len(clients)))
+
+    def _unchecked(self, message: str = "") -> None:
+        """Back to Run: what was checked no longer holds (or failed: ``message`` says why)."""
+        self._checked = None
+        self.run_button.setText("Run")
+        _say(self.status_label, message, bool(message))
+
+    def _backend_changed(self) -> None:
+        _say(self.connection_label, "")
+        self._unchecked()
+
+    @staticmethod
+    def _describe(answers: list[tuple[str, dict]], several: bool = False) -> str:
+        """What each backend serves, in words: the model's name and what to know about it, then its id."""
+        lines = []
+        for url, info in answers:
+            limits = info.get("limits", {})
+            where = f"{url}: " if several or len(answers) > 1 else ""
+            lines.append(
+                f"✓ {where}{model_words(info)} — id {info.get('model_id')}, on {info.get('device')} "
+                f"({info.get('dtype')}), up to {limits.get('max_pairs_per_request', '?')} pairs per request, "
+                f"API v{info.get('api_version')}, ccexpert {info.get('version')}"
+            )
+        return "\n".join(lines)
 
     def test_connection(self) -> None:
         """Ask each backend for ``/v1/info`` with the URLs and token shown; say what each answered."""
         try:
             urls = parse_backend_urls(self.backend_url.text())
         except CaptionRunError as error:
-            self.connection_label.setText(f"✗ {error}")
+            _say(self.connection_label, f"✗ {error}", True)
             return
-        lines = []
+        lines, failed = [], False
         for url in urls:
             try:
                 info = BackendClient(url, self.token.text(), retries=0).info()
             except CaptionRunError as error:
                 lines.append(f"✗ {error}")
+                failed = True
                 continue
-            limits = info.get("limits", {})
-            lines.append(
-                f"✓ {url if len(urls) > 1 else 'model'} {info.get('model_id')} on {info.get('device')} "
-                f"({info.get('dtype')}), API v{info.get('api_version')}, ccexpert {info.get('version')}, "
-                f"up to {limits.get('max_pairs_per_request', '?')} pairs per request"
-            )
-        self.connection_label.setText("\n".join(lines))
+            lines.append(self._describe([(url, info)], len(urls) > 1))
+        _say(self.connection_label, "\n".join(lines), failed)
+
+    def open_help(self) -> None:
+        """The README's section on the plugin, in the browser."""
+        QDesktopServices.openUrl(QUrl(HELP_URL))
+
+    def start_local_backend(self) -> None:
+        """Start ``ccexpert serve`` here with the command and model shown (remembered for next time); once it
+        answers, its URL goes into the URL field. Without a command, say how to start one."""
+        settings = LocalBackendSettings(self.local_command.text().strip(), self.local_model.filePath().strip())
+        settings.save()
+        try:
+            url = self.local_backend.start(settings)
+        except CaptionRunError as error:
+            _say(self.connection_label, f"✗ {error}", True)
+            return
+        _say(self.connection_label, f"Starting the local backend at {url} (loading its model)…")
+
+    def _local_backend_ready(self, url: str) -> None:
+        self.backend_url.setText(url)
+        self.token.clear()
+        self.test_connection()
 
     def start_drawing(self) -> None:
         """Hide the dialog while the analyst drags a rectangle on the map canvas."""

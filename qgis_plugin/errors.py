@@ -8,3 +8,8 @@ class CaptionRunError(Exception):
 class BackendUnavailable(CaptionRunError):
     """A backend did not answer (no connection, a timeout, or 502/503/504 after the retries): the same request may
     succeed at another backend or later, unlike one a backend refused."""
+
+
+class NotABackend(CaptionRunError):
+    """Something answered at the URL, but not as a CCExpert backend (a 404 on ``/v1/info``, an answer that is not
+    JSON, JSON without the API version): another server, or the backend's web UI rather than its API."""

@@ -1,5 +1,12 @@
-"""One captioning run: tile the area, read both dates, keep several batches in flight to one or more backends, write
-each batch as it comes back.
+"""One captioning run: tile the area, read every date, keep several batches in flight to one or more backends,
+write each batch as it comes back.
+
+A run is a series of two or more dates (two is the common case): every date is read on the first one's grid and
+each consecutive interval is captioned, one feature per tile and interval. Each date's image of a tile is read and
+encoded once and sent as its intervals' pairs (the wire carries pairs; a tile of three dates sends two pairs that
+share the middle image's bytes). A series also gets the ``history`` layer; a model with a change-map head the
+``changes`` layer. Run options are stored with the command's keys (``dates``), so either tool resumes the other's
+output, per tile and interval.
 
 Plain data in, a summary out, no QGIS layer or widget touched: the :class:`~.task.CaptionTask` runs it in a
 background thread and the Processing algorithm in its own. The scheduler is the command's own (bundled
@@ -15,7 +22,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +34,17 @@ from osgeo import gdal
 from .area import tile_area
 from .backend_client import BackendClient, RequestThreads, multipart_body
 from .captions_gpkg import CAPTIONED, DEFAULT_LAYER, FAILED, SKIPPED_NODATA, CaptionsGeoPackage, TileRecord
+from .change_map import tile_changes
 from .errors import BackendUnavailable, CaptionRunError
 from .png import encode_tile
+from .shared_modules import captions, dates, inflight, run_files, schema
 from .shared_modules import grid as tiling
-from .shared_modules import inflight, run_files, schema
-from .tile_reader import RasterPairReader, crs_name, format_bounds
+from .tile_reader import RasterSeriesReader, crs_name, format_bounds
 
 #: How long a run keeps trying by default when no backend answers (a backend restart takes about 20 s).
 RETRY_BUDGET_S = 60.0
 #: Threads reading and encoding batches (each with its own GDAL datasets).
 READERS = 2
-
 
 class Feedback(Protocol):
     """What a run reports to and asks of whoever runs it (a task, or Processing's ``QgsProcessingFeedback``)."""
@@ -70,25 +78,28 @@ class RasterInput:
 class Job:
     """Everything a run needs, resolved to plain values on the main thread (layers, area, token)."""
 
-    before: RasterInput
-    after: RasterInput
+    #: Two or more rasters in time order: BEFORE and AFTER, or a series.
+    rasters: tuple[RasterInput, ...]
     output: str
     #: One or more backends serving the same model.
     backend_urls: tuple[str, ...]
+    #: Each raster's date as given (2016, 2016-05, 2016-05-12; "" where unknown), in the same order.
+    dates: tuple[str, ...] = ()
     token: str = field(default="", repr=False)
-    #: Polygons in BEFORE's CRS (rings of (x, y), exterior first); None: wherever both rasters have pixels.
+    #: Polygons in BEFORE's CRS (rings of (x, y), exterior first); None: wherever every raster has pixels.
     area: tuple[tiling.Polygon, ...] | None = None
     tile_size: int = 384
     #: Pixels ("32") or a share of the tile ("10%").
     overlap: str = "0"
-    #: Metres per pixel to resample both dates to; None keeps BEFORE's.
+    #: Metres per pixel to resample every date to; None keeps BEFORE's.
     resolution: float | None = None
     #: 1-based band numbers (one or three); None for the first three.
     bands: tuple[int, ...] | None = None
     #: Values mapped to 0 and 255; None for a 2–98 % stretch of data that is not 8-bit.
     value_range: tuple[float, float] | None = None
-    #: Tiles with a larger share of nodata in either date are skipped.
+    #: An interval with a larger share of nodata in either of its dates is skipped.
     max_nodata: float = 0.5
+    #: Pairs per request (a tile of a series brings one pair per interval).
     batch_size: int = 8
     layer_name: str = DEFAULT_LAYER
     #: Requests kept open at each backend; None: enough for ``inflight.QUEUED_MODEL_BATCHES`` of its model
@@ -96,6 +107,32 @@ class Job:
     in_flight: int | None = None
     #: Seconds the run keeps trying when no backend answers, then stops (what was written stays).
     retry_budget_s: float = RETRY_BUDGET_S
+
+    @property
+    def before(self) -> RasterInput:
+        """The first date's raster (its grid is the run's)."""
+        return self.rasters[0]
+
+    @property
+    def after(self) -> RasterInput:
+        """The last date's raster."""
+        return self.rasters[-1]
+
+    @property
+    def intervals(self) -> int:
+        """How many consecutive intervals are captioned per tile."""
+        return len(self.rasters) - 1
+
+    def roles(self) -> list[str]:
+        """How messages name the dates: BEFORE and AFTER, or ``date 2018`` (``date 3`` undated) in a series, as
+        the command names them."""
+        if len(self.rasters) == 2:
+            return ["BEFORE", "AFTER"]
+        return [f"date {label or k + 1}" for k, label in enumerate(self.labels())]
+
+    def labels(self) -> list[str]:
+        """Each date's label ("" where unknown), one per raster."""
+        return [*self.dates, *[""] * (len(self.rasters) - len(self.dates))][: len(self.rasters)]
 
 
 @dataclass(frozen=True)
@@ -119,17 +156,23 @@ class JobSummary:
     output: str
     layer_name: str
     tiles: int = 0
+    #: Tiles whose every interval was done before this run.
     already_done: int = 0
+    #: Features (tile and interval) written by this run, by status.
     counts: dict[str, int] = field(default_factory=lambda: {CAPTIONED: 0, SKIPPED_NODATA: 0, FAILED: 0})
     canceled: bool = False
     error: str | None = None
+    #: The backend's model: its id (stored with each feature), its name and what to know about it, in words.
     model_id: str = ""
-    #: Tiles each backend captioned in this run, by URL.
+    model_name: str = ""
+    model_note: str | None = None
+    intervals: int = 1
+    #: Features each backend captioned in this run, by URL.
     by_backend: dict[str, int] = field(default_factory=dict)
 
     @property
     def written(self) -> int:
-        """Tiles written by this run."""
+        """Features written by this run."""
         return sum(self.counts.values())
 
     def message(self) -> str:
@@ -137,7 +180,9 @@ class JobSummary:
         counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in self.counts.items() if count)
         if len(self.by_backend) > 1:
             counts += " (" + ", ".join(f"{url}: {count}" for url, count in self.by_backend.items()) + ")"
-        done = f"{self.already_done} of {self.tiles} tiles were done before; this run: {counts or 'nothing new'}"
+        per_tile = f" ({self.intervals} intervals each)" if self.intervals > 1 else ""
+        done = (f"{self.already_done} of {self.tiles} tiles{per_tile} were done before; this run: "
+                f"{counts or 'nothing new'}")
         where = f"{self.output} (layer {self.layer_name})"
         if self.canceled:  # whatever stopped the requests open at that moment, the analyst asked for it
             return f"Canceled. {done}. Kept in {where}: run again to resume."
@@ -148,17 +193,52 @@ class JobSummary:
         return f"{done}. Written to {where}."
 
 
-def _run_options(pair: RasterPairReader, grid: tiling.TileGrid, job: Job, model_id: str) -> dict[str, str]:
-    """What decides a tile's pixels and caption, worded as the command words it, so each can resume the other."""
-    crs = crs_name(pair.grid.wkt)
-    return tiling.run_options(
-        grid, crs if crs.startswith("EPSG:") else pair.grid.wkt, pair.before.bands, job.value_range, job.max_nodata,
+def model_words(info: Mapping[str, Any]) -> str:
+    """A backend's model for people: its name and, where there is one, what to know about its captions."""
+    name = str(info.get("model_name") or info.get("model_id") or "an unnamed model")
+    note = info.get("model_note")
+    return f"{name} ({note})" if note else name
+
+
+def _labels(job: Job) -> list[dates.DateLabel | None]:
+    """The job's dates parsed (None where not given); refused where not dates or not in time order."""
+    labels: list[dates.DateLabel | None] = []
+    roles = ["BEFORE", "AFTER"] if len(job.rasters) == 2 else [f"date {k + 1}" for k in range(len(job.rasters))]
+    for role, text in zip(roles, job.labels()):
+        try:
+            labels.append(dates.DateLabel.parse(text) if text.strip() else None)
+        except ValueError as error:
+            raise CaptionRunError(f"{role}: {error}") from None
+    known = [label for label in labels if label is not None]
+    if len(known) == len(labels):
+        try:
+            dates.check_order(known, [raster.name for raster in job.rasters])
+        except ValueError as error:
+            raise CaptionRunError(str(error)) from None
+    return labels
+
+
+def _run_options(reader: RasterSeriesReader, grid: tiling.TileGrid, job: Job, model_id: str) -> dict[str, str]:
+    """What decides a tile's pixels and caption, worded as the command words it (its keys, ``dates`` included),
+    so each can resume the other."""
+    crs = crs_name(reader.grid.wkt)
+    stored = tiling.run_options(
+        grid, crs if crs.startswith("EPSG:") else reader.grid.wkt, reader.bands, job.value_range, job.max_nodata,
         job.before.name, job.after.name, model_id,
     )
+    labels = _labels(job)
+    # As the command: only where there is something to say, so that plain two-date outputs resume as before.
+    if len(job.rasters) > 2 or any(labels):
+        stored["dates"] = ";".join(f"{label or ''}={raster.name}" for label, raster in zip(labels, job.rasters))
+    return stored
 
 
 def _check(job: Job) -> None:
-    """Options and paths, before anything is opened: an output that is an input is refused here."""
+    """Options, dates and paths, before anything is opened: an output that is an input is refused here."""
+    if len(job.rasters) < 2:
+        raise CaptionRunError("choose two or more rasters, one per date")
+    if len({raster.path for raster in job.rasters}) < len(job.rasters):
+        raise CaptionRunError("the same raster is chosen for two dates: choose one raster per date")
     if job.batch_size < 1:
         raise CaptionRunError(f"the batch size must be at least 1, not {job.batch_size}")
     if job.in_flight is not None and job.in_flight < 1:
@@ -173,23 +253,132 @@ def _check(job: Job) -> None:
         raise CaptionRunError("give the output layer a name")
     if not job.output.strip():
         raise CaptionRunError("choose an output GeoPackage file")
+    _labels(job)
     try:
         run_files.check_run_paths(
-            {"the BEFORE raster": job.before.path, "the AFTER raster": job.after.path},
+            {f"the {role} raster": raster.path for role, raster in zip(job.roles(), job.rasters)},
             {"the output GeoPackage": Path(job.output)},
         )
     except ValueError as error:
         raise CaptionRunError(str(error)) from None
 
 
+def _reader(job: Job, log: Callable[[str], None]) -> RasterSeriesReader:
+    return RasterSeriesReader([raster.source for raster in job.rasters], job.roles(), job.bands, job.resolution, log)
+
+
 def preflight(job: Job) -> list[str]:
-    """Check the options and paths and open both rasters as the run will (quick): raises for an output that would
-    overwrite an input, unreadable or disjoint rasters; returns the notices about alignment and band use, for the
-    interface to show before the task starts."""
+    """Check the options, dates and paths and open every raster as the run will (quick): raises for an output that
+    would overwrite an input, unreadable or disjoint rasters; returns the notices about alignment and band use, for
+    the interface to show before the task starts."""
     _check(job)
     notices: list[str] = []
-    with RasterPairReader(job.before.source, job.after.source, job.bands, job.resolution, notices.append):
+    with _reader(job, notices.append):
         return notices
+
+
+def _tiles(
+    reader: RasterSeriesReader, job: Job, log: Callable[[str], None]
+) -> tuple[tiling.TileGrid, list[tiling.Tile]]:
+    """The run's grid and the tiles of its area."""
+    try:
+        overlap = tiling.parse_overlap(job.overlap, job.tile_size)
+        grid = tiling.TileGrid(reader.grid.width, reader.grid.height, reader.grid.transform, job.tile_size, overlap)
+        area = tile_area(job.area, log) if job.area else tiling.Area.from_bounds(reader.overlap_bounds)
+    except ValueError as error:
+        raise CaptionRunError(str(error)) from None
+    tiles = grid.tiles(area)
+    if not tiles:
+        raise CaptionRunError(
+            f"the area {format_bounds(area.bounds)} lies outside the rasters {format_bounds(reader.grid.bounds)} "
+            f"(both in {crs_name(reader.grid.wkt)})"
+        )
+    return grid, tiles
+
+
+def _finished_keys(output: str, layer_name: str) -> set[tuple[str, int]]:
+    """(tile_id, interval) already captioned or skipped in an existing output, read only (nothing is created)."""
+    if not Path(output).is_file():
+        return set()
+    dataset = gdal.OpenEx(output, gdal.OF_VECTOR | gdal.OF_READONLY, allowed_drivers=["GPKG"])
+    layer = dataset.GetLayerByName(layer_name) if dataset is not None else None
+    if layer is None:
+        return set()
+    statuses = ", ".join(f"'{status}'" for status in schema.FINAL_STATUSES)
+    layer.SetAttributeFilter(f"status IN ({statuses})")
+    layer.SetIgnoredFields(["OGR_GEOMETRY"])
+    names = {layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())}
+    return {(f.GetField("tile_id"), f.GetField("interval") if "interval" in names else 0) for f in layer}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, told before it starts: its tiles, what is left of them, and how long that may take."""
+
+    tiles: int
+    intervals: int
+    #: Tiles whose every interval an earlier run finished.
+    already_done: int
+    #: Pairs (tile and interval) left to caption (some may turn out to be skipped for nodata).
+    pairs: int
+    #: Seconds one pair took in a request timed now (None: not timed).
+    seconds_per_pair: float | None = None
+    #: How that was measured, for the words.
+    timing: str = ""
+
+    def describe(self) -> str:
+        """``9 tiles × 2 intervals: 18 pairs to caption, about 1 min (one request of 8 pairs took 3.1 s)``."""
+        area = f"{self.tiles} tiles" + (f" × {self.intervals} intervals" if self.intervals > 1 else "")
+        done = f" ({self.already_done} done before)" if self.already_done else ""
+        if not self.pairs:
+            return f"{area}{done}: nothing left to caption"
+        text = f"{area}{done}: {self.pairs} pair{'s' * (self.pairs != 1)} to caption"
+        if self.seconds_per_pair is not None:
+            text += f", about {_duration(self.pairs * self.seconds_per_pair)} ({self.timing})"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plan_job(job: Job, timed: BackendClient | None = None, backends: int = 1) -> RunPlan:
+    """Count the job's tiles and what an earlier run left of them; with ``timed``, caption one request of tiles
+    still to do at that backend and estimate the run from its speed (shared by ``backends`` alike). Raises
+    :class:`CaptionRunError` for what the run would refuse (inputs, dates, output, area)."""
+    _check(job)
+    with _reader(job, lambda message: None) as reader:
+        grid, tiles = _tiles(reader, job, lambda message: None)
+        finished = _finished_keys(job.output, job.layer_name)
+        needed = {t.tile_id: [k for k in range(job.intervals) if (t.tile_id, k) not in finished] for t in tiles}
+        pending = [tile for tile in tiles if needed[tile.tile_id]]
+        plan = RunPlan(len(tiles), job.intervals, len(tiles) - len(pending),
+                       sum(len(wanted) for wanted in needed.values()))
+        if timed is None or not pending:
+            return plan
+        reader.fit_stretch(tiles, job.value_range)
+        size = _tiles_per_batch(min(job.batch_size, timed.limits.max_pairs_per_request), job.intervals)
+        prepared = _prepare(reader, pending[:size], needed, job.max_nodata, timed.compress)
+    if prepared.request is None:  # every pair of those tiles is skipped for nodata: nothing to time
+        return plan
+    start = time.monotonic()
+    timed.caption_body(*prepared.request)
+    seconds = time.monotonic() - start
+    pairs = prepared.request[2]
+    return RunPlan(
+        plan.tiles, plan.intervals, plan.already_done, plan.pairs, seconds / pairs / max(1, backends),
+        f"one request of {pairs} pair{'s' * (pairs != 1)} took {seconds:.1f} s"
+        + (f", shared by {backends} backends" if backends > 1 else ""),
+    )
+
+
+def _tiles_per_batch(pairs_per_request: int, intervals: int) -> int:
+    """Tiles in a request of at most ``pairs_per_request`` pairs (one per interval), at least one."""
+    return max(1, pairs_per_request // intervals)
 
 
 @contextmanager
@@ -208,46 +397,37 @@ def _locked(output: str) -> Iterator[None]:
 
 
 def run_job(job: Job, feedback: Feedback, on_batch: Callable[[RunProgress], None] | None = None) -> JobSummary:
-    """Caption every tile of the job's area into its GeoPackage, resuming what an earlier run left.
+    """Caption every tile and interval of the job's area into its GeoPackage, resuming what an earlier run left.
 
     ``on_batch`` is told after each batch is written (from this thread). Problems the analyst can fix end in
     ``summary.error`` (never raised); work written before them is kept.
     """
-    summary = JobSummary(job.output, job.layer_name)
+    summary = JobSummary(job.output, job.layer_name, intervals=max(1, job.intervals))
     log = feedback.pushInfo
     try:
         _check(job)
-        with (
-            _locked(job.output),
-            RasterPairReader(job.before.source, job.after.source, job.bands, job.resolution, log) as pair,
-        ):
-            try:
-                overlap = tiling.parse_overlap(job.overlap, job.tile_size)
-                grid = tiling.TileGrid(pair.grid.width, pair.grid.height, pair.grid.transform, job.tile_size, overlap)
-                area = tile_area(job.area, log) if job.area else tiling.Area.from_bounds(pair.overlap_bounds)
-            except ValueError as error:
-                raise CaptionRunError(str(error)) from None
-            tiles = grid.tiles(area)
-            if not tiles:
-                raise CaptionRunError(
-                    f"the area {format_bounds(area.bounds)} lies outside the rasters {format_bounds(pair.grid.bounds)} "
-                    f"(both in {crs_name(pair.grid.wkt)})"
-                )
+        with _locked(job.output), _reader(job, log) as reader:
+            grid, tiles = _tiles(reader, job, log)
             summary.tiles = len(tiles)
             with _Backends(job, feedback.isCanceled) as backends:
-                summary.model_id = backends.model_id
+                summary.model_id, summary.model_name = backends.model_id, backends.model_name
+                summary.model_note = backends.model_note
                 with CaptionsGeoPackage(
-                    job.output, job.layer_name, pair.grid.wkt, _run_options(pair, grid, job, summary.model_id),
+                    job.output, job.layer_name, reader.grid.wkt, _run_options(reader, grid, job, summary.model_id),
                     job.before.name, job.after.name, summary.model_id,
                 ) as output:
-                    finished = output.finished_ids()
-                    pending = [tile for tile in tiles if tile.tile_id not in finished]
+                    finished = output.finished_keys()
+                    needed = {t.tile_id: [k for k in range(job.intervals) if (t.tile_id, k) not in finished]
+                              for t in tiles}
+                    pending = [tile for tile in tiles if needed[tile.tile_id]]
                     summary.already_done = len(tiles) - len(pending)
-                    log(f"{len(tiles)} tiles cover the area; {summary.already_done} already in {job.output}, "
+                    series = f"{job.intervals} intervals of {len(job.rasters)} dates; " if job.intervals > 1 else ""
+                    log(f"{len(tiles)} tiles cover the area; {series}{summary.already_done} already in {job.output}, "
                         f"{len(pending)} to do; up to {backends.in_flight} requests in flight to "
-                        f"{len(backends.clients)} backend(s)")
-                    pair.fit_stretch(tiles, job.value_range)
-                    _caption_in_flight(pair, grid, backends, output, pending, job, summary, feedback, on_batch)
+                        f"{len(backends.clients)} backend(s); captions by {model_words(backends.infos[0])}")
+                    reader.fit_stretch(tiles, job.value_range)
+                    _caption_in_flight(reader, grid, backends, output, pending, needed, job, summary, feedback,
+                                       on_batch)
     except CaptionRunError as error:
         summary.error = str(error)
         summary.canceled = feedback.isCanceled()
@@ -260,23 +440,33 @@ class _Backends:
 
     def __init__(self, job: Job, is_canceled: Callable[[], bool]) -> None:
         self.stop = threading.Event()
-        stopped = lambda: self.stop.is_set() or is_canceled()
+        stopped = lambda: self.stop.is_set() or is_canceled()  # noqa: E731
         # Each client retries little on its own: a backend that does not answer is the failover's to handle.
         self.clients = [BackendClient(url, job.token, stopped, retries=1) for url in job.backend_urls]
-        infos = [client.info() for client in self.clients]  # a wrong URL or token fails here, with its message
-        models = {info["model_id"] for info in infos}
+        self.infos = [client.info() for client in self.clients]  # a wrong URL or token fails here, with its message
+        models = {info["model_id"] for info in self.infos}
         if len(models) > 1:
-            shown = ", ".join(f"{c.url} serves {i['model_id']}" for c, i in zip(self.clients, infos))
+            shown = ", ".join(f"{c.url} serves {i['model_id']}" for c, i in zip(self.clients, self.infos))
             raise CaptionRunError(f"the backends serve different models ({shown}): give backends of one model")
-        self.model_id = infos[0]["model_id"]
-        #: Pairs per request: the batch size, within every backend's limit.
-        self.batch_size = min([job.batch_size] + [client.limits.max_pairs_per_request for client in self.clients])
-        self.in_flight = sum(job.in_flight or inflight.default_in_flight(info, self.batch_size) for info in infos)
+        first = self.infos[0]
+        self.model_id, self.model_name = str(first["model_id"]), str(first.get("model_name") or first["model_id"])
+        self.model_note: str | None = first.get("model_note")
+        pairs = min([job.batch_size] + [client.limits.max_pairs_per_request for client in self.clients])
+        if job.intervals > pairs:
+            raise CaptionRunError(
+                f"a tile of {len(job.rasters)} dates brings {job.intervals} pairs, and a request takes at most "
+                f"{pairs}: raise the batch size, or caption fewer dates at a time"
+            )
+        #: Tiles per request: every interval of a tile goes in the same request as its images.
+        self.tiles_per_batch = _tiles_per_batch(pairs, job.intervals)
+        pairs = self.tiles_per_batch * job.intervals
+        self.in_flight = sum(job.in_flight or inflight.default_in_flight(info, pairs) for info in self.infos)
         self.compress = any(client.compress for client in self.clients)
         self.budget_s = job.retry_budget_s
         #: What the failover said from its threads, for the run's thread to log (feedback is not thread-safe).
         self.notes: queue.SimpleQueue[str] = queue.SimpleQueue()
         several = len(self.clients) > 1
+        self._failover: inflight.Failover[BackendClient, tuple[bytes, str, int], tuple[str, list[dict[str, Any]]]]
         self._failover = inflight.Failover(
             self.clients, lambda client, request: (client.url, client.caption_body(*request)),
             lambda error: isinstance(error, BackendUnavailable), budget_s=job.retry_budget_s,
@@ -305,26 +495,41 @@ class _Backends:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A batch read, judged and encoded: its tiles, those to caption, and their request (None: nothing to send)."""
+    """A batch read, judged and encoded: its tiles with the intervals each needs, the (tile, interval) pairs to
+    caption in request order, and their request (None: nothing to send)."""
 
     tiles: list[tiling.Tile]
-    to_caption: list[tiling.Tile]
+    needed: dict[str, list[int]]
+    to_caption: list[tuple[tiling.Tile, int]]
     request: tuple[bytes, str, int] | None
 
 
-def _prepare(pair: RasterPairReader, tiles: Sequence[tiling.Tile], max_nodata: float, compress: bool) -> _Prepared:
-    """Read both dates of each tile, keep those with little enough nodata, and encode them into one request (only
-    the bytes are kept: a batch in flight holds no arrays)."""
-    to_caption, images = [], []
+def _prepare(
+    reader: RasterSeriesReader, tiles: Sequence[tiling.Tile], needed: Mapping[str, Sequence[int]], max_nodata: float,
+    compress: bool,
+) -> _Prepared:
+    """Read every date of each tile once, skip the intervals with too much nodata in either of their dates, and
+    encode each date's image once into one request of the intervals' pairs (only the bytes are kept: a batch in
+    flight holds no arrays)."""
+    to_caption: list[tuple[tiling.Tile, int]] = []
+    pairs: list[tuple[bytes, bytes]] = []
     for tile in tiles:
-        pixels = pair.read_tile(tile)
-        if pixels.nodata_share <= max_nodata:
-            to_caption.append(tile)
-            images.append((encode_tile(pixels.before, compress), encode_tile(pixels.after, compress)))
+        read = reader.read_dates(tile)
+        missing = [1.0 - float(valid.mean()) for _, valid in read]
+        encoded: dict[int, bytes] = {}
+        for k in needed[tile.tile_id]:
+            if max(missing[k], missing[k + 1]) > max_nodata:
+                continue
+            for index in (k, k + 1):
+                if index not in encoded:
+                    encoded[index] = encode_tile(read[index][0], compress)
+            to_caption.append((tile, k))
+            pairs.append((encoded[k], encoded[k + 1]))
+    wanted = {tile.tile_id: list(needed[tile.tile_id]) for tile in tiles}
     if not to_caption:
-        return _Prepared(list(tiles), to_caption, None)
-    body, content_type = multipart_body(images, [tile.tile_id for tile in to_caption])
-    return _Prepared(list(tiles), to_caption, (body, content_type, len(to_caption)))
+        return _Prepared(list(tiles), wanted, to_caption, None)
+    body, content_type = multipart_body(pairs, [tile.tile_id for tile, _ in to_caption])
+    return _Prepared(list(tiles), wanted, to_caption, (body, content_type, len(to_caption)))
 
 
 class _LayerCategories:
@@ -355,36 +560,60 @@ class _LayerCategories:
         return counts
 
 
-def _records(grid: tiling.TileGrid, prepared: _Prepared, results: list[dict[str, Any]] | None) -> list[TileRecord]:
-    """The batch's records: skipped, captioned with its result, or failed where ``results`` is None."""
-    by_tile = dict(zip(prepared.to_caption, results or []))
+@dataclass(frozen=True)
+class _Dating:
+    """What each interval's features say of their dates and rasters."""
+
+    labels: list[dates.DateLabel | None]
+    names: list[str]
+
+    def of(self, interval: int) -> dict[str, Any]:
+        label = lambda k: None if self.labels[k] is None else str(self.labels[k])  # noqa: E731
+        return {"date_before": label(interval), "date_after": label(interval + 1),
+                "before_source": self.names[interval], "after_source": self.names[interval + 1]}
+
+
+def _records(
+    grid: tiling.TileGrid, prepared: _Prepared, results: list[dict[str, Any]] | None, dating: _Dating,
+) -> list[TileRecord]:
+    """The batch's records, one per tile and interval: skipped, captioned with its result, or failed where
+    ``results`` is None."""
+    answered = dict(zip(prepared.to_caption, results or []))
+    sent = set(prepared.to_caption)
     records = []
     for tile in prepared.tiles:
         footprint = grid.footprint(tile)
-        if tile not in prepared.to_caption:
-            records.append(TileRecord(tile, footprint, SKIPPED_NODATA))
-        elif tile not in by_tile:
-            records.append(TileRecord(tile, footprint, FAILED))
-        else:
-            result = by_tile[tile]
-            records.append(TileRecord(
-                tile, footprint, CAPTIONED, str(result["caption"]), bool(result["change_detected"]),
-                float(result["confidence"]),
-            ))
+        for k in prepared.needed[tile.tile_id]:
+            dated = dating.of(k)
+            if (tile, k) not in sent:
+                records.append(TileRecord(tile, footprint, SKIPPED_NODATA, interval=k, **dated))
+            elif (tile, k) not in answered:
+                records.append(TileRecord(tile, footprint, FAILED, interval=k, **dated))
+            else:
+                result = answered[tile, k]
+                caption = str(result["caption"])
+                change_map = result.get("change_map")
+                records.append(TileRecord(
+                    tile, footprint, CAPTIONED, caption, bool(result["change_detected"]), float(result["confidence"]),
+                    interval=k, change_kind=result.get("change_kind") or captions.change_kind(caption),
+                    changes=None if change_map is None else tile_changes(change_map, grid.transform, tile), **dated,
+                ))
     return records
 
 
 def _caption_in_flight(
-    pair: RasterPairReader, grid: tiling.TileGrid, backends: _Backends, output: CaptionsGeoPackage,
-    pending: list[tiling.Tile], job: Job, summary: JobSummary, feedback: Feedback,
-    on_batch: Callable[[RunProgress], None] | None,
+    reader: RasterSeriesReader, grid: tiling.TileGrid, backends: _Backends, output: CaptionsGeoPackage,
+    pending: list[tiling.Tile], needed: Mapping[str, Sequence[int]], job: Job, summary: JobSummary,
+    feedback: Feedback, on_batch: Callable[[RunProgress], None] | None,
 ) -> None:
     """Read, caption and write ``pending`` with batches in flight; progress counts the whole area's tiles.
 
     A batch the backends failed is written as failed (the next run does it again) and stops the run.
     """
     categories = _LayerCategories(job.output, job.layer_name)
+    dating = _Dating(_labels(job), [raster.name for raster in job.rasters])
     done = summary.already_done
+    history = job.intervals > 1  # as the command: a series has a history layer, two dates none
 
     def report() -> None:
         feedback.setProgress(100.0 * done / summary.tiles)
@@ -393,19 +622,19 @@ def _caption_in_flight(
 
     report()
     # GDAL datasets are not thread-safe: each reader thread borrows rasters of its own from this queue.
-    readers: queue.SimpleQueue[RasterPairReader] = queue.SimpleQueue()
-    opened: list[RasterPairReader] = []
+    readers: queue.SimpleQueue[RasterSeriesReader] = queue.SimpleQueue()
+    opened: list[RasterSeriesReader] = []
 
     def prepare(tiles: list[tiling.Tile]) -> _Prepared:
         try:
-            reader = readers.get_nowait()
+            own = readers.get_nowait()
         except queue.Empty:
-            reader = pair.copy()
-            opened.append(reader)
+            own = reader.copy()
+            opened.append(own)
         try:
-            return _prepare(reader, tiles, job.max_nodata, backends.compress)
+            return _prepare(own, tiles, needed, job.max_nodata, backends.compress)
         finally:
-            readers.put(reader)
+            readers.put(own)
 
     def call(prepared: _Prepared) -> tuple[str, list[dict[str, Any]]]:
         return ("", []) if prepared.request is None else backends.caption(prepared.request)
@@ -420,7 +649,7 @@ def _caption_in_flight(
         log_notes()
         return feedback.isCanceled() or backends.stop.is_set()
 
-    size = backends.batch_size
+    size = backends.tiles_per_batch
     batches = [pending[start : start + size] for start in range(0, len(pending), size)]
     finished = inflight.run_in_flight(
         batches, prepare, call, in_flight=backends.in_flight, preparers=READERS, should_stop=should_stop,
@@ -430,21 +659,25 @@ def _caption_in_flight(
             error = batch.error
             if error is not None and not isinstance(error, CaptionRunError):
                 raise error  # a bug, not the backend's answer: the task logs its traceback
-            url, results = ("", None) if error is not None else batch.result
-            records = _records(grid, batch.prepared, results)
+            url, results = batch.result if error is None and batch.result is not None else ("", None)
+            records = _records(grid, batch.prepared, results, dating)
             output.write(records)
+            if history:
+                output.write_history(batch.prepared.tiles, {t.tile_id: grid.footprint(t) for t in batch.prepared.tiles},
+                                     job.intervals)
             categories.update(records)
             for record in records:
                 summary.counts[record.status] += 1
             if url and results:
                 summary.by_backend[url] = summary.by_backend.get(url, 0) + len(results)
-            done += len(records)
+            done += len(batch.prepared.tiles)
             report()
             if error is not None:
                 raise error
         summary.canceled = done < summary.tiles and feedback.isCanceled()
     finally:
-        finished.close()  # an error or a cancel: nothing new starts, open requests are not waited for
+        if isinstance(finished, Generator):  # it is one (typed as an Iterator): closed, nothing new starts and
+            finished.close()  # the requests still open are not waited for
         log_notes()
         for _ in opened:
             readers.get().close()

@@ -11,14 +11,14 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 
 from qgis.core import (
-    QgsCoordinateReferenceSystem, QgsMapLayer, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorLayer,
+    QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorLayer,
 )
 
 from .area import polygons_in_crs, rectangle_in_crs
 from .captions_gpkg import DEFAULT_LAYER
 from .errors import CaptionRunError
 from .job import RETRY_BUDGET_S, Job, RasterInput
-from .shared_modules import protocol
+from .shared_modules import dates, protocol
 
 SETTINGS_GROUP = "ccexpert"
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8000"
@@ -37,11 +37,10 @@ class AreaMode(str, Enum):
 class CaptionParams:
     """Every choice of the dialog (the token itself lives in the authentication database: see :mod:`.auth`)."""
 
-    before_layer_id: str = ""
-    after_layer_id: str = ""
-    #: Optional dates, used to label the result layer.
-    before_date: str = ""
-    after_date: str = ""
+    #: The raster layers of the dates, in time order (two: BEFORE and AFTER; more: a series).
+    layer_ids: tuple[str, ...] = ()
+    #: Each layer's date as typed (2016, 2016-05, 2016-05-12; "" where unknown): the features' dates.
+    dates: tuple[str, ...] = ()
     area_mode: AreaMode = AreaMode.OVERLAP
     area_layer_id: str = ""
     selected_only: bool = False
@@ -94,11 +93,12 @@ class CaptionParams:
         except ValueError:
             mode = AreaMode.OVERLAP
         # JSON gives lists where the fields hold tuples.
+        rectangle, value_range = params.rectangle, params.value_range
         return replace(
-            params, area_mode=mode,
-            rectangle=None if params.rectangle is None else tuple(params.rectangle),
+            params, area_mode=mode, layer_ids=tuple(params.layer_ids), dates=tuple(params.dates),
+            rectangle=None if rectangle is None else (rectangle[0], rectangle[1], rectangle[2], rectangle[3]),
             bands=None if params.bands is None else tuple(params.bands),
-            value_range=None if params.value_range is None else tuple(params.value_range),
+            value_range=None if value_range is None else (value_range[0], value_range[1]),
         )
 
 
@@ -132,11 +132,23 @@ def parse_backend_urls(text: str) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _layer(project: QgsProject, layer_id: str, kind: type, what: str) -> QgsMapLayer:
+def _raster_layer(project: QgsProject, layer_id: str, what: str) -> QgsRasterLayer:
     layer = project.mapLayer(layer_id) if layer_id else None
-    if not isinstance(layer, kind) or not layer.isValid():
+    if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
         raise CaptionRunError(f"choose the {what} (no valid layer is selected)")
     return layer
+
+
+def _vector_layer(project: QgsProject, layer_id: str, what: str) -> QgsVectorLayer:
+    layer = project.mapLayer(layer_id) if layer_id else None
+    if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+        raise CaptionRunError(f"choose the {what} (no valid layer is selected)")
+    return layer
+
+
+def date_roles(count: int) -> list[str]:
+    """How the dialog names the dates: BEFORE and AFTER, or date 1, date 2… in a series."""
+    return ["BEFORE", "AFTER"] if count == 2 else [f"date {k + 1}" for k in range(count)]
 
 
 def raster_input(layer: QgsRasterLayer, role: str) -> RasterInput:
@@ -154,7 +166,12 @@ def job_from_params(
     token: str,
 ) -> Job:
     """The run these choices describe; the area is resolved now, in the BEFORE layer's CRS."""
-    before_layer = _layer(project, params.before_layer_id, QgsRasterLayer, "BEFORE raster layer")
+    if len(params.layer_ids) < 2:
+        raise CaptionRunError("choose two or more raster layers, one per date")
+    roles = date_roles(len(params.layer_ids))
+    layers = [_raster_layer(project, layer_id, f"{role} raster layer") for layer_id, role in
+              zip(params.layer_ids, roles)]
+    before_layer = layers[0]
     target, context = before_layer.crs(), project.transformContext()
     area = None
     if params.area_mode == AreaMode.CANVAS:
@@ -165,7 +182,7 @@ def job_from_params(
         crs = QgsCoordinateReferenceSystem.fromWkt(params.rectangle_crs)
         area = rectangle_in_crs(QgsRectangle(*params.rectangle), crs, target, context, "the drawn rectangle")
     elif params.area_mode == AreaMode.LAYER:
-        layer = _layer(project, params.area_layer_id, QgsVectorLayer, "polygon layer of the area")
+        layer = _vector_layer(project, params.area_layer_id, "polygon layer of the area")
         if params.selected_only and layer.selectedFeatureCount() == 0:
             raise CaptionRunError(f"no feature of '{layer.name()}' is selected: select some, or use all features")
         features = layer.getSelectedFeatures() if params.selected_only else layer.getFeatures()
@@ -173,8 +190,7 @@ def job_from_params(
             (f.geometry() for f in features), layer.crs(), target, context, f"the layer '{layer.name()}'"
         )
     return Job(
-        before=raster_input(before_layer, "BEFORE"),
-        after=raster_input(_layer(project, params.after_layer_id, QgsRasterLayer, "AFTER raster layer"), "AFTER"),
+        rasters=tuple(raster_input(layer, role) for layer, role in zip(layers, roles)), dates=params.dates,
         output=params.output, backend_urls=parse_backend_urls(params.backend_url), token=token, area=area,
         tile_size=params.tile_size, overlap=params.overlap, resolution=params.resolution, bands=params.bands,
         value_range=params.value_range, batch_size=params.batch_size, layer_name=params.layer_name,
@@ -183,6 +199,36 @@ def job_from_params(
 
 
 def result_title(params: CaptionParams) -> str:
-    """The result layer's name in the project: the layer name, with the dates when given."""
-    dates = " → ".join(d for d in (params.before_date.strip(), params.after_date.strip()) if d)
-    return f"{params.layer_name} ({dates})" if dates else params.layer_name
+    """The result layer's name in the project: ``CCExpert 2016→2021`` (the first and last dates), else the layer
+    name (``CCExpert captions``)."""
+    given = [text.strip() for text in params.dates if text.strip()]
+    if len(given) == len(params.layer_ids) >= 2:
+        return f"CCExpert {given[0]}→{given[-1]}"
+    return f"CCExpert {params.layer_name}"
+
+
+def distinct_name(title: str, taken: set[str]) -> str:
+    """``title``, or ``title (2)``, ``title (3)``… where a layer of the project has that name already."""
+    name, number = title, 1
+    while name in taken:
+        number += 1
+        name = f"{title} ({number})"
+    return name
+
+
+def check_dates(texts: tuple[str, ...], names: list[str]) -> None:
+    """Refuse typed dates that are not dates, or that are out of time order where every date is given (the
+    command's rule: each must end before the next begins)."""
+    labels = []
+    for text, name in zip(texts, names):
+        if not text.strip():
+            continue
+        try:
+            labels.append(dates.DateLabel.parse(text))
+        except ValueError as error:
+            raise CaptionRunError(f"{name}: {error}") from None
+    if len(labels) == len(names):
+        try:
+            dates.check_order(labels, names)
+        except ValueError as error:
+            raise CaptionRunError(str(error)) from None

@@ -1,12 +1,12 @@
 """The plugin's face in QGIS: a toolbar button and a Raster menu entry that open the dialog, the runs it starts,
-and the Processing provider."""
+the backend it may start on this machine, and the Processing provider."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from qgis.core import Qgis, QgsApplication, QgsProject, QgsVectorLayer
+from qgis.core import Qgis, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
@@ -14,9 +14,11 @@ from .auth import load_token
 from .dialog import CaptionDialog
 from .errors import CaptionRunError
 from .job import JobSummary, RunProgress, preflight
-from .params import CaptionParams, job_from_params, result_title
+from .local_backend import LocalBackend
+from .params import CaptionParams, distinct_name, job_from_params, result_title
 from .processing_provider import CCExpertProvider
-from .result_layer import layer_uri, open_captions_layer, show_result
+from .qgis_compat import processing_registry, project, task_manager
+from .result_layer import open_captions_layer, show_result, shown_layer
 from .task import CaptionTask
 
 MENU = "&CCExpert"
@@ -39,10 +41,9 @@ class LiveLayer:
     def layer(self) -> QgsVectorLayer | None:
         """The layer in the project, if it is there (the analyst may have removed it)."""
         layer = self.project.mapLayer(self._layer_id) if self._layer_id else None
-        if layer is None:
-            uri = layer_uri(self.output, self.layer_name)
-            layer = next((shown for shown in self.project.mapLayers().values() if shown.source() == uri), None)
-        return layer if isinstance(layer, QgsVectorLayer) else None
+        if isinstance(layer, QgsVectorLayer):
+            return layer
+        return shown_layer(self.project, self.output, self.layer_name)
 
     def update(self, progress: RunProgress) -> None:
         """Show the batches written so far (on the main thread)."""
@@ -77,26 +78,31 @@ class CCExpertPlugin:
         self.provider: CCExpertProvider | None = None
         self.dialog: CaptionDialog | None = None
         self.tasks: list[CaptionTask] = []
+        #: A backend started from the dialog on this machine, stopped when the plugin unloads.
+        self.local_backend = LocalBackend()
 
     def initProcessing(self) -> None:  # noqa: N802 (called by QGIS, qgis_process included)
         """Register the Processing provider (QGIS calls this alone where there is no interface)."""
         if self.provider is None:
             self.provider = CCExpertProvider()
-            QgsApplication.processingRegistry().addProvider(self.provider)
+            processing_registry().addProvider(self.provider)
 
     def initGui(self) -> None:  # noqa: N802
         """The toolbar button, the menu entry and the Processing provider."""
         self.initProcessing()
-        self.action = QAction(QIcon(str(ICON)), "Caption changes between two rasters…", self.iface.mainWindow())
-        self.action.setToolTip("CCExpert: describe what changed between two rasters, tile by tile, into a GeoPackage")
+        self.action = QAction(QIcon(str(ICON)), "Caption changes between dates…", self.iface.mainWindow())
+        self.action.setToolTip("CCExpert: describe what changed between two or more rasters, tile by tile, into a "
+                               "GeoPackage")
         self.action.triggered.connect(self.show_dialog)
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
 
     def unload(self) -> None:
-        """Remove everything initGui added; runs still going are canceled (their finished batches are kept)."""
+        """Remove everything initGui added; runs still going are canceled (their finished batches are kept), and a
+        backend started from the dialog is stopped."""
         for task in list(self.tasks):
             task.cancel()
+        self.local_backend.stop()
         if self.dialog is not None:
             self.dialog.close()
             self.dialog.deleteLater()
@@ -107,13 +113,13 @@ class CCExpertPlugin:
             self.action.deleteLater()
             self.action = None
         if self.provider is not None:
-            QgsApplication.processingRegistry().removeProvider(self.provider)
+            processing_registry().removeProvider(self.provider)
             self.provider = None
 
     def show_dialog(self) -> CaptionDialog:
         """Open the dialog with the choices remembered from last time."""
         if self.dialog is None:
-            self.dialog = CaptionDialog(self.iface, CaptionParams.load(), self.iface.mainWindow())
+            self.dialog = CaptionDialog(self.iface, CaptionParams.load(), self.iface.mainWindow(), self.local_backend)
             self.dialog.run_requested.connect(self.start)
         else:
             self.dialog.set_params(CaptionParams.load())
@@ -126,27 +132,31 @@ class CCExpertPlugin:
         """Check the inputs now (clear messages before anything runs), then caption in a background task."""
         bar = self.iface.messageBar()
         canvas = self.iface.mapCanvas()
+        current = project()
         try:
             job = job_from_params(
-                params, QgsProject.instance(), canvas.extent(), canvas.mapSettings().destinationCrs(),
+                params, current, canvas.extent(), canvas.mapSettings().destinationCrs(),
                 load_token(params.auth_config_id),
             )
             notices = preflight(job)
         except CaptionRunError as error:
-            bar.pushMessage("CCExpert", str(error), Qgis.Critical, 0)
+            bar.pushMessage("CCExpert", str(error), Qgis.MessageLevel.Critical, 0)
             return None
         for notice in notices:
-            bar.pushMessage("CCExpert", notice, Qgis.Info, 10)
-        title = result_title(params)
-        live = LiveLayer(QgsProject.instance(), job.output, job.layer_name, title)
+            bar.pushMessage("CCExpert", notice, Qgis.MessageLevel.Info, 10)
+        shown = shown_layer(current, job.output, job.layer_name)
+        # A resumed output keeps its layer and name; a new one gets a name no other layer of the project has.
+        title = shown.name() if shown is not None else distinct_name(
+            result_title(params), {layer.name() for layer in current.mapLayers().values()})
+        live = LiveLayer(current, job.output, job.layer_name, title)
 
         def done(summary: JobSummary) -> None:
             self.tasks.remove(task)
             live.finish()
-            show_result(summary, QgsProject.instance(), bar, title)
+            show_result(summary, project(), bar, title, job.labels(), canvas.temporalController())
 
         task = CaptionTask(job, done)
         task.batch_written.connect(live.update)
         self.tasks.append(task)  # QGIS keeps no Python reference: the task must outlive this call
-        QgsApplication.taskManager().addTask(task)
+        task_manager().addTask(task)
         return task

@@ -1,15 +1,24 @@
-"""At the end of a run, on the main thread: the captions layer in the project, styled, and a summary message."""
+"""At the end of a run, on the main thread: the captions layer in the project, styled, described (the model in
+words in its metadata) and, for a dated run, in time; the series' history layer and the changes layer beside it;
+and a summary message."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsVectorLayer
+from osgeo import gdal
+from qgis.core import Qgis, QgsLayerMetadata, QgsMapLayer, QgsMessageLog, QgsProject, QgsVectorLayer
 
-from .job import JobSummary
-from .styling import style_captions_layer
+from .captions_gpkg import companion_layer
+from .job import JobSummary, model_words
+from .shared_modules import dates
+from .styling import style_captions_layer, style_changes_layer, style_history_layer
+from .temporal import cover_dates, set_temporal
 
 LOG_TAG = "CCExpert"
+#: The keyword vocabulary of the layers' metadata.
+KEYWORDS = "CCExpert"
 
 
 def layer_uri(output: str, layer_name: str) -> str:
@@ -17,15 +26,26 @@ def layer_uri(output: str, layer_name: str) -> str:
     return f"{output}|layername={layer_name}"
 
 
+def shown_layer(project: QgsProject, output: str, layer_name: str) -> QgsVectorLayer | None:
+    """The project's layer of that GeoPackage layer, if the project shows it."""
+    uri = layer_uri(output, layer_name)
+    return next((layer for layer in project.mapLayers().values()
+                 if isinstance(layer, QgsVectorLayer) and layer.source() == uri), None)
+
+
 def open_captions_layer(output: str, layer_name: str, title: str) -> QgsVectorLayer | None:
     """The styled layer, or None when the file holds no such layer (a run that failed before writing)."""
+    layer = _open(output, layer_name, title)
+    if layer is not None:
+        style_and_keep(layer)
+    return layer
+
+
+def _open(output: str, layer_name: str, title: str) -> QgsVectorLayer | None:
     if not Path(output).is_file():
         return None
     layer = QgsVectorLayer(layer_uri(output, layer_name), title, "ogr")
-    if not layer.isValid():
-        return None
-    style_and_keep(layer)
-    return layer
+    return layer if layer.isValid() else None
 
 
 def style_and_keep(layer: QgsVectorLayer) -> None:
@@ -34,13 +54,55 @@ def style_and_keep(layer: QgsVectorLayer) -> None:
     error = style_captions_layer(layer)
     if error:
         QgsMessageLog.logMessage(f"the captions style does not apply to {layer.source()}: {error}", LOG_TAG,
-                                 Qgis.Warning)
+                                 Qgis.MessageLevel.Warning)
 
 
-def show_result(summary: JobSummary, project: QgsProject, message_bar, title: str) -> QgsVectorLayer | None:
-    """Add (or refresh) the captions layer and say what the run did; returns the layer in the project."""
-    uri = layer_uri(summary.output, summary.layer_name)
-    shown = next((layer for layer in project.mapLayers().values() if layer.source() == uri), None)
+def describe(layer: QgsMapLayer, summary: JobSummary, what: str, labels: Sequence[str]) -> None:
+    """The layer's metadata (Layer Properties › Metadata): which model wrote it, in words, and from which dates."""
+    metadata = QgsLayerMetadata(layer.metadata())
+    metadata.setTitle(layer.name())
+    span = " → ".join(label for label in labels if label)
+    metadata.setAbstract(
+        f"{what} by CCExpert{f' ({span})' if span else ''}.\n"
+        f"Model: {model_words(_info(summary))}.\n"
+        f"Model id: {summary.model_id}.\nFile: {summary.output}."
+    )
+    metadata.addKeywords(KEYWORDS, [word for word in ("change captions", summary.model_name, summary.model_id,
+                                                      *labels) if word])
+    layer.setMetadata(metadata)
+
+
+def _companion(project: QgsProject, summary: JobSummary, kind: str, title: str) -> QgsVectorLayer | None:
+    """The run's history or changes layer in the project (reloaded when shown already), styled; None where the
+    file has no such layer (two dates; a model without a change map)."""
+    name = companion_layer(summary.layer_name, kind)
+    layer = shown_layer(project, summary.output, name)
+    if layer is not None:
+        layer.reload()
+        layer.triggerRepaint()
+        return layer
+    dataset = gdal.OpenEx(summary.output, gdal.OF_VECTOR | gdal.OF_READONLY)
+    if dataset is None or dataset.GetLayerByName(name) is None:
+        return None
+    dataset = None  # closed before QGIS opens the file
+    layer = _open(summary.output, name, f"{title} — {kind}")
+    if layer is None:
+        return None
+    (style_history_layer if kind == "history" else style_changes_layer)(layer)
+    project.addMapLayer(layer)
+    return layer
+
+
+def show_result(
+    summary: JobSummary, project: QgsProject, message_bar, title: str, labels: Sequence[str] = (),
+    controller: object = None,
+) -> QgsVectorLayer | None:
+    """Add (or refresh) the captions layer and its companions and say what the run did; returns the captions layer.
+
+    ``labels`` are the run's dates as typed: where every date is known the layer follows the Temporal Controller
+    (``controller``, the map canvas's) and the project's time range covers them.
+    """
+    shown = shown_layer(project, summary.output, summary.layer_name)
     if shown is not None:
         # A resumed run: the layer is there already, with the analyst's own changes to it; show the new tiles.
         shown.reload()
@@ -49,12 +111,30 @@ def show_result(summary: JobSummary, project: QgsProject, message_bar, title: st
         shown = open_captions_layer(summary.output, summary.layer_name, title)
         if shown is not None:
             project.addMapLayer(shown)
+    if shown is not None and summary.model_id:
+        describe(shown, summary, "Change captions, one polygon per tile and interval", labels)
+        parsed = [dates.DateLabel.parse(label) for label in labels if label]
+        if len(parsed) == len(labels) >= 2:
+            set_temporal(shown)
+            cover_dates(project, controller, parsed)
+        for kind, what in (("history", "Each tile's changes over the dates"),
+                           ("changes", "Changed places from the model's change map")):
+            companion = _companion(project, summary, kind, shown.name())  # None where the file has none
+            if companion is not None:
+                describe(companion, summary, what, labels)
     if summary.error and not summary.canceled:
-        level = Qgis.Critical
+        level = Qgis.MessageLevel.Critical
     elif summary.canceled or summary.counts.get("failed"):
-        level = Qgis.Warning
+        level = Qgis.MessageLevel.Warning
     else:
-        level = Qgis.Success
-    QgsMessageLog.logMessage(summary.message(), LOG_TAG, level)
-    message_bar.pushMessage("CCExpert", summary.message(), level, 0 if level == Qgis.Critical else 15)
+        level = Qgis.MessageLevel.Success
+    message = summary.message()
+    if summary.model_id and not (summary.error and not summary.written):
+        message += f" Captions by {model_words(_info(summary))}."
+    QgsMessageLog.logMessage(message, LOG_TAG, level)
+    message_bar.pushMessage("CCExpert", message, level, 0 if level == Qgis.MessageLevel.Critical else 15)
     return shown
+
+
+def _info(summary: JobSummary) -> dict[str, object]:
+    return {"model_name": summary.model_name, "model_id": summary.model_id, "model_note": summary.model_note}

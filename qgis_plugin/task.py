@@ -25,7 +25,7 @@ class _TaskFeedback:
         self._task.setProgress(percent)
 
     def pushInfo(self, text: str) -> None:  # noqa: N802
-        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Info)
+        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.MessageLevel.Info)
 
 
 class CaptionTask(QgsTask):
@@ -38,7 +38,7 @@ class CaptionTask(QgsTask):
     batch_written = pyqtSignal(object)
 
     def __init__(self, job: Job, on_done: Callable[[JobSummary], None]) -> None:
-        super().__init__(f"CCExpert: captions {job.before.name} → {job.after.name}", QgsTask.CanCancel)
+        super().__init__(f"CCExpert: captions {job.before.name} → {job.after.name}", QgsTask.Flag.CanCancel)
         self.job, self.on_done = job, on_done
         self.summary: JobSummary | None = None
 
@@ -51,7 +51,7 @@ class CaptionTask(QgsTask):
         try:
             self.summary = run_job(self.job, _TaskFeedback(self), self.batch_written.emit)
         except Exception:  # a bug, not the analyst's problem: keep its traceback for the report
-            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)
             return False
         return self.summary.error is None or self.summary.canceled
 

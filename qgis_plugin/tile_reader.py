@@ -1,12 +1,13 @@
-"""Both dates read on one pixel grid, tile by tile, as 8-bit RGB with their validity (GDAL as QGIS ships it).
+"""Every date read on one pixel grid, tile by tile, as 8-bit RGB with its validity (GDAL as QGIS ships it).
 
 The rules are the ``caption-region`` command's (``ccexpert_core/geo/raster.py``, on rasterio), so that the plugin
-and the command send the backend the same pixels, which a test checks: tiles are cut on BEFORE's grid (optionally
-resampled to a ground resolution); AFTER is warped onto it (bilinear) when its CRS, resolution or origin differ;
+and the command send the backend the same pixels, which a test checks: tiles are cut on the first date's grid
+(BEFORE's; optionally resampled to a ground resolution); each later date is warped onto it (bilinear) when its CRS,
+resolution or origin differ;
 the first three bands are read by default and one band is repeated to grey; data that is not 8-bit is stretched
 (2–98 % over the area) or mapped from a fixed range; nodata values, masks, alpha bands and pixels outside a raster
 are invalid. Those rules on values are the command's own module, bundled (``pixels``); this one reads with GDAL.
-Not thread-safe: a reader is used by one thread at a time; :meth:`RasterPairReader.copy` gives another thread
+Not thread-safe: a reader is used by one thread at a time; :meth:`RasterSeriesReader.copy` gives another thread
 its own (GDAL datasets cannot be shared between threads).
 """
 
@@ -186,65 +187,75 @@ class DateSource:
         return pixels.to_rgb(*self._read(window, out_shape), self.stretch, self.is_float)
 
 
-class RasterPairReader:
-    """BEFORE and AFTER on BEFORE's grid (resampled to ``resolution`` metres per pixel if given)."""
+class RasterSeriesReader:
+    """Two or more dates on the first one's grid (resampled to ``resolution`` metres per pixel if given): each
+    later date is aligned onto it, and must overlap it. ``roles`` name the dates in messages (BEFORE and AFTER for
+    two, ``date 2018``… for a series, as the command names them)."""
 
     def __init__(
         self,
-        before: str,
-        after: str,
+        sources: Sequence[str],
+        roles: Sequence[str],
         bands: Sequence[int] | None = None,
         resolution: float | None = None,
         log: Log = lambda message: None,
     ) -> None:
-        self._options = (bands, resolution)
-        native = PixelGrid.of(open_raster(before, "BEFORE"))
+        if len(sources) < 2 or len(roles) != len(sources):
+            raise CaptionRunError("a run needs two or more rasters, one per date")
+        self._options = (list(sources), list(roles), bands, resolution)
+        native = PixelGrid.of(open_raster(sources[0], roles[0]))
         self.grid = native if resolution is None else native.resampled(resolution)
         if resolution is not None:
-            log(f"both rasters are resampled to {resolution:g} m per pixel "
-                f"(BEFORE has {native.pixel_size * native.metres_per_unit():g} m)")
-        self.before = DateSource(before, "BEFORE", self.grid, bands, log)
-        self.after = DateSource(after, "AFTER", self.grid, bands, log)
-        self.after_bounds = self._after_bounds_on_grid()
-        if not self.after.native.same_as(native):
-            log(f"AFTER is aligned onto BEFORE's grid with bilinear resampling: "
-                f"{_grid_difference(self.after.native, native)}")
+            log(f"every date is resampled to {resolution:g} m per pixel "
+                f"({roles[0]} has {native.pixel_size * native.metres_per_unit():g} m)")
+        self.dates = [DateSource(source, role, self.grid, bands, log) for source, role in zip(sources, roles)]
+        self.bounds = [self.grid.bounds] + [self._bounds_on_grid(date) for date in self.dates[1:]]
+        first = roles[0]
+        for date in self.dates[1:]:
+            if not date.native.same_as(native):
+                log(f"{date.role} is aligned onto {first}'s grid with bilinear resampling: "
+                    f"{_grid_difference(date.native, native)}")
 
-    def _after_bounds_on_grid(self) -> tiling.Bounds:
-        """AFTER's extent in the grid's CRS; refuses rasters that do not overlap."""
-        after = self.after.native
-        transform = osr.CoordinateTransformation(_srs(after.wkt), _srs(self.grid.wkt))
+    def _bounds_on_grid(self, date: DateSource) -> tiling.Bounds:
+        """A later date's extent in the grid's CRS; refuses one that does not overlap the first."""
+        first = self.dates[0].role
+        transform = osr.CoordinateTransformation(_srs(date.native.wkt), _srs(self.grid.wkt))
         if transform is None:
-            raise CaptionRunError(f"AFTER's CRS cannot be transformed to BEFORE's: {gdal.GetLastErrorMsg()}")
-        ax0, ay0, ax1, ay1 = transform.TransformBounds(*after.bounds, 21)
+            raise CaptionRunError(f"{date.role}'s CRS cannot be transformed to {first}'s: {gdal.GetLastErrorMsg()}")
+        ax0, ay0, ax1, ay1 = transform.TransformBounds(*date.native.bounds, 21)
         bx0, by0, bx1, by1 = self.grid.bounds
         if ax0 >= bx1 or ax1 <= bx0 or ay0 >= by1 or ay1 <= by0:
             raise CaptionRunError(
-                f"BEFORE and AFTER do not overlap: BEFORE covers {format_bounds((bx0, by0, bx1, by1))}, AFTER covers "
-                f"{format_bounds((ax0, ay0, ax1, ay1))} (in {crs_name(self.grid.wkt)})"
+                f"{first} and {date.role} do not overlap: {first} covers {format_bounds((bx0, by0, bx1, by1))}, "
+                f"{date.role} covers {format_bounds((ax0, ay0, ax1, ay1))} (in {crs_name(self.grid.wkt)})"
             )
         return ax0, ay0, ax1, ay1
 
     @property
     def overlap_bounds(self) -> tiling.Bounds:
-        """Where both rasters have pixels, in the grid's CRS."""
-        bx0, by0, bx1, by1 = self.grid.bounds
-        ax0, ay0, ax1, ay1 = self.after_bounds
-        return max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+        """Where every date has pixels, in the grid's CRS."""
+        x0s, y0s, x1s, y1s = zip(*self.bounds)
+        return max(x0s), max(y0s), min(x1s), min(y1s)
 
-    def copy(self) -> "RasterPairReader":
-        """Another reader of the same rasters on the same grid, with the same 8-bit mapping, for another thread
+    @property
+    def bands(self) -> tuple[int, ...]:
+        """The bands read (the first date's: every date reads the same numbers)."""
+        return self.dates[0].bands
+
+    def copy(self) -> "RasterSeriesReader":
+        """Another reader of the same rasters on the same grid, with the same 8-bit mappings, for another thread
         (its notices were given by this one)."""
-        twin = RasterPairReader(self.before.source, self.after.source, *self._options)
-        twin.before.stretch, twin.after.stretch = self.before.stretch, self.after.stretch
+        twin = RasterSeriesReader(*self._options)
+        for date, original in zip(twin.dates, self.dates):
+            date.stretch = original.stretch
         return twin
 
     def close(self) -> None:
-        """Close both rasters."""
-        self.before.close()
-        self.after.close()
+        """Close every raster."""
+        for date in self.dates:
+            date.close()
 
-    def __enter__(self) -> "RasterPairReader":
+    def __enter__(self) -> "RasterSeriesReader":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -253,13 +264,13 @@ class RasterPairReader:
     def fit_stretch(self, tiles: Sequence[tiling.Tile], value_range: tuple[float, float] | None) -> None:
         """Fit each date's 8-bit mapping over the tiles' extent (once, before any tile is read)."""
         window = tiling.tiles_window(tiles)
-        self.before.fit_stretch(window, value_range)
-        self.after.fit_stretch(window, value_range)
+        for date in self.dates:
+            date.fit_stretch(window, value_range)
 
-    def read_tile(self, tile: tiling.Tile) -> pixels.TilePixels:
-        """Both dates' pixels of a tile."""
+    def read_dates(self, tile: tiling.Tile) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every date's ``(rgb, valid)`` of a tile, in date order."""
         window = (tile.x, tile.y, tile.width, tile.height)
-        return pixels.TilePixels.of(self.before.read(window), self.after.read(window))
+        return [date.read(window) for date in self.dates]
 
 
 def _grid_difference(source: PixelGrid, target: PixelGrid) -> str:

@@ -2,10 +2,11 @@
 
 The zip holds one folder, ``ccexpert_qgis/``, with the plugin's modules, ``metadata.txt``, ``icon.png``, ``LICENSE``
 and ``bundled/`` — copies of ``ccexpert_core/geo/grid.py``, ``ccexpert_core/geo/pixels.py``,
-``ccexpert_core/geo/schema.py``, ``ccexpert_core/protocol.py``, ``ccexpert_core/inflight.py`` and
-``ccexpert_core/geo/run_files.py``, which the plugin imports from there (one tiler, one set of pixel rules, one
-captions layer schema and style, one wire format, one scheduler of batches in flight, one set of checks on a run's
-files, nothing to install in QGIS's Python).
+``ccexpert_core/geo/schema.py``, ``ccexpert_core/protocol.py``, ``ccexpert_core/inflight.py``,
+``ccexpert_core/geo/run_files.py``, ``ccexpert_core/geo/dates.py`` and ``ccexpert_core/captions.py``, which the
+plugin imports from there (one tiler, one set of pixel rules, one captions layer schema and style, one wire format,
+one scheduler of batches in flight, one set of checks on a run's files, one reading of dates, one change kind from
+a caption's words; nothing to install in QGIS's Python).
 
 Usage: python3 scripts/build_plugin.py [--out DIR]   → DIR/ccexpert_qgis-VERSION.zip (default DIR: dist)
 """
@@ -33,6 +34,8 @@ BUNDLED = {
     "protocol.py": REPO / "ccexpert_core" / "protocol.py",
     "inflight.py": REPO / "ccexpert_core" / "inflight.py",
     "run_files.py": REPO / "ccexpert_core" / "geo" / "run_files.py",
+    "dates.py": REPO / "ccexpert_core" / "geo" / "dates.py",
+    "captions.py": REPO / "ccexpert_core" / "captions.py",
 }
 BUNDLED_INIT = '"""Copies of the project\'s pure modules (ccexpert_core), made by `make plugin`: do not edit here."""\n'
 REQUIRED_METADATA = (

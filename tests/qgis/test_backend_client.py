@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from qgis_plugin.backend_client import BackendClient
-from qgis_plugin.errors import CaptionRunError
+from qgis_plugin.errors import CaptionRunError, NotABackend
 from qgis_plugin.shared_modules import protocol
 
 INFO = {"api_version": protocol.API_VERSION, "model_id": "m", "limits": protocol.Limits().to_dict()}
@@ -21,7 +21,8 @@ class ScriptedServer(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.script: list[tuple[int, dict]] = []
+        #: (status, JSON body, or raw bytes such as an HTML page)
+        self.script: list[tuple[int, dict | bytes]] = []
         self.seen: list[dict[str, str]] = []
 
     @property
@@ -33,9 +34,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self.server.seen.append(dict(self.headers))
         status, body = self.server.script.pop(0)
-        data = json.dumps(body).encode()
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/html" if isinstance(body, bytes) else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -87,3 +88,22 @@ def test_nobody_listening_is_retried_then_explained(server: ScriptedServer) -> N
     server.server_close()
     with pytest.raises(CaptionRunError, match=r"cannot reach the backend at .* \(tried 3 times\).*ccexpert serve"):
         BackendClient(url, retries=2, backoff_s=0.01).info()
+
+
+@pytest.mark.parametrize(("path", "answer", "why"), [
+    ("", (404, b"<html>File not found</html>"), "it answered 404 Not Found to /v1/info"),
+    ("", (200, b"<html>a web page</html>"), "it answered something other than JSON to /v1/info"),
+    ("", (200, {"status": "ok"}), "its /v1/info has no api_version"),
+    ("", (400, b"<html>Bad request</html>"), "it answered 400 to /v1/info"),
+    ("/ui", (404, {"detail": "Not Found"}), "it answered 404 Not Found to /v1/info"),
+])
+def test_a_server_that_is_not_a_ccexpert_backend_is_named_so(
+    server: ScriptedServer, path: str, answer: tuple[int, dict | bytes], why: str
+) -> None:
+    server.script = [answer]
+    url = server.url + path
+    with pytest.raises(NotABackend) as raised:
+        BackendClient(url).info()
+    assert str(raised.value).startswith(f"nothing at {url} answers as a CCExpert backend ({why})")
+    if path:  # the web UI's address: the message gives the API's
+        assert str(raised.value).endswith(f"is the backend's web UI: its URL is {server.url}")

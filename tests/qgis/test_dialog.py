@@ -1,30 +1,41 @@
-"""The dialog collects one CaptionParams, remembers it (the token in the auth database only), tests the backend,
-and the area choices become polygons in the BEFORE raster's CRS."""
+"""The dialog as an analyst uses it: two different rasters by default, the same one refused, a layout that never
+moves, a status that goes when what it spoke of changes, Run that checks the backend (a server that is not a
+CCExpert backend is refused before any task) and shows the tile count and an estimate before Start, a Help link,
+the choices remembered (the token in the auth database only) and the Processing algorithm starting from them."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import SCREENSHOTS, TOKEN, Backend, add_raster
+from conftest import TOKEN, Backend, add_raster
 from qgis.core import (
     QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProject, QgsRectangle, QgsSettings, QgsVectorLayer,
 )
-from rasters import write_pair
+from qgis.PyQt.QtCore import QObject, QPoint, QUrl, pyqtSlot
+from qgis.PyQt.QtGui import QDesktopServices
+from rasters import write_geotiff, write_pair
+from standin import start_standin
 
 from qgis_plugin.auth import load_token
-from qgis_plugin.dialog import CaptionDialog
+from qgis_plugin.dialog import HELP_URL, CaptionDialog
 from qgis_plugin.errors import CaptionRunError
 from qgis_plugin.params import SETTINGS_GROUP, AreaMode, CaptionParams, job_from_params
+from qgis_plugin.processing_algorithm import CaptionChangesAlgorithm
 
 UTM = QgsCoordinateReferenceSystem("EPSG:32631")
 
 
 @pytest.fixture
 def layers(project: QgsProject, tmp_path: Path) -> dict[str, object]:
-    """Two rasters and a polygon layer in WGS 84 with two squares (the second selected)."""
+    """Two rasters (added newest first, as analysts often do) and a polygon layer in WGS 84 with two squares (the
+    second selected)."""
     before, after = write_pair(tmp_path, 256)
     polygons = QgsVectorLayer("Polygon?crs=EPSG:4326", "parcels", "memory")
     features = []
@@ -35,8 +46,8 @@ def layers(project: QgsProject, tmp_path: Path) -> dict[str, object]:
     polygons.dataProvider().addFeatures(features)
     project.addMapLayer(polygons)
     polygons.selectByIds([sorted(polygons.allFeatureIds())[1]])  # allFeatureIds() is a set: no order
-    return {"before": add_raster(project, before, "ortho 2019"), "after": add_raster(project, after, "ortho 2021"),
-            "parcels": polygons}
+    after_layer = add_raster(project, after, "ortho 2021")
+    return {"after": after_layer, "before": add_raster(project, before, "ortho 2019"), "parcels": polygons}
 
 
 @pytest.fixture
@@ -47,12 +58,13 @@ def dialog(qgis_iface, auth_ready, layers) -> Iterator[CaptionDialog]:
     shown.deleteLater()
 
 
-def fill(dialog: CaptionDialog, layers: dict, backend_url: str, output: Path) -> None:
+def fill(dialog: CaptionDialog, layers: dict, backend_url: str, output: Path, token: str = TOKEN) -> None:
     """Fill the dialog as an analyst would."""
-    dialog.before_combo.setLayer(layers["before"])
-    dialog.after_combo.setLayer(layers["after"])
-    dialog.before_date.setText("2019-05")
-    dialog.after_date.setText("2021-07")
+    first, second = dialog.date_rows
+    first.combo.setLayer(layers["before"])
+    second.combo.setLayer(layers["after"])
+    first.date.setText("2019-05")
+    second.date.setText("2021-07")
     dialog.area_radios[AreaMode.LAYER].setChecked(True)
     dialog.area_layer_combo.setLayer(layers["parcels"])
     dialog.selected_only.setChecked(True)
@@ -60,37 +72,61 @@ def fill(dialog: CaptionDialog, layers: dict, backend_url: str, output: Path) ->
     dialog.bands.setText("3,2,1")
     dialog.batch_size.setValue(4)
     dialog.backend_url.setText(backend_url)
-    dialog.token.setText(TOKEN)
+    dialog.token.setText(token)
     dialog.output.setFilePath(str(output))
 
 
 def test_raster_combos_list_raster_layers_only(dialog: CaptionDialog, layers: dict) -> None:
-    for combo in (dialog.before_combo, dialog.after_combo):
-        assert combo.count() == 2 and layers["parcels"] not in (combo.layer(0), combo.layer(1))
+    for row in dialog.date_rows:
+        assert row.combo.count() == 2 and layers["parcels"] not in (row.combo.layer(0), row.combo.layer(1))
     assert dialog.area_layer_combo.count() == 1
 
 
-def test_run_collects_remembers_and_keeps_the_token_in_the_auth_database(
-    dialog: CaptionDialog, layers: dict, tmp_path: Path
+def test_before_and_after_default_to_two_different_layers_in_date_order_with_their_dates(
+    dialog: CaptionDialog, layers: dict
 ) -> None:
-    fill(dialog, layers, "http://127.0.0.1:8000", tmp_path / "out")
+    first, second = dialog.date_rows
+    assert first.combo.currentLayer() is layers["before"] and second.combo.currentLayer() is layers["after"]
+    assert (first.date.text(), second.date.text()) == ("2019", "2021")  # from the layers' names
+    assert [row.label.text() for row in dialog.date_rows] == ["Before", "After"]
+
+
+def test_a_date_from_the_rasters_metadata_comes_before_one_in_its_name(
+    qgis_iface, auth_ready, project: QgsProject, tmp_path: Path
+) -> None:
+    before, after = write_pair(tmp_path, 64)
+    from osgeo import gdal
+
+    dataset = gdal.Open(str(after), gdal.GA_Update)
+    dataset.SetMetadataItem("TIFFTAG_DATETIME", "2021:07:14 10:00:00")
+    dataset = None
+    add_raster(project, before, "scene 2019")
+    add_raster(project, after, "scene 2020")  # the name says 2020, the camera 2021-07-14
+    shown = CaptionDialog(qgis_iface, CaptionParams())
+    try:
+        assert [row.date.text() for row in shown.date_rows] == ["2019", "2021-07-14"]
+        shown.date_rows[1].date.setText("2021")  # the analyst's own date stays when the layer changes
+        shown.date_rows[1].combo.setLayer(shown.date_rows[0].combo.currentLayer())
+        assert shown.date_rows[1].date.text() == "2021"
+    finally:
+        shown.deleteLater()
+
+
+def test_the_same_layer_for_two_dates_is_refused(dialog: CaptionDialog, layers: dict, tmp_path: Path) -> None:
+    fill(dialog, layers, "http://127.0.0.1:9", tmp_path / "out.gpkg")
+    dialog.date_rows[1].combo.setLayer(layers["before"])
     emitted: list[CaptionParams] = []
     dialog.run_requested.connect(emitted.append)
     dialog.request_run()
-    assert len(emitted) == 1
-    params = emitted[0]
-    assert params == CaptionParams(
-        before_layer_id=layers["before"].id(), after_layer_id=layers["after"].id(), before_date="2019-05",
-        after_date="2021-07", area_mode=AreaMode.LAYER, area_layer_id=layers["parcels"].id(), selected_only=True,
-        overlap="10%", bands=(3, 2, 1), batch_size=4, backend_url="http://127.0.0.1:8000",
-        auth_config_id=params.auth_config_id, output=str(tmp_path / "out.gpkg"),
-    )
-    assert load_token(params.auth_config_id) == TOKEN
-    assert CaptionParams.load() == params
-    settings = QgsSettings()
-    keys = [key for key in settings.allKeys() if key.startswith(SETTINGS_GROUP)]
-    stored = [str(settings.value(key)) for key in keys]
-    assert stored and not any(TOKEN in value for value in stored)
+    assert not emitted
+    assert "BEFORE and AFTER are the same layer ('ortho 2019')" in dialog.status_label.text()
+
+
+def test_dates_out_of_order_are_refused(dialog: CaptionDialog, layers: dict, tmp_path: Path) -> None:
+    fill(dialog, layers, "http://127.0.0.1:9", tmp_path / "out.gpkg")
+    dialog.date_rows[1].date.setText("2018")
+    dialog.request_run()
+    assert "the dates must be in time order" in dialog.status_label.text()
 
 
 @pytest.mark.parametrize(("widget", "value", "message"), [
@@ -100,12 +136,179 @@ def test_run_collects_remembers_and_keeps_the_token_in_the_auth_database(
 def test_bad_values_are_explained_in_the_dialog(
     dialog: CaptionDialog, layers: dict, tmp_path: Path, widget: str, value: str, message: str
 ) -> None:
-    fill(dialog, layers, "http://127.0.0.1:8000", tmp_path / "out.gpkg")
+    fill(dialog, layers, "http://127.0.0.1:9", tmp_path / "out.gpkg")
     getattr(dialog, widget).setText(value)
     emitted: list[CaptionParams] = []
     dialog.run_requested.connect(emitted.append)
     dialog.request_run()
-    assert not emitted and message in dialog.error_label.text()
+    assert not emitted and message in dialog.status_label.text()
+
+
+def test_the_layout_stays_put_whatever_the_status_lines_say(dialog: CaptionDialog, layers: dict) -> None:
+    dialog.show()
+    dialog.adjustSize()
+    where = {name: getattr(dialog, name).mapTo(dialog, QPoint(0, 0)) for name in ("token", "backend_url",
+                                                                                 "run_button", "in_flight")}
+    size = dialog.size()
+    long = "✗ " + "nothing at http://example.org answers as a CCExpert backend " * 12
+    for label in (dialog.connection_label, dialog.status_label):
+        label.setText(long)
+        dialog.layout().activate()
+        assert {name: getattr(dialog, name).mapTo(dialog, QPoint(0, 0)) for name in where} == where
+        assert dialog.size() == size
+        label.setText("")
+    dialog.hide()
+
+
+def test_the_connection_status_goes_when_the_url_changes_and_on_reopening(
+    dialog: CaptionDialog, layers: dict, request
+) -> None:
+    standin = start_standin(request, "--batch-s", "0.01", python=sys.executable)
+    dialog.backend_url.setText(standin.url)
+    dialog.test_button.click()
+    assert dialog.connection_label.text().startswith("✓")
+    dialog.backend_url.setText(standin.url + "0")
+    assert dialog.connection_label.text() == ""
+    dialog.backend_url.setText(standin.url)
+    dialog.test_button.click()
+    dialog.set_params(CaptionParams(backend_url=standin.url))  # what show_dialog does on reopening
+    assert dialog.connection_label.text() == "" and dialog.status_label.text() == ""
+
+
+class _NotABackend(ThreadingHTTPServer):
+    """Another server: 404 pages in HTML for what it does not have."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _NotFound)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _NotFound(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        page = b"<html><body>File not found</body></html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+def test_run_refuses_a_server_that_is_not_a_ccexpert_backend_before_any_task(
+    dialog: CaptionDialog, layers: dict, tmp_path: Path
+) -> None:
+    server = _NotABackend()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fill(dialog, layers, server.url, tmp_path / "out.gpkg", token="")
+        emitted: list[CaptionParams] = []
+        dialog.run_requested.connect(emitted.append)
+        dialog.show()
+        dialog.request_run()
+        assert not emitted and dialog.isVisible()  # still open, saying why
+        assert (f"nothing at {server.url} answers as a CCExpert backend (it answered 404 Not Found to /v1/info)"
+                in dialog.status_label.text())
+        assert dialog.run_button.text() == "Run" and not (tmp_path / "out.gpkg").exists()
+    finally:
+        dialog.hide()
+        server.shutdown()
+        server.server_close()
+
+
+def test_run_shows_the_tile_count_and_an_estimate_then_start_runs_what_was_checked(
+    dialog: CaptionDialog, layers: dict, tmp_path: Path, request
+) -> None:
+    standin = start_standin(request, "--batch-s", "0.05", python=sys.executable)
+    fill(dialog, layers, standin.url, tmp_path / "out", token="")
+    dialog.area_radios[AreaMode.OVERLAP].setChecked(True)
+    dialog.tile_size.setValue(64)
+    dialog.overlap.setText("0")
+    emitted: list[CaptionParams] = []
+    dialog.run_requested.connect(emitted.append)
+    dialog.show()
+    dialog.request_run()
+    assert not emitted and dialog.isVisible() and dialog.run_button.text() == "Start"
+    status = dialog.status_label.text()
+    assert status.startswith("16 tiles: 16 pairs to caption, about ") and "one request of 4 pairs took" in status
+    assert "stand-in (no model) (a stand-in that sleeps instead of captioning)" in dialog.connection_label.text()
+    timed = standin.stats()["pairs"]
+    assert timed == 4  # the estimate comes from one request of the batch size
+    dialog.tile_size.setValue(128)  # changed after the check: checked again, not started
+    dialog.request_run()
+    assert not emitted and dialog.status_label.text().startswith("4 tiles: 4 pairs to caption")
+    dialog.request_run()  # Start
+    assert len(emitted) == 1 and emitted[0].tile_size == 128 and not dialog.isVisible()
+
+
+def test_start_hands_over_the_choices_remembers_them_and_keeps_the_token_in_the_auth_database(
+    dialog: CaptionDialog, layers: dict, tmp_path: Path, backend: Backend,
+) -> None:
+    fill(dialog, layers, backend.url, tmp_path / "out")
+    emitted: list[CaptionParams] = []
+    dialog.run_requested.connect(emitted.append)
+    dialog.request_run()
+    dialog.request_run()
+    assert len(emitted) == 1
+    params = emitted[0]
+    assert params == CaptionParams(
+        layer_ids=(layers["before"].id(), layers["after"].id()), dates=("2019-05", "2021-07"),
+        area_mode=AreaMode.LAYER, area_layer_id=layers["parcels"].id(), selected_only=True, overlap="10%",
+        bands=(3, 2, 1), batch_size=4, backend_url=backend.url, auth_config_id=params.auth_config_id,
+        output=str(tmp_path / "out.gpkg"),
+    )
+    assert load_token(params.auth_config_id) == TOKEN
+    assert CaptionParams.load() == params
+    settings = QgsSettings()
+    keys = [key for key in settings.allKeys() if key.startswith(SETTINGS_GROUP)]
+    stored = [str(settings.value(key)) for key in keys]
+    assert stored and not any(TOKEN in value for value in stored)
+
+
+def test_processing_starts_from_the_dialogs_remembered_choices(layers: dict, qgis_app) -> None:
+    chosen = CaptionParams(
+        layer_ids=(layers["before"].id(), layers["after"].id()), dates=("2019", "2021"), area_mode=AreaMode.LAYER,
+        area_layer_id=layers["parcels"].id(), tile_size=256, overlap="12", resolution=0.5, bands=(3, 2, 1),
+        value_range=(10.0, 900.0), backend_url="http://gpu1:8000, http://gpu2:8000", in_flight=5,
+        retry_budget_s=30.0, auth_config_id="abc1234", output="/data/changes.gpkg", layer_name="site", batch_size=12,
+    )
+    chosen.save()
+    algorithm = CaptionChangesAlgorithm().create()
+    defaults = {definition.name(): definition.defaultValue() for definition in algorithm.parameterDefinitions()}
+    assert defaults == {
+        "LAYERS": [layers["before"].id(), layers["after"].id()], "DATES": "2019, 2021", "EXTENT": None,
+        "AREA": layers["parcels"].id(), "TILE_SIZE": 256, "OVERLAP": "12", "RESOLUTION": 0.5, "BANDS": "3,2,1",
+        "VALUE_MIN": 10.0, "VALUE_MAX": 900.0, "BATCH_SIZE": 12, "BACKEND_URL": "http://gpu1:8000, http://gpu2:8000",
+        "IN_FLIGHT": 5, "RETRY_BUDGET": 30.0, "AUTH_CONFIG": "abc1234", "LAYER_NAME": "site",
+        "OUTPUT": "/data/changes.gpkg",
+    }
+    CaptionParams().save()
+
+
+class _Opened(QObject):
+    """Takes the https URLs QDesktopServices would hand to the browser."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    @pyqtSlot(QUrl)
+    def open(self, url: QUrl) -> None:
+        self.urls.append(url.toString())
+
+
+def test_help_opens_the_readmes_plugin_section(dialog: CaptionDialog) -> None:
+    opened = _Opened()
+    QDesktopServices.setUrlHandler("https", opened, "open")
+    try:
+        dialog.help_button.click()
+    finally:
+        QDesktopServices.unsetUrlHandler("https")
+    assert opened.urls == [HELP_URL] and HELP_URL.endswith("#qgis-plugin")
 
 
 def test_a_rectangle_drawn_on_the_map_becomes_the_area(dialog: CaptionDialog, layers: dict, qgis_iface) -> None:
@@ -119,10 +322,11 @@ def test_a_rectangle_drawn_on_the_map_becomes_the_area(dialog: CaptionDialog, la
     params = dialog.params()
     assert params.rectangle == (431010, 4828800, 431150, 4828990)
     assert QgsCoordinateReferenceSystem.fromWkt(params.rectangle_crs) == UTM
+    dialog.hide()
 
 
 def test_area_choices_become_polygons_in_the_before_crs(layers: dict, project: QgsProject) -> None:
-    base = CaptionParams(before_layer_id=layers["before"].id(), after_layer_id=layers["after"].id(),
+    base = CaptionParams(layer_ids=(layers["before"].id(), layers["after"].id()),
                          area_layer_id=layers["parcels"].id(), output="/tmp/x.gpkg")
     canvas_extent = QgsRectangle(431000, 4828900, 431100, 4829000)
 
@@ -141,23 +345,15 @@ def test_area_choices_become_polygons_in_the_before_crs(layers: dict, project: Q
         area(area_mode=AreaMode.RECTANGLE)
 
 
-def test_test_connection_shows_the_backends_info_or_why_not(dialog: CaptionDialog, backend: Backend) -> None:
-    dialog.backend_url.setText(backend.url)
-    dialog.token.setText(TOKEN)
-    dialog.test_button.click()
-    answer = dialog.connection_label.text()
-    assert answer.startswith("✓") and backend.info()["model_id"] in answer
-    dialog.token.setText("wrong")
-    dialog.test_button.click()
-    assert dialog.connection_label.text().startswith("✗") and "refused the token" in dialog.connection_label.text()
-
-
-def test_screenshot_of_the_dialog(dialog: CaptionDialog, layers: dict, backend: Backend, tmp_path: Path) -> None:
-    fill(dialog, layers, backend.url, Path.home() / "changes" / "site_2019_2021.gpkg")
-    dialog.test_button.click()
-    dialog.resize(dialog.sizeHint().width() + 120, dialog.sizeHint().height())
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / "plugin-dialog.png"
-    image = dialog.grab()
-    assert image.width() > 400 and image.height() > 400
-    assert image.save(str(path)) and path.stat().st_size > 10_000
+def test_a_third_date_makes_a_series_and_rows_can_be_removed(
+    dialog: CaptionDialog, layers: dict, project: QgsProject, tmp_path: Path
+) -> None:
+    third = add_raster(project, write_geotiff(tmp_path / "ortho_2023.tif", np.zeros((3, 256, 256), np.uint8)),
+                       "ortho 2023")
+    row = dialog.add_date_row()
+    assert row.combo.currentLayer() is third and row.date.text() == "2023"  # the next layer in date order
+    assert [r.label.text() for r in dialog.date_rows] == ["Date 1", "Date 2", "Date 3"]
+    dialog.remove_date_row(row)
+    assert [r.label.text() for r in dialog.date_rows] == ["Before", "After"]
+    dialog.remove_date_row(dialog.date_rows[0])  # two stay
+    assert len(dialog.date_rows) == 2

@@ -17,7 +17,8 @@ from osgeo import gdal
 from rasters import scene_pair, write_geotiff
 
 from qgis_plugin.shared_modules import grid as tiling
-from qgis_plugin.tile_reader import RasterPairReader
+from qgis_plugin.shared_modules import pixels as shared_pixels
+from qgis_plugin.tile_reader import RasterSeriesReader
 
 DUMPER = Path(__file__).with_name("region_tiles.py")
 
@@ -35,7 +36,8 @@ def command_tiles(before: Path, after: Path, out: Path, options: dict) -> np.lib
 def plugin_tiles(before: Path, after: Path, options: dict) -> dict[str, np.ndarray]:
     """The same, from the plugin's reader and the bundled grid."""
     tile_size = options.get("tile_size", 384)
-    with RasterPairReader(str(before), str(after), options.get("bands"), options.get("resolution")) as pair:
+    with RasterSeriesReader([str(before), str(after)], ["BEFORE", "AFTER"], options.get("bands"),
+                            options.get("resolution")) as pair:
         grid = tiling.TileGrid(
             pair.grid.width, pair.grid.height, pair.grid.transform, tile_size,
             tiling.parse_overlap(options.get("overlap", "0"), tile_size),
@@ -46,7 +48,7 @@ def plugin_tiles(before: Path, after: Path, options: dict) -> dict[str, np.ndarr
         pair.fit_stretch(tiles, None if value_range is None else tuple(value_range))
         arrays = {}
         for tile in tiles:
-            pixels = pair.read_tile(tile)
+            pixels = shared_pixels.TilePixels.of(*pair.read_dates(tile))
             arrays |= {f"{tile.tile_id}/before": pixels.before, f"{tile.tile_id}/after": pixels.after,
                        f"{tile.tile_id}/nodata": np.float64(pixels.nodata_share)}
     return arrays

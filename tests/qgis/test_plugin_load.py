@@ -40,7 +40,8 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
         assert {f"ccexpert_qgis/{n}" for n in ("__init__.py", "metadata.txt", "icon.png", "LICENSE")} <= names
         assert all(name.startswith("ccexpert_qgis/") for name in names)
         for source in ("ccexpert_core/geo/grid.py", "ccexpert_core/geo/pixels.py", "ccexpert_core/geo/schema.py",
-                       "ccexpert_core/protocol.py"):
+                       "ccexpert_core/protocol.py", "ccexpert_core/inflight.py", "ccexpert_core/geo/run_files.py",
+                       "ccexpert_core/geo/dates.py", "ccexpert_core/captions.py"):
             assert zipped.read(f"ccexpert_qgis/bundled/{Path(source).name}") == (REPO / source).read_bytes()
         plugins = tmp_path / "plugins"
         zipped.extractall(plugins)  # what QGIS's "Install from ZIP" does, into the profile's plugins folder
@@ -49,6 +50,7 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
     metadata.read(plugins / "ccexpert_qgis" / "metadata.txt")
     assert all(metadata["general"].get(key) for key in REQUIRED_METADATA)
     assert metadata["general"]["qgisMinimumVersion"] == "3.22" and metadata["general"]["hasProcessingProvider"] == "yes"
+    assert metadata["general"]["supportsQt6"] == "True"  # QGIS 4
 
     sys.path.insert(0, str(plugins))
     qgis.utils.plugin_paths.insert(0, str(plugins))
@@ -58,7 +60,7 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
         assert qgis.utils.pluginMetadata("ccexpert_qgis", "name") == "CCExpert"
         assert qgis.utils.loadPlugin("ccexpert_qgis") and qgis.utils.startPlugin("ccexpert_qgis")
         shared = sys.modules["ccexpert_qgis.shared_modules"]
-        for module in (shared.grid, shared.pixels, shared.protocol, shared.schema):  # not the repository's
+        for module in (shared.grid, shared.pixels, shared.protocol, shared.schema, shared.dates, shared.captions):
             assert Path(module.__file__).parent == plugins / "ccexpert_qgis" / "bundled"
         assert registry_has_algorithm()
         assert qgis.utils.unloadPlugin("ccexpert_qgis")

@@ -68,7 +68,7 @@ def make_params(
     before = add_raster(project, scene[0], "before")
     after = add_raster(project, scene[1], "after")
     params = CaptionParams(
-        before_layer_id=before.id(), after_layer_id=after.id(), before_date="2019", after_date="2021",
+        layer_ids=(before.id(), after.id()), dates=("2019", "2021"),
         tile_size=TILE, backend_url=backend_url, auth_config_id=token_id, output=str(output), batch_size=2,
     )
     return replace(params, **changes)
@@ -163,7 +163,7 @@ def test_full_run_writes_every_tile_with_the_backends_caption(
 
 def test_full_run_adds_the_styled_layer_with_footprints_on_the_raster_grid(full_run) -> None:
     output, _ = full_run
-    layers = QgsProject.instance().mapLayersByName("captions (2019 → 2021)")
+    layers = QgsProject.instance().mapLayersByName("CCExpert 2019→2021")
     assert len(layers) == 1
     layer = layers[0]
     assert isinstance(layer, QgsVectorLayer) and layer.featureCount() == 4
@@ -181,7 +181,7 @@ def test_full_run_adds_the_styled_layer_with_footprints_on_the_raster_grid(full_
 
 def test_screenshot_of_the_result_on_the_map(full_run) -> None:
     project = QgsProject.instance()
-    (captions,), (after,) = project.mapLayersByName("captions (2019 → 2021)"), project.mapLayersByName("after")
+    (captions,), (after,) = project.mapLayersByName("CCExpert 2019→2021"), project.mapLayersByName("after")
     settings = QgsMapSettings()
     settings.setLayers([captions, after])
     settings.setDestinationCrs(captions.crs())
@@ -216,7 +216,7 @@ def test_caption_regions_geopackage_opens_in_qgis_with_the_plugins_style(
     output = tmp_path / "command.gpkg"
     caption_region(scene, output, backend, tmp_path)
     opened = QgsVectorLayer(f"{output}|layername=captions", "command", "ogr")  # styled by the file alone
-    (shown,) = QgsProject.instance().mapLayersByName("captions (2019 → 2021)")
+    (shown,) = QgsProject.instance().mapLayersByName("CCExpert 2019→2021")
     assert opened.isValid() and opened.featureCount() == 4
     assert isinstance(opened.renderer(), QgsCategorizedSymbolRenderer) and style_facts(opened) == style_facts(shown)
 
@@ -353,7 +353,7 @@ def test_the_processing_algorithm_gives_the_same_output(
     output, _ = full_run
     processed = tmp_path / "processed.gpkg"
     result = processing.run("ccexpert:captionchanges", {
-        "BEFORE": str(scene[0]), "AFTER": str(scene[1]), "TILE_SIZE": TILE, "BATCH_SIZE": 2,
+        "LAYERS": [str(scene[0]), str(scene[1])], "TILE_SIZE": TILE, "BATCH_SIZE": 2,
         "BACKEND_URL": backend.url, "AUTH_CONFIG": token_id, "OUTPUT": str(processed),
     })
     assert result["OUTPUT"] == str(processed) and result["CAPTIONED"] == 4 and result["FAILED"] == 0
@@ -381,7 +381,7 @@ def test_qgis_process_runs_the_algorithm_of_the_installed_zip(
     subprocess.run([executable, "plugins", "enable", "ccexpert_qgis"], env=env, check=True, capture_output=True)
     output, processed = full_run[0], tmp_path / "qgis_process.gpkg"
     ran = subprocess.run(
-        [executable, "--json", "run", "ccexpert:captionchanges", "--", f"BEFORE={scene[0]}", f"AFTER={scene[1]}",
+        [executable, "--json", "run", "ccexpert:captionchanges", "--", f"LAYERS={scene[0]}", f"LAYERS={scene[1]}",
          f"TILE_SIZE={TILE}", "BATCH_SIZE=2", f"BACKEND_URL={backend.url}", f"AUTH_CONFIG={token_id}",
          f"OUTPUT={processed}"],
         env=env, capture_output=True, text=True, check=False,

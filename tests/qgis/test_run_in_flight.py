@@ -34,7 +34,7 @@ from qgis_plugin.plugin import CCExpertPlugin
 from qgis_plugin.png import encode_tile
 from qgis_plugin.shared_modules import grid as tiling
 from qgis_plugin.shared_modules import protocol, run_files
-from qgis_plugin.tile_reader import RasterPairReader
+from qgis_plugin.tile_reader import RasterSeriesReader
 
 sys.path.insert(0, str(REPO / "bench"))
 from standin_backend import caption_for  # noqa: E402
@@ -83,7 +83,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def job(scene: tuple[Path, Path], output: Path, *urls: str, **changes) -> Job:
     """A headless job over the scene's 16 tiles."""
     values = {
-        "before": RasterInput.from_source(str(scene[0])), "after": RasterInput.from_source(str(scene[1])),
+        "rasters": (RasterInput.from_source(str(scene[0])), RasterInput.from_source(str(scene[1]))),
         "output": str(output), "backend_urls": urls, "tile_size": TILE, "batch_size": 1,
     }
     return Job(**{**values, **changes})
@@ -92,7 +92,7 @@ def job(scene: tuple[Path, Path], output: Path, *urls: str, **changes) -> Job:
 def params(project: QgsProject, scene: tuple[Path, Path], output: Path, url: str, **changes) -> CaptionParams:
     """What the dialog would collect for the scene (no token: the stand-in needs none)."""
     before, after = add_raster(project, scene[0], "before"), add_raster(project, scene[1], "after")
-    return CaptionParams(before_layer_id=before.id(), after_layer_id=after.id(), tile_size=TILE, backend_url=url,
+    return CaptionParams(layer_ids=(before.id(), after.id()), tile_size=TILE, backend_url=url,
                          output=str(output), batch_size=1, **changes)
 
 
@@ -180,7 +180,7 @@ def test_the_layer_is_on_the_map_from_the_first_batches_and_grows_with_its_count
 ) -> None:
     standin = start_standin(request, "--batch-s", "0.25", "--max-batch", "1", python=sys.executable)
     output = tmp_path / "live.gpkg"
-    task = plugin.start(params(project, scene, output, standin.url, after_date="2021"))
+    task = plugin.start(params(project, scene, output, standin.url, dates=("2019", "2021")))
     seen: list[tuple[int, int, int, str]] = []  # (tiles done, layers, features shown, name) after the plugin's slot
 
     def look(progress: RunProgress) -> None:  # no assert here: an exception in a Qt slot aborts QGIS
@@ -195,10 +195,10 @@ def test_the_layer_is_on_the_map_from_the_first_batches_and_grows_with_its_count
     counts = [features for _, _, features, _ in during]
     assert counts == sorted(counts) and len(set(counts)) >= 3 and 0 < counts[-1] < len(TILES)  # growing
     done, _, _, name = during[-1]
-    assert name.startswith(f"captions (2021) — running: {done} of {len(TILES)} tiles, ")
+    assert name.startswith(f"CCExpert 2019→2021 — running: {done} of {len(TILES)} tiles, ")
     assert re.search(r"\d+ changed, \d+ unchanged, 0 skipped \(no data\), 0 failed \(run again\)$", name)
     (layer,) = [layer for layer in project.mapLayers().values() if layer.source().startswith(str(output))]
-    assert layer.name() == "captions (2021)" and layer.featureCount() == len(TILES)  # the plain title at the end
+    assert layer.name() == "CCExpert 2019→2021" and layer.featureCount() == len(TILES)  # the plain title at the end
 
 
 @pytest.mark.slow
@@ -313,15 +313,15 @@ def test_the_backend_decodes_exactly_the_pixels_the_plugin_read(qgis_app, tmp_pa
         capture.server_close()
     assert summary.error is None and summary.counts["captioned"] == 4
     sent = {tile: images for body in capture.bodies for tile, images in _images(*body).items()}
-    with RasterPairReader(str(before), str(after)) as pair:
+    with RasterSeriesReader([str(before), str(after)], ["BEFORE", "AFTER"]) as pair:
         tiles = tiling.TileGrid(pair.grid.width, pair.grid.height, pair.grid.transform, 384).tiles()
         pair.fit_stretch(tiles, None)
-        read = {tile.tile_id: pair.read_tile(tile) for tile in tiles}
+        read = {tile.tile_id: [rgb for rgb, _ in pair.read_dates(tile)] for tile in tiles}
     # What the run sent (TIFF: the backend is on this machine), and PNG as a remote backend would get it.
     files = {}
-    for tile_id, pixels in read.items():
-        for role, rgb, sent_bytes in (("before", pixels.before, sent[tile_id][0]), ("after", pixels.after,
-                                                                                    sent[tile_id][1])):
+    for tile_id, (before_rgb, after_rgb) in read.items():
+        for role, rgb, sent_bytes in (("before", before_rgb, sent[tile_id][0]), ("after", after_rgb,
+                                                                                 sent[tile_id][1])):
             assert sent_bytes == encode_tile(rgb, compress=False)
             for kind, data in (("tiff", sent_bytes), ("png", encode_tile(rgb, compress=True))):
                 path = tmp_path / f"{tile_id}-{role}.{kind}"

@@ -1,0 +1,94 @@
+"""The captions layer in time: QGIS's Temporal Controller shows what changed when.
+
+Dates are labels as precise as they were given (``2016``, ``2016-05``, ``2016-05-12``): a label covers its days,
+from its first to its last. A feature of the interval 2016→2018 says what changed after the 2016 image and by the
+2018 one, so it is shown from the end of its first date's days to the end of its second date's (the day after each
+label's last day, the end excluded): 2016→2018 from 2017-01-01 until 2018 is over, 2018→2021 from 2019-01-01. The
+intervals of a series follow one another without overlapping. The layer computes both from its ``date_before`` and
+``date_after`` fields (expressions, so the file needs no date columns of its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, timedelta
+
+from qgis.core import (
+    Qgis, QgsDateTimeRange, QgsInterval, QgsProject, QgsTemporalNavigationObject, QgsVectorLayer,
+    QgsVectorLayerTemporalProperties,
+)
+from qgis.PyQt.QtCore import QDate, QDateTime, QTime
+
+from .shared_modules import dates
+
+
+def _year(field: str) -> str:
+    return f"to_int(left({field}, 4))"
+
+
+def _month(field: str) -> str:
+    return f"to_int(substr({field}, 6, 2))"
+
+
+def label_end(field: str) -> str:
+    """A QGIS expression: the day after the last day of the date label in ``field`` (calendar arithmetic, not
+    QGIS's 365.25-day years and 30-day months), NULL where the field is."""
+    quoted = f'"{field}"'
+    year, month = _year(quoted), _month(quoted)
+    return (
+        f"CASE WHEN length({quoted}) = 4 THEN make_date({year} + 1, 1, 1) "
+        f"WHEN length({quoted}) = 7 THEN CASE WHEN {month} = 12 THEN make_date({year} + 1, 1, 1) "
+        f"ELSE make_date({year}, {month} + 1, 1) END "
+        f"ELSE to_date(to_date({quoted}) + to_interval('1 day')) END"
+    )
+
+
+def _start_of(day: date) -> QDateTime:
+    return QDateTime(QDate(day.year, day.month, day.day), QTime(0, 0))
+
+
+def series_range(labels: Sequence[dates.DateLabel]) -> QgsDateTimeRange:
+    """From the first day of the first date to the end of the last date's days (excluded)."""
+    return QgsDateTimeRange(_start_of(labels[0].first), _start_of(labels[-1].last + timedelta(days=1)), True, False)
+
+
+def _frame(labels: Sequence[dates.DateLabel]) -> QgsInterval:
+    """A frame as long as the finest date given: a year, a month or a day."""
+    texts = [label.text for label in labels]
+    if any(len(text) == 10 for text in texts):
+        return QgsInterval(0, 0, 0, 1, 0, 0, 0)
+    if any(len(text) == 7 for text in texts):
+        return QgsInterval(0, 1, 0, 0, 0, 0, 0)
+    return QgsInterval(1, 0, 0, 0, 0, 0, 0)
+
+
+def set_temporal(layer: QgsVectorLayer) -> None:
+    """Let the layer's features come and go with the Temporal Controller, from their dates."""
+    properties = layer.temporalProperties()
+    assert isinstance(properties, QgsVectorLayerTemporalProperties), "a vector layer's temporal properties"
+    properties.setMode(Qgis.VectorTemporalMode.FeatureDateTimeStartAndEndFromExpressions)
+    properties.setStartExpression(label_end("date_before"))
+    properties.setEndExpression(label_end("date_after"))
+    properties.setLimitMode(Qgis.VectorTemporalLimitMode.IncludeBeginExcludeEnd)
+    properties.setIsActive(True)
+
+
+def cover_dates(project: QgsProject, controller: object, labels: Sequence[dates.DateLabel]) -> None:
+    """Make the project's time range, and the Temporal Controller's when there is one, cover the dates (an
+    existing range only grows), its frames as long as the finest date."""
+    wanted = series_range(labels)
+    settings = project.timeSettings()
+    if settings is not None:
+        settings.setTemporalRange(_union(settings.temporalRange(), wanted))
+    if isinstance(controller, QgsTemporalNavigationObject):
+        controller.setTemporalExtents(_union(controller.temporalExtents(), wanted))
+        controller.setFrameDuration(_frame(labels))
+
+
+def _union(current: QgsDateTimeRange, wanted: QgsDateTimeRange) -> QgsDateTimeRange:
+    if current.isInfinite() or not current.begin().isValid() or not current.end().isValid():
+        return wanted
+    earlier = current.begin().toMSecsSinceEpoch() < wanted.begin().toMSecsSinceEpoch()
+    later = current.end().toMSecsSinceEpoch() > wanted.end().toMSecsSinceEpoch()
+    begin, end = current.begin() if earlier else wanted.begin(), current.end() if later else wanted.end()
+    return QgsDateTimeRange(begin, end, True, False)
