@@ -1,0 +1,336 @@
+"""A captions layer as the review panel reads and writes it: its features in review order, the run's stored options
+and dates, a tile's change polygons, and the analyst's review written back.
+
+Reading goes through the QGIS layer (so a filter the analyst set on it holds) and OGR (the tables QGIS does not
+show as fields). A review is written with OGR as one ``UPDATE`` of the schema's review fields of one feature, on a
+connection of its own that is closed at once: a run writing the same file (the plugin's task, ``caption-region``)
+waits a moment at most, and the run's own fields are never touched, as the run never touches the review's.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from osgeo import gdal, ogr
+from qgis.core import QgsFeature, QgsProviderRegistry, QgsRectangle, QgsVectorLayer
+from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QVariant
+
+from .errors import CaptionRunError
+from .shared_modules import grid as tiling
+from .shared_modules import schema
+
+#: What "No change" saves as the analyst's caption: the first of LEVIR-CC's no-change sentences, which the
+#: project's no-change rule (and so ``export-dataset``'s change flag) recognises.
+NO_CHANGE_CAPTION = "there is no difference"
+
+
+class Order(enum.Enum):
+    """The order the panel steps through a layer's tiles in."""
+
+    LOWEST_CONFIDENCE = "Lowest confidence first"
+    CHANGED_FIRST = "Changed first"
+    TILE_ID = "By tile id"
+
+
+class Verdict(enum.Enum):
+    """What the analyst says of a tile's caption."""
+
+    ACCEPT = "accept"
+    EDIT = "edit"
+    NO_CHANGE = "no change"
+
+
+@dataclass(frozen=True)
+class CaptionsFile:
+    """Where a captions layer lives: its GeoPackage and table."""
+
+    path: str
+    layer_name: str
+
+    @classmethod
+    def of(cls, layer: QgsVectorLayer) -> CaptionsFile | None:
+        """The GeoPackage table behind a QGIS layer; None for a layer that is not a CCExpert captions layer in a
+        GeoPackage."""
+        if layer.providerType() != "ogr" or not is_captions_fields(layer.fields().names()):
+            return None
+        registry = QgsProviderRegistry.instance()
+        assert registry is not None  # QGIS makes it at start
+        parts = registry.decodeUri("ogr", layer.source())
+        path = str(parts.get("path") or "")
+        if not path.lower().endswith(".gpkg"):
+            return None
+        name = str(parts.get("layerName") or "")
+        if not name:  # a file opened without a layer name shows its first table
+            dataset = gdal.OpenEx(path, gdal.OF_VECTOR | gdal.OF_READONLY)
+            if dataset is None or dataset.GetLayerCount() == 0:
+                return None
+            name = dataset.GetLayer(0).GetName()
+        return cls(path, name)
+
+    @property
+    def options_table(self) -> str:
+        """The table of the run's options (one per layer name)."""
+        return schema.options_table(self.layer_name)
+
+    @property
+    def changes_layer(self) -> str:
+        """The layer of change polygons that goes with this one (written for models with a change map):
+        ``changes`` beside ``captions``, as the command names it, else prefixed by the layer's own name."""
+        kind = schema.CHANGES_LAYER
+        return kind if self.layer_name == schema.CAPTIONS_LAYER else f"{self.layer_name}_{kind}"
+
+
+def is_captions_fields(names: Sequence[str]) -> bool:
+    """Whether a table with these fields is a CCExpert captions layer."""
+    return schema.missing_required(names) is None
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """One feature of a captions layer (a tile and an interval), as the panel shows and reviews it."""
+
+    fid: int
+    tile_id: str
+    interval: int
+    row: int
+    col: int
+    caption: str | None
+    change_detected: bool | None
+    confidence: float | None
+    status: str
+    change_kind: str | None
+    date_before: str | None
+    date_after: str | None
+    before_source: str | None
+    after_source: str | None
+    review_status: str | None
+    reviewed_caption: str | None
+    reviewed_at: str | None
+    #: The tile's footprint, in the layer's CRS.
+    extent: QgsRectangle
+
+    @property
+    def changed(self) -> bool:
+        """Captioned, and the caption says something changed."""
+        return self.status == schema.CAPTIONED and bool(self.change_detected)
+
+    @property
+    def shown_caption(self) -> str | None:
+        """The analyst's caption where there is one, else the model's (what the map labels show)."""
+        return self.reviewed_caption or self.caption
+
+
+def _plain(value: object) -> object:
+    """A feature's attribute as plain Python: None for NULL, ISO 8601 text for dates."""
+    if value is None or (isinstance(value, QVariant) and value.isNull()):
+        return None
+    if isinstance(value, QDateTime):
+        return value.toString(Qt.DateFormat.ISODateWithMs) if value.isValid() else None
+    if isinstance(value, QDate):
+        return value.toString(Qt.DateFormat.ISODate) if value.isValid() else None
+    return value
+
+
+def _item(feature: QgsFeature, names: set[str]) -> ReviewItem:
+    def get(name: str) -> object:
+        return _plain(feature[name]) if name in names else None
+
+    def text(name: str) -> str | None:
+        value = get(name)
+        return None if value is None else str(value)
+
+    def number(name: str, default: int = 0) -> int:
+        value = get(name)
+        return default if value is None else int(value)  # type: ignore[call-overload]  # an integer field
+
+    changed, confidence = get("change_detected"), get("confidence")
+    return ReviewItem(
+        fid=feature.id(), tile_id=str(text("tile_id")), interval=number("interval"), row=number("row"),
+        col=number("col"), caption=text("caption"), change_detected=None if changed is None else bool(changed),
+        confidence=None if confidence is None else float(confidence),  # type: ignore[arg-type]  # a real field
+        status=str(text("status")), change_kind=text("change_kind"), date_before=text("date_before"),
+        date_after=text("date_after"), before_source=text("before_source"), after_source=text("after_source"),
+        review_status=text("review_status"), reviewed_caption=text("reviewed_caption"),
+        reviewed_at=text("reviewed_at"), extent=feature.geometry().boundingBox(),
+    )
+
+
+def read_items(layer: QgsVectorLayer) -> list[ReviewItem]:
+    """The layer's features (those its filter lets through), in no particular order."""
+    names = set(layer.fields().names())
+    return [_item(feature, names) for feature in layer.getFeatures()]
+
+
+def ordered(items: Sequence[ReviewItem], order: Order, unreviewed_only: bool = False) -> list[ReviewItem]:
+    """``items`` in ``order``; ties (and the tile id order) by row, column and interval. Lowest confidence puts the
+    tiles without one (skipped, failed) last; changed first puts the doubtful changed tiles first."""
+    kept = [item for item in items if not (unreviewed_only and item.review_status)]
+
+    def place(item: ReviewItem) -> tuple[int, int, int]:
+        return item.row, item.col, item.interval
+
+    def doubt(item: ReviewItem) -> tuple[bool, float]:
+        return item.confidence is None, item.confidence or 0.0
+
+    if order is Order.LOWEST_CONFIDENCE:
+        return sorted(kept, key=lambda item: (*doubt(item), *place(item)))
+    if order is Order.CHANGED_FIRST:
+        return sorted(kept, key=lambda item: (not item.changed, *doubt(item), *place(item)))
+    return sorted(kept, key=place)
+
+
+def review_of(item: ReviewItem, verdict: Verdict, text: str = "") -> tuple[str, str | None]:
+    """``(review_status, reviewed_caption)`` for a verdict: accepting keeps the model's caption (no caption of the
+    analyst's); an edit is a correction unless its text is the model's caption; "no change" accepts a model that
+    said no change and corrects one that said otherwise, with :data:`NO_CHANGE_CAPTION`."""
+    if verdict is Verdict.ACCEPT:
+        if not item.caption:
+            raise CaptionRunError(f"tile {item.tile_id} has no caption to accept ({item.status}): edit it instead")
+        return schema.ACCEPTED, None
+    if verdict is Verdict.NO_CHANGE:
+        if item.status == schema.CAPTIONED and item.change_detected is False:
+            return schema.ACCEPTED, None
+        return schema.CORRECTED, NO_CHANGE_CAPTION
+    caption = " ".join(text.split())
+    if not caption:
+        raise CaptionRunError("type the caption the tile should have (or press Accept or No change)")
+    if caption == " ".join((item.caption or "").split()):
+        return schema.ACCEPTED, None
+    return schema.CORRECTED, caption
+
+
+def _literal(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def now() -> str:
+    """Now, in UTC, in the GeoPackage's DATETIME format (as both writers write ``created_at``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def save_review(file: CaptionsFile, item: ReviewItem, status: str, caption: str | None) -> ReviewItem:
+    """Write a review into the feature's review fields (the model's caption stays as it is); returns the item as
+    reviewed. Raises :class:`CaptionRunError` with what went wrong."""
+    if status not in schema.REVIEW_STATUSES:
+        raise ValueError(f"a review is one of {schema.REVIEW_STATUSES}, not {status}")
+    reviewed_at = now()
+    values = {"review_status": status, "reviewed_caption": caption, "reviewed_at": reviewed_at}
+    where = f"fid = {int(item.fid)} AND tile_id = {_literal(item.tile_id)}"
+    dataset = gdal.OpenEx(file.path, gdal.OF_VECTOR | gdal.OF_UPDATE, allowed_drivers=["GPKG"])
+    if dataset is None:
+        raise CaptionRunError(f"cannot save the review: {file.path} cannot be opened for writing "
+                              f"({gdal.GetLastErrorMsg() or 'read-only?'})")
+    try:
+        gdal.ErrorReset()
+        # One statement, its own transaction: the lock a run may be holding is waited for (GDAL's busy handler).
+        dataset.ExecuteSQL(
+            f"UPDATE {schema.quote(file.layer_name)} SET "
+            + ", ".join(f"{schema.quote(name)} = {_literal(value)}" for name, value in values.items())
+            + f" WHERE {where}"
+        )
+        if gdal.GetLastErrorType() >= gdal.CE_Failure:
+            raise CaptionRunError(f"cannot save the review of tile {item.tile_id} to {file.path}: "
+                                  f"{gdal.GetLastErrorMsg()}")
+        written = dataset.ExecuteSQL(
+            f"SELECT review_status, reviewed_at FROM {schema.quote(file.layer_name)} WHERE {where}"
+        )
+        row = written.GetNextFeature() if written is not None else None
+        found = None if row is None else (row.GetField(0), row.GetField(1))
+        if written is not None:
+            dataset.ReleaseResultSet(written)
+    finally:
+        dataset = None
+    if found is None or found[0] != status:
+        raise CaptionRunError(f"cannot save the review of tile {item.tile_id}: {file.path} no longer holds that "
+                              "feature (reload the layer)")
+    return replace(item, review_status=status, reviewed_caption=caption, reviewed_at=reviewed_at)
+
+
+def read_options(file: CaptionsFile) -> dict[str, str]:
+    """The run's options stored beside the layer; empty where the file has none."""
+    dataset = gdal.OpenEx(file.path, gdal.OF_VECTOR | gdal.OF_READONLY, allowed_drivers=["GPKG"])
+    table = None if dataset is None else dataset.GetLayerByName(file.options_table)
+    if table is None:
+        return {}
+    names = {table.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(table.GetLayerDefn().GetFieldCount())}
+    if not {"key", "value"} <= names:
+        return {}
+    return {str(feature.GetField("key")): str(feature.GetField("value") or "") for feature in table}
+
+
+def has_changes(file: CaptionsFile) -> bool:
+    """Whether the file holds the change polygons of this layer."""
+    dataset = gdal.OpenEx(file.path, gdal.OF_VECTOR | gdal.OF_READONLY, allowed_drivers=["GPKG"])
+    return dataset is not None and dataset.GetLayerByName(file.changes_layer) is not None
+
+
+def tile_changes(file: CaptionsFile, tile_id: str, interval: int) -> list[tiling.Polygon]:
+    """The changed places of one tile and interval, as polygons (rings of (x, y), exterior first) in the layer's
+    CRS; none where the model gave no change map or found nothing."""
+    dataset = gdal.OpenEx(file.path, gdal.OF_VECTOR | gdal.OF_READONLY, allowed_drivers=["GPKG"])
+    layer = None if dataset is None else dataset.GetLayerByName(file.changes_layer)
+    if layer is None:
+        return []
+    names = {layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())}
+    where = f"tile_id = {_literal(tile_id)}" + (f' AND "interval" = {int(interval)}' if "interval" in names else "")
+    layer.SetAttributeFilter(where)
+    polygons: list[tiling.Polygon] = []
+    for feature in layer:
+        geometry = feature.GetGeometryRef()
+        if geometry is None:
+            continue
+        parts = [geometry] if geometry.GetGeometryType() in (ogr.wkbPolygon, ogr.wkbPolygon25D) else [
+            geometry.GetGeometryRef(k) for k in range(geometry.GetGeometryCount())
+        ]
+        for part in parts:
+            rings = [part.GetGeometryRef(k).GetPoints() or [] for k in range(part.GetGeometryCount())]
+            polygons.append([[(x, y) for x, y, *_ in ring] for ring in rings])
+    return polygons
+
+
+@dataclass(frozen=True)
+class RunDate:
+    """One date of the run: its label as given (empty where unknown) and its raster's file name."""
+
+    label: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RunDates:
+    """The run's dates, in time order, and which two each interval compares (indexes into ``dates``)."""
+
+    dates: tuple[RunDate, ...]
+    intervals: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, options: Mapping[str, str]) -> RunDates:
+        """As the run's options store them (a plain two-date run stores its two rasters' names only)."""
+        if options.get("dates"):
+            dates = tuple(RunDate(*entry.split("=", 1)) for entry in options["dates"].split(";"))
+        else:
+            dates = (RunDate("", options.get("before_source", "")), RunDate("", options.get("after_source", "")))
+        if options.get("intervals"):
+            intervals = tuple(
+                (int(i), int(j)) for i, j in (text.split("-") for text in options["intervals"].split(","))
+            )
+        else:
+            intervals = tuple((k, k + 1) for k in range(len(dates) - 1))
+        return cls(dates, intervals)
+
+    def role(self, index: int) -> str:
+        """How messages name a date: BEFORE/AFTER for two dates, else its label."""
+        if len(self.dates) == 2:
+            return ("BEFORE", "AFTER")[index]
+        return f"date {self.dates[index].label or index + 1}"
+
+    def of_item(self, item: ReviewItem) -> tuple[int, int]:
+        """The dates an item's interval compares; raises :class:`CaptionRunError` for an interval the run lacks."""
+        if not 0 <= item.interval < len(self.intervals):
+            raise CaptionRunError(
+                f"tile {item.tile_id}: interval {item.interval} is not one of the run's {len(self.intervals)}"
+            )
+        return self.intervals[item.interval]
