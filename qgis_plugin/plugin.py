@@ -19,6 +19,7 @@ from .params import CaptionParams, distinct_name, job_from_params, result_title
 from .processing_provider import CCExpertProvider
 from .qgis_compat import processing_registry, project, task_manager
 from .result_layer import open_captions_layer, show_result, shown_layer
+from .review_panel import ReviewEntry
 from .task import CaptionTask
 
 MENU = "&CCExpert"
@@ -78,6 +79,7 @@ class CCExpertPlugin:
         self.provider: CCExpertProvider | None = None
         self.dialog: CaptionDialog | None = None
         self.tasks: list[CaptionTask] = []
+        self.review: ReviewEntry | None = None
         #: A backend started from the dialog on this machine, stopped when the plugin unloads.
         self.local_backend = LocalBackend()
 
@@ -96,6 +98,7 @@ class CCExpertPlugin:
         self.action.triggered.connect(self.show_dialog)
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
+        self.review = ReviewEntry(self.iface, MENU)  # "Review captions…" and its dock
 
     def unload(self) -> None:
         """Remove everything initGui added; runs still going are canceled (their finished batches are kept), and a
@@ -112,6 +115,9 @@ class CCExpertPlugin:
             self.iface.removeToolBarIcon(self.action)
             self.action.deleteLater()
             self.action = None
+        if self.review is not None:
+            self.review.unload()
+            self.review = None
         if self.provider is not None:
             processing_registry().removeProvider(self.provider)
             self.provider = None
