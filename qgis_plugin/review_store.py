@@ -18,6 +18,7 @@ from osgeo import gdal, ogr
 from qgis.core import QgsFeature, QgsProviderRegistry, QgsRectangle, QgsVectorLayer
 from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QVariant
 
+from .captions_gpkg import companion_layer
 from .errors import CaptionRunError
 from .shared_modules import grid as tiling
 from .shared_modules import schema
@@ -77,10 +78,9 @@ class CaptionsFile:
 
     @property
     def changes_layer(self) -> str:
-        """The layer of change polygons that goes with this one (written for models with a change map):
-        ``changes`` beside ``captions``, as the command names it, else prefixed by the layer's own name."""
-        kind = schema.CHANGES_LAYER
-        return kind if self.layer_name == schema.CAPTIONS_LAYER else f"{self.layer_name}_{kind}"
+        """The layer of change polygons that goes with this one (written for models with a change map), named as
+        both writers name it."""
+        return companion_layer(self.layer_name, schema.CHANGES_LAYER)
 
 
 def is_captions_fields(names: Sequence[str]) -> bool:
