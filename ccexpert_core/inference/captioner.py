@@ -120,6 +120,7 @@ class Captioner:
         max_new_tokens: int = 40,
         card: ModelCard | None = None,
         source: str | None = None,
+        allow_empty: bool = False,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -129,6 +130,9 @@ class Captioner:
         self.card = card or ModelCard(model_id, model_id, None)
         #: What the model was loaded from (a folder path, hub id or preset), for whoever must find it again.
         self.source = source or model_id
+        #: Give an empty answer as an empty caption of confidence 0 (a model being trained scores it so) rather
+        #: than raise :class:`CaptionError` (for every user-facing caption).
+        self.allow_empty = allow_empty
         self.max_new_tokens = max_new_tokens
         self._model_lock = threading.Lock()
         # Every prompt is the same text (the images only fill its image tokens): a series' prompts repeat this row,
@@ -294,6 +298,9 @@ class Captioner:
                     f"{step}: a broken model, or a numerics problem of {self.dtype} on {self.device}; try float32"
                 )
             caption = self.processor.decode(tokens[:length])
+            if not caption and self.allow_empty:
+                results.append(CaptionResult("", False, 0.0))
+                continue
             if not caption:
                 raise CaptionError(
                     f"the model's answer for pair {row} of this batch is empty (token ids {tokens[:length][:8]}): "

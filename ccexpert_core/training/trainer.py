@@ -120,7 +120,7 @@ class CCExpertTrainer(Trainer):
             return {}
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
-        captioner = Captioner(model, self.processor, model_id="training")
+        captioner = Captioner(model, self.processor, model_id="training", allow_empty=True)
         results = captioner.caption([(p.before_path, p.after_path) for p in self.eval_pairs], batch_size=16)
         model.train(was_training)
         predictions = {pair.uid: result.caption for pair, result in zip(self.eval_pairs, results)}
