@@ -21,7 +21,7 @@ from qgis.core import (
 )
 from qgis.gui import QgsDockWidget
 from qgis.PyQt.QtCore import QPointF, QSize, Qt
-from qgis.PyQt.QtGui import QColor, QImage, QKeySequence, QPainter, QPaintEvent, QPen, QPolygonF
+from qgis.PyQt.QtGui import QCloseEvent, QColor, QImage, QKeySequence, QPainter, QPaintEvent, QPen, QPolygonF
 from qgis.PyQt.QtWidgets import (
     QAction, QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea,
     QShortcut, QSizePolicy, QToolButton, QVBoxLayout, QWidget,
@@ -627,7 +627,7 @@ class ReviewPanel(QgsDockWidget):
         else:
             self._show(f"Saved: {item.tile_id} {status}. That was the last tile.")
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+    def closeEvent(self, event: QCloseEvent | None) -> None:  # noqa: N802 (Qt's name)
         """Let go of the rasters while the panel is closed (they are opened again when it shows a tile)."""
         self._drop_pixels()
         super().closeEvent(event)
