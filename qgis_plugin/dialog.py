@@ -306,7 +306,8 @@ class CaptionDialog(QDialog):
         return group
 
     def _local_group(self) -> QGroupBox:
-        group, form = QGroupBox("Local backend (ccexpert serve on this machine)"), QFormLayout()
+        group, form = QGroupBox("Local backend"), QFormLayout()
+        group.setToolTip("ccexpert serve on this machine, started and stopped by QGIS")
         self.local_command = QLineEdit()
         self.local_command.setPlaceholderText("/path/to/ccexpert/.venv/bin/ccexpert serve --port 8000")
         form.addRow("Command", self.local_command)

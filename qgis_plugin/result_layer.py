@@ -14,7 +14,7 @@ from .captions_gpkg import companion_layer
 from .job import JobSummary, model_words
 from .shared_modules import dates
 from .styling import style_captions_layer, style_changes_layer, style_history_layer
-from .temporal import cover_dates, set_temporal
+from .temporal import cover_dates, set_interval_temporal, set_temporal
 
 LOG_TAG = "CCExpert"
 #: The keyword vocabulary of the layers' metadata.
@@ -114,7 +114,8 @@ def show_result(
     if shown is not None and summary.model_id:
         describe(shown, summary, "Change captions, one polygon per tile and interval", labels)
         parsed = [dates.DateLabel.parse(label) for label in labels if label]
-        if len(parsed) == len(labels) >= 2:
+        dated = len(parsed) == len(labels) >= 2
+        if dated:
             set_temporal(shown)
             cover_dates(project, controller, parsed)
         for kind, what in (("history", "Each tile's changes over the dates"),
@@ -122,6 +123,8 @@ def show_result(
             companion = _companion(project, summary, kind, shown.name())  # None where the file has none
             if companion is not None:
                 describe(companion, summary, what, labels)
+                if kind == "changes" and dated:
+                    set_interval_temporal(companion, parsed)
     if summary.error and not summary.canceled:
         level = Qgis.MessageLevel.Critical
     elif summary.canceled or summary.counts.get("failed"):

@@ -5,7 +5,8 @@ from its first to its last. A feature of the interval 2016→2018 says what chan
 2018 one, so it is shown from the end of its first date's days to the end of its second date's (the day after each
 label's last day, the end excluded): 2016→2018 from 2017-01-01 until 2018 is over, 2018→2021 from 2019-01-01. The
 intervals of a series follow one another without overlapping. The layer computes both from its ``date_before`` and
-``date_after`` fields (expressions, so the file needs no date columns of its own).
+``date_after`` fields (expressions, so the file needs no date columns of its own); the changes layer, which has
+no dates, from its ``interval`` and the run's dates.
 """
 
 from __future__ import annotations
@@ -53,13 +54,18 @@ def series_range(labels: Sequence[dates.DateLabel]) -> QgsDateTimeRange:
 
 
 def _frame(labels: Sequence[dates.DateLabel]) -> QgsInterval:
-    """A frame as long as the finest date given: a year, a month or a day."""
-    texts = [label.text for label in labels]
-    if any(len(text) == 10 for text in texts):
-        return QgsInterval(0, 0, 0, 1, 0, 0, 0)
-    if any(len(text) == 7 for text in texts):
+    """Frames a year long where the dates are years apart (a month, a day where they are closer), so that playing
+    the animation steps through the series at a pace that shows each interval."""
+    gap = min((later.first - earlier.first).days for earlier, later in zip(labels, labels[1:]))
+    if gap >= 365:
+        return QgsInterval(1, 0, 0, 0, 0, 0, 0)
+    if gap >= 28:
         return QgsInterval(0, 1, 0, 0, 0, 0, 0)
-    return QgsInterval(1, 0, 0, 0, 0, 0, 0)
+    return QgsInterval(0, 0, 0, 1, 0, 0, 0)
+
+
+def _make_date(day: date) -> str:
+    return f"make_date({day.year}, {day.month}, {day.day})"
 
 
 def set_temporal(layer: QgsVectorLayer) -> None:
@@ -69,6 +75,23 @@ def set_temporal(layer: QgsVectorLayer) -> None:
     properties.setMode(Qgis.VectorTemporalMode.FeatureDateTimeStartAndEndFromExpressions)
     properties.setStartExpression(label_end("date_before"))
     properties.setEndExpression(label_end("date_after"))
+    properties.setLimitMode(Qgis.VectorTemporalLimitMode.IncludeBeginExcludeEnd)
+    properties.setIsActive(True)
+
+
+def set_interval_temporal(layer: QgsVectorLayer, labels: Sequence[dates.DateLabel]) -> None:
+    """The same for a layer keyed by interval without dates of its own (``changes``): each interval's span, from
+    the run's dates."""
+    def by_interval(ends: Sequence[dates.DateLabel]) -> str:
+        cases = " ".join(f'WHEN "interval" = {k} THEN {_make_date(label.last + timedelta(days=1))}'
+                         for k, label in enumerate(ends))
+        return f"CASE {cases} END"
+
+    properties = layer.temporalProperties()
+    assert isinstance(properties, QgsVectorLayerTemporalProperties), "a vector layer's temporal properties"
+    properties.setMode(Qgis.VectorTemporalMode.FeatureDateTimeStartAndEndFromExpressions)
+    properties.setStartExpression(by_interval(labels[:-1]))
+    properties.setEndExpression(by_interval(labels[1:]))
     properties.setLimitMode(Qgis.VectorTemporalLimitMode.IncludeBeginExcludeEnd)
     properties.setIsActive(True)
 

@@ -18,16 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (
-    CCEXPERT, MASTER_PASSWORD, SCREENSHOTS, TOKEN, Backend, add_raster, build_plugin_zip, start_backend, wait_until,
+    CCEXPERT, MASTER_PASSWORD, TOKEN, Backend, add_raster, build_plugin_zip, start_backend, wait_until,
 )
 from layer_style import style_facts
 from osgeo import gdal
-from qgis.core import (
-    Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject,
-    QgsVectorLayer,
-)
-from qgis.PyQt.QtCore import QSize
-from qgis.PyQt.QtGui import QColor
+from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsVectorLayer
 from rasters import ORIGIN, write_pair
 
 from qgis_plugin import classFactory
@@ -177,24 +172,6 @@ def test_full_run_adds_the_styled_layer_with_footprints_on_the_raster_grid(full_
     assert first.geometry().boundingBox().toRectF().getRect() == (431000 + TILE, 4829000 - TILE, TILE, TILE)
     with sqlite3.connect(output) as connection:  # the style travels with the file
         assert connection.execute("SELECT useAsDefault FROM layer_styles").fetchone() == (1,)
-
-
-def test_screenshot_of_the_result_on_the_map(full_run) -> None:
-    project = QgsProject.instance()
-    (captions,), (after,) = project.mapLayersByName("CCExpert 2019→2021"), project.mapLayersByName("after")
-    settings = QgsMapSettings()
-    settings.setLayers([captions, after])
-    settings.setDestinationCrs(captions.crs())
-    settings.setExtent(captions.extent().buffered(6))
-    settings.setOutputSize(QSize(800, 800))
-    settings.setBackgroundColor(QColor("white"))
-    render = QgsMapRendererSequentialJob(settings)
-    render.start()
-    render.waitForFinished()
-    image = render.renderedImage()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / "plugin-result-map.png"
-    assert image.save(str(path)) and path.stat().st_size > 50_000  # the raster and the tiles, not a blank image
 
 
 def caption_region(scene: tuple[Path, Path], output: Path, backend: Backend, folder: Path) -> str:
