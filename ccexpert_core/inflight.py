@@ -44,8 +44,9 @@ class _Pool:
 
     def __init__(self, threads: int, name: str) -> None:
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        for index in range(threads):
-            threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True).start()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     def _work(self) -> None:
         while True:
@@ -66,10 +67,15 @@ class _Pool:
         self._tasks.put((future, function, argument))
         return future
 
-    def close(self, threads: int) -> None:
-        """Let the threads end once the tasks queued before have run."""
-        for _ in range(threads):
+    def close(self, wait: bool) -> None:
+        """Let the threads end once the tasks queued before have run; ``wait`` for them when nothing is running
+        (a finished run: a process must not exit while threads that ran torch or GDAL are still winding down,
+        which can abort it in C++ destructors)."""
+        for _ in self._threads:
             self._tasks.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 @dataclass(frozen=True)
@@ -137,12 +143,13 @@ def run_in_flight(
                 error = future.exception()
                 yield Done(item, prepared, None if error else future.result(), error)
     finally:
+        finished = exhausted and not preparing and not open_calls
         for _, future in preparing:
             future.cancel()
         for future in open_calls:
             future.cancel()
-        prepare_pool.close(preparers)
-        call_pool.close(in_flight)
+        prepare_pool.close(wait=finished)
+        call_pool.close(wait=finished)
 
 
 class NoEndpointLeft(Exception):
