@@ -190,9 +190,13 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
         resolution = self.parameterAsDouble(parameters, "RESOLUTION", context)
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         roles = date_roles(len(layers))
+        # The remembered dates belong to the remembered layers: a script that gives other LAYERS and no DATES
+        # means undated rasters, not the dialog's dates.
+        dated = self.parameterAsString(parameters, "DATES", context) if "DATES" in parameters or \
+            "LAYERS" not in parameters else ""
         return Job(
             rasters=tuple(raster_input(layer, role) for layer, role in zip(layers, roles)),
-            dates=_dates(self.parameterAsString(parameters, "DATES", context), len(layers)), output=output,
+            dates=_dates(dated, len(layers)), output=output,
             backend_urls=parse_backend_urls(self.parameterAsString(parameters, "BACKEND_URL", context)),
             token=load_token(self.parameterAsString(parameters, "AUTH_CONFIG", context)), area=area,
             tile_size=self.parameterAsInt(parameters, "TILE_SIZE", context),

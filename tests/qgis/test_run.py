@@ -329,12 +329,17 @@ def test_the_processing_algorithm_gives_the_same_output(
 
     output, _ = full_run
     processed = tmp_path / "processed.gpkg"
+    # The dialog remembers a series: its dates belong to its layers, not to the LAYERS given here.
+    CaptionParams(dates=("2016", "2018", "2021")).save()
     result = processing.run("ccexpert:captionchanges", {
         "LAYERS": [str(scene[0]), str(scene[1])], "TILE_SIZE": TILE, "BATCH_SIZE": 2,
         "BACKEND_URL": backend.url, "AUTH_CONFIG": token_id, "OUTPUT": str(processed),
     })
     assert result["OUTPUT"] == str(processed) and result["CAPTIONED"] == 4 and result["FAILED"] == 0
     assert same_rows(rows(processed), rows(output)), (rows(processed), rows(output))
+    with sqlite3.connect(processed) as connection:
+        assert connection.execute("SELECT DISTINCT date_before, date_after FROM captions").fetchall() == [(None, None)]
+    CaptionParams().save()
     with sqlite3.connect(output) as a, sqlite3.connect(processed) as b:
         geometries = 'SELECT geom FROM captions ORDER BY "row", "col"'
         assert a.execute(geometries).fetchall() == b.execute(geometries).fetchall()

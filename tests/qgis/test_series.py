@@ -95,7 +95,10 @@ def demo(plugin: CCExpertPlugin) -> str:
 
 @pytest.fixture(scope="module")
 def controller(qgis_iface) -> Iterator[QgsTemporalControllerWidget]:
-    """QGIS's Temporal Controller panel, its navigation the map canvas's (as in QGIS's main window)."""
+    """QGIS's Temporal Controller panel, its navigation the map canvas's (as in QGIS's main window), on a project
+    without a time range yet (earlier modules' dated runs gave it one)."""
+    settings = QgsProject.instance().timeSettings()
+    settings.setTemporalRange(QgsDateTimeRange(QDateTime(), QDateTime()))
     widget = QgsTemporalControllerWidget()
     qgis_iface.mapCanvas().setTemporalController(widget.temporalController())
     yield widget
