@@ -7,6 +7,7 @@ learning rates, caption handling, epochs); every other key overrides a default. 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from ccexpert_core.errors import CCExpertError
 #: Module groups a stage can train (see :mod:`ccexpert_core.training.trainable`).
 MODULE_GROUPS = ("vision", "dim", "projector", "language")
 CAPTION_HANDLING = ("flatten", "random_choice")
+#: A Qwen2 language model's linear layers: attention and MLP (LoRA's usual targets).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 #: The paper's recipe (shared/reference/ccexpert.md, "Training"): what each stage trains and how it reads captions.
 STAGES: dict[int, dict[str, Any]] = {
@@ -25,6 +28,7 @@ STAGES: dict[int, dict[str, Any]] = {
     2: dict(trainable=list(MODULE_GROUPS), caption_handling="flatten", learning_rate=1e-5, epochs=1.0),
     3: dict(trainable=list(MODULE_GROUPS), caption_handling="random_choice", learning_rate=1e-5, epochs=50.0),
 }
+_EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 _STAGE_NAMES = {"1": 1, "2": 2, "3": 3, "I": 1, "II": 2, "III": 3}
 
 
@@ -72,6 +76,26 @@ class StageConfig:
     #: Config fields of a fresh preset model (``init: preset:...``), e.g. ``{dim_enabled: false}``.
     model_overrides: dict[str, Any] = field(default_factory=dict)
     dataloader_workers: int = 0
+    #: Another dataset (CC JSON or mixture) mixed into every epoch, so that a fine-tune on a few tiles keeps what
+    #: the model knew; ``replay_share`` of each epoch's samples come from it, drawn again each epoch.
+    replay: Path | None = None
+    replay_share: float = 0.5
+    #: How many times per epoch a pair an analyst corrected comes (``review_status: corrected`` in the records of
+    #: ``ccexpert export-dataset``): corrections are what the model does not say yet; accepted tiles it already does.
+    corrected_repeats: int = 1
+    #: Above 0: the language model trains through LoRA adapters of this rank (peft) instead of fully, and
+    #: ``trainable`` lists the groups trained fully beside them (the DIM and the projector in a fine-tune).
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    #: The adapters' own absolute learning rate (LoRA usually learns at a higher rate than whole modules); default
+    #: ``learning_rate``.
+    lora_learning_rate: float | None = None
+    #: The language model's layers that get adapters (names of its linear layers).
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    #: Merge the adapters into the weights at the end (a plain model folder every command loads); otherwise the
+    #: final folder holds the adapters alone.
+    merge_lora: bool = True
 
     @property
     def vision_lr(self) -> float:
@@ -79,7 +103,7 @@ class StageConfig:
         return 0.2 * self.learning_rate if self.vision_learning_rate is None else self.vision_learning_rate
 
 
-_PATH_FIELDS = ("output_dir", "data", "eval_data", "deepspeed")
+_PATH_FIELDS = ("output_dir", "data", "eval_data", "deepspeed", "replay")
 
 
 def _parse_stage(value: Any, where: str) -> int:
@@ -93,7 +117,11 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise CCExpertError(f"override {text!r} should be KEY=VALUE (e.g. max_steps=100)")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    # YAML 1.1 reads 2e-3 (no dot) as text: a number written so on a command line is still a number.
+    if isinstance(parsed, str) and _EXPONENT.fullmatch(parsed.strip()):
+        return key.strip(), float(parsed)
+    return key.strip(), parsed
 
 
 def build_stage_config(values: dict[str, Any], base_dir: Path, where: str) -> StageConfig:
@@ -124,14 +152,28 @@ def build_stage_config(values: dict[str, Any], base_dir: Path, where: str) -> St
 
 def _validate(config: StageConfig, where: str) -> None:
     bad = sorted(set(config.trainable) - set(MODULE_GROUPS))
-    if bad or not config.trainable:
+    if bad or not (config.trainable or config.lora_rank):
         raise CCExpertError(f"{where}: trainable must list some of {', '.join(MODULE_GROUPS)}; got {config.trainable}")
+    if config.lora_rank < 0 or config.lora_alpha <= 0 or not 0 <= config.lora_dropout < 1 or not config.lora_targets:
+        raise CCExpertError(
+            f"{where}: LoRA needs lora_rank >= 0 (0: off), lora_alpha > 0, 0 <= lora_dropout < 1 and lora_targets"
+        )
+    if config.lora_rank and "language" in config.trainable:
+        raise CCExpertError(
+            f"{where}: with LoRA (lora_rank > 0) the language model trains through its adapters: list only the groups "
+            "trained fully in trainable (e.g. [dim, projector])"
+        )
+    if not 0 < config.replay_share < 1:
+        raise CCExpertError(f"{where}: replay_share must be between 0 and 1 (the share of replay samples), not "
+                            f"{config.replay_share}")
     if config.caption_handling not in CAPTION_HANDLING:
         raise CCExpertError(f"{where}: caption_handling must be one of {', '.join(CAPTION_HANDLING)}")
-    for name in ("per_device_batch_size", "gradient_accumulation_steps", "eval_pairs", "eval_steps", "save_steps"):
+    for name in ("per_device_batch_size", "gradient_accumulation_steps", "eval_pairs", "eval_steps", "save_steps",
+                 "corrected_repeats"):
         if getattr(config, name) < 1:
             raise CCExpertError(f"{where}: {name} must be at least 1")
-    if config.learning_rate <= 0 or config.vision_lr < 0:
+    adapter_rate = config.lora_learning_rate
+    if config.learning_rate <= 0 or config.vision_lr < 0 or (adapter_rate is not None and adapter_rate <= 0):
         raise CCExpertError(f"{where}: learning rates must be positive")
     if config.deepspeed is not None and not config.deepspeed.is_file():
         raise CCExpertError(f"{where}: DeepSpeed config not found: {config.deepspeed}")

@@ -13,10 +13,17 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from ccexpert_core.data import PairSample, load_mixture, read_cc_json
+from ccexpert_core.data.inputs import some
 from ccexpert_core.errors import CCExpertError
-from ccexpert_core.model import build_preset_model, load_model, save_model
+from ccexpert_core.model import (
+    PairProcessor,
+    build_preset_model,
+    load_model,
+    save_model,
+)
 from ccexpert_core.training.config import StageConfig
-from ccexpert_core.training.dataset import CaptionDataset, PairCollator
+from ccexpert_core.training.dataset import CaptionDataset, PairCollator, corrected_uids
+from ccexpert_core.training.lora import add_lora, lora_config, merged, save_adapter
 from ccexpert_core.training.trainable import apply_trainable
 from ccexpert_core.training.trainer import CCExpertTrainer, EpochCallback
 
@@ -99,20 +106,51 @@ def training_arguments(config: StageConfig, has_eval: bool) -> TrainingArguments
     )
 
 
-def run_stage(config: StageConfig) -> Path:
-    """Train one stage; the final (or best) weights go to ``output_dir/final``, which the next stage starts from.
+def _unknown_words(processor: PairProcessor, pairs: list[PairSample]) -> list[str]:
+    """Words of the captions that the tokenizer can only write as its unknown token (a word-level vocabulary such
+    as the demo model's: a model cannot learn to say them)."""
+    tokenizer = processor.tokenizer
+    unknown = tokenizer.unk_token_id
+    if unknown is None:
+        return []
+    words = {word for pair in pairs for caption in pair.captions for word in caption.split()}
+    return sorted(word for word in words if unknown in tokenizer(word, add_special_tokens=False)["input_ids"])
+
+
+def run_stage(config: StageConfig, final_dir: Path | None = None) -> Path:
+    """Train one stage; the final (or best) weights go to ``final_dir`` (default ``output_dir/final``), which the
+    next stage starts from. With ``lora_rank`` the language model trains through LoRA adapters, merged into the
+    final weights unless ``merge_lora`` is off (then the final folder holds the adapters, see
+    :func:`~ccexpert_core.training.lora.merge_adapter`).
 
     Everything is checked (data, images, config) before any training step runs.
     """
     set_seed(config.seed)
     pairs = read_pairs(config.data)
+    if config.corrected_repeats > 1:
+        marked = corrected_uids(config.data)
+        corrected = [pair for pair in pairs if pair.uid in marked]
+        pairs = pairs + corrected * (config.corrected_repeats - 1)
+        log.warning("%d corrected tiles come %d times per epoch", len(corrected), config.corrected_repeats)
+    replay = read_pairs(config.replay) if config.replay else []
     eval_pairs = read_cc_json(config.eval_data)[: config.eval_pairs] if config.eval_data else []
-    dataset = CaptionDataset(pairs, config.caption_handling, config.seed)
+    dataset = CaptionDataset(pairs, config.caption_handling, config.seed, replay, config.replay_share)
     resume = _resume_from(config)
+    final = Path(final_dir) if final_dir is not None else config.output_dir / FINAL
     model, processor = _initial_model(config, pairs)
+    unknown_words = _unknown_words(processor, pairs)
+    if unknown_words:
+        log.warning("the model's vocabulary lacks %d words of the training captions (it cannot learn to say them): %s",
+                    len(unknown_words), some(unknown_words, 8))
     counts = apply_trainable(model, config.trainable)
-    log.warning("stage %s: training %s (%d parameters)", config.stage, counts, sum(counts.values()))
-    kinds = tuple(model.config.change_types or ())
+    with_masks, kinds = model.model.change_head is not None, tuple(model.config.change_types or ())
+    if config.lora_rank:
+        model = add_lora(model, lora_config(
+            model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets, config.trainable
+        ))
+        counts["language"] = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
+    log.warning("stage %s: training %s (%d parameters)%s", config.stage, counts, sum(counts.values()),
+                f", the language model through LoRA adapters of rank {config.lora_rank}" if config.lora_rank else "")
     unknown = sorted({pair.change_type for pair in pairs if pair.change_type} - set(kinds))
     if kinds and unknown:
         log.warning("the model does not know the change types %s of the data: their kind is not trained", unknown)
@@ -123,11 +161,12 @@ def run_stage(config: StageConfig) -> Path:
         args=training_arguments(config, bool(eval_pairs)),
         train_dataset=dataset,
         eval_dataset=eval_pairs or None,
-        data_collator=PairCollator(processor, with_masks=model.model.change_head is not None, change_types=kinds),
+        data_collator=PairCollator(processor, with_masks=with_masks, change_types=kinds),
         callbacks=[EpochCallback(dataset)],
         processor=processor,
         learning_rate=config.learning_rate,
         vision_learning_rate=config.vision_lr,
+        adapter_learning_rate=config.lora_learning_rate,
         change_loss_weight=config.change_loss_weight,
         eval_pairs=eval_pairs,
     )
@@ -136,10 +175,24 @@ def run_stage(config: StageConfig) -> Path:
         final_metrics = trainer.evaluate() if eval_pairs else {}
     finally:
         trainer.close()
-    final = save_model(trainer.accelerator.unwrap_model(trainer.model), processor, config.output_dir / FINAL)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if config.lora_rank and not config.merge_lora:
+        save_adapter(trained, processor, final, config.init)
+    else:
+        save_model(merged(trained) if config.lora_rank else trained, processor, final)
     summary: dict[str, Any] = {
         "stage": config.stage,
         "init": config.init,
+        "data": str(config.data),
+        "pairs": len({pair.uid for pair in pairs}),
+        "corrected_repeats": config.corrected_repeats,
+        "replay": None if config.replay is None else {"data": str(config.replay), "pairs": len(replay),
+                                                      "share": config.replay_share},
+        "lora": None if not config.lora_rank else {
+            "rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+            "learning_rate": config.lora_learning_rate or config.learning_rate,
+            "targets": list(config.lora_targets), "fully_trained": list(config.trainable), "merged": config.merge_lora,
+        },
         "trainable_parameters": counts,
         "global_step": result.global_step,
         "train_loss": result.training_loss,

@@ -44,14 +44,20 @@ def apply_trainable(model: CCExpertForConditionalGeneration, groups: Iterable[st
 
 
 def parameter_groups(
-    model: CCExpertForConditionalGeneration, learning_rate: float, vision_learning_rate: float, weight_decay: float
+    model: CCExpertForConditionalGeneration, learning_rate: float, vision_learning_rate: float, weight_decay: float,
+    adapter_learning_rate: float | None = None,
 ) -> list[dict]:
-    """Optimiser groups of the trainable parameters: the vision tower at its own absolute rate, the rest at the
-    base rate (the DIM included)."""
+    """Optimiser groups of the trainable parameters: the vision tower at its own absolute rate, LoRA adapters at
+    theirs (``adapter_learning_rate``, default the base rate), the rest at the base rate (the DIM included)."""
     vision = {id(p) for p in _parameters(module_groups(model)["vision"])}
+    adapters = {id(p) for name, p in model.named_parameters() if "lora_" in name}
     trainable = [p for p in _parameters([model]) if p.requires_grad]
+    rates = {"vision": vision_learning_rate, "adapters": adapter_learning_rate or learning_rate, "rest": learning_rate}
+
+    def group(p: nn.Parameter) -> str:
+        return "vision" if id(p) in vision else "adapters" if id(p) in adapters else "rest"
+
     groups = [
-        {"params": [p for p in trainable if id(p) in vision], "lr": vision_learning_rate, "name": "vision"},
-        {"params": [p for p in trainable if id(p) not in vision], "lr": learning_rate, "name": "rest"},
+        {"params": [p for p in trainable if group(p) == name], "lr": rate, "name": name} for name, rate in rates.items()
     ]
     return [dict(group, weight_decay=weight_decay) for group in groups if group["params"]]

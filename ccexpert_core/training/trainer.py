@@ -16,6 +16,12 @@ from ccexpert_core.training.dataset import NO_KIND, UNCHANGED, CaptionDataset
 from ccexpert_core.training.trainable import parameter_groups
 
 
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The CCExpert inside a peft wrapper (its LoRA layers in place, so it computes with the adapters), or
+    ``model`` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 class EpochCallback(TrainerCallback):
     """Draws each epoch's random captions (the "random choice" caption handling)."""
 
@@ -53,6 +59,7 @@ class CCExpertTrainer(Trainer):
         processor: PairProcessor,
         learning_rate: float,
         vision_learning_rate: float,
+        adapter_learning_rate: float | None = None,
         change_loss_weight: float = 1.0,
         eval_pairs: list[PairSample] | None = None,
         **kwargs: Any,
@@ -61,16 +68,19 @@ class CCExpertTrainer(Trainer):
         self.processor = processor
         self.base_learning_rate = learning_rate
         self.vision_learning_rate = vision_learning_rate
+        self.adapter_learning_rate = adapter_learning_rate
         self.change_loss_weight = change_loss_weight
         self.eval_pairs = eval_pairs or []
         self._scorer: CaptionScorer | None = None
         self._change_losses: list[float] = []
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """AdamW (or ``args.optim``) over two groups: the vision tower at its own absolute rate, the rest."""
+        """AdamW (or ``args.optim``) over the groups of :func:`parameter_groups`: the vision tower and LoRA adapters
+        at their own absolute rates, the rest at the base rate."""
         if self.optimizer is None:
             groups = parameter_groups(
-                model or self.model, self.base_learning_rate, self.vision_learning_rate, self.args.weight_decay
+                base_model(model or self.model), self.base_learning_rate, self.vision_learning_rate,
+                self.args.weight_decay, self.adapter_learning_rate,
             )
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model or self.model)
             optimizer_kwargs.pop("lr", None)
@@ -80,20 +90,25 @@ class CCExpertTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The caption loss (answer + end of turn), plus the weighted change loss where targets are given: the
         per-token change map and, with a change summary, the pair-level change score; for models with change
-        types and pairs whose kind is known, also the kind per changed token and per pair."""
+        types and pairs whose kind is known, also the kind per changed token and per pair. Only the rows with a
+        mask count where ``change_mask_known`` says some have none."""
         change_mask = inputs.pop("change_mask", None)
         change_type = inputs.pop("change_type", None)
+        known = inputs.pop("change_mask_known", None)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if change_mask is not None and self.change_loss_weight:
-            heads = self.accelerator.unwrap_model(model).change_logits(outputs.image_outputs)
+            heads = base_model(self.accelerator.unwrap_model(model)).change_logits(outputs.image_outputs)
             if heads is not None:
                 logits, type_logits = heads
                 targets = change_mask.to(logits.device).float()
-                change_loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
                 image_outputs = outputs.image_outputs
-                if image_outputs.change_score is not None:  # the change summary's pair-level "anything changed?"
+                score = image_outputs.change_score
+                # Rows without a mask are not targets (their kinds are already unknown in change_type).
+                rows = slice(None) if known is None else known.to(logits.device)
+                change_loss = F.binary_cross_entropy_with_logits(logits[rows].float(), targets[rows])
+                if score is not None:  # the change summary's pair-level "anything changed?"
                     change_loss = change_loss + F.binary_cross_entropy_with_logits(
-                        image_outputs.change_score.float(), (targets.amax(dim=1) > 0).float()
+                        score[rows].float(), (targets[rows].amax(dim=1) > 0).float()
                     )
                 if change_type is not None:
                     kinds = change_type.to(logits.device)
@@ -118,7 +133,7 @@ class CCExpertTrainer(Trainer):
         """Caption the evaluation pairs greedily and score them; logs ``eval_S*m`` and friends."""
         if not self.eval_pairs:
             return {}
-        model = self.accelerator.unwrap_model(self.model)
+        model = base_model(self.accelerator.unwrap_model(self.model))
         was_training = model.training
         captioner = Captioner(model, self.processor, model_id="training", allow_empty=True)
         results = captioner.caption([(p.before_path, p.after_path) for p in self.eval_pairs], batch_size=16)
