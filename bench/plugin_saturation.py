@@ -120,11 +120,12 @@ class Feedback:
 def make_job(job_module, before: Path, after: Path, output: Path, url: str, batch_size: int, in_flight: int | None):
     """A Job for whichever version of the plugin is imported (one backend URL, or a tuple of them)."""
     names = {f.name for f in dataclasses.fields(job_module.Job)}
-    values = {
-        "before": job_module.RasterInput.from_source(str(before)),
-        "after": job_module.RasterInput.from_source(str(after)),
-        "output": str(output), "tile_size": TILE, "batch_size": batch_size,
-    }
+    rasters = (job_module.RasterInput.from_source(str(before)), job_module.RasterInput.from_source(str(after)))
+    values: dict[str, object] = {"output": str(output), "tile_size": TILE, "batch_size": batch_size}
+    if "rasters" in names:  # a series-aware plugin
+        values["rasters"] = rasters
+    else:
+        values["before"], values["after"] = rasters
     if "backend_urls" in names:
         values["backend_urls"] = (url,)
     else:

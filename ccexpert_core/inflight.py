@@ -14,7 +14,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -97,7 +97,7 @@ def run_in_flight(
     preparers: int = 2,
     ahead: int | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-) -> Iterator[Done[Work, Prepared, Result]]:
+) -> Generator[Done[Work, Prepared, Result], None, None]:
     """Prepare each work item on ``preparers`` threads, keep up to ``in_flight`` calls open, yield each finished call.
 
     At most ``in_flight + ahead`` items are prepared or open at any time (``ahead`` defaults to ``preparers``), so
@@ -143,13 +143,13 @@ def run_in_flight(
                 error = future.exception()
                 yield Done(item, prepared, None if error else future.result(), error)
     finally:
-        finished = exhausted and not preparing and not open_calls
+        completed = exhausted and not preparing and not open_calls
         for _, future in preparing:
             future.cancel()
         for future in open_calls:
             future.cancel()
-        prepare_pool.close(wait=finished)
-        call_pool.close(wait=finished)
+        prepare_pool.close(wait=completed)
+        call_pool.close(wait=completed)
 
 
 class NoEndpointLeft(Exception):

@@ -27,15 +27,6 @@ from .shared_modules import schema
 
 #: The command's layer name; its options table is named for it.
 DEFAULT_LAYER = schema.CAPTIONS_LAYER
-#: The changes layer's fields (``fid`` and the multipolygon ``geom`` first), as ``caption-region`` declares them.
-CHANGES_FIELDS: tuple[schema.Field, ...] = (
-    schema.Field("tile_id", schema.TEXT, "the tile's place in the grid, r{row}_c{col}", not_null=True),
-    schema.Field("interval", schema.INTEGER, "which interval of the date series", not_null=True, default="0"),
-    schema.Field("model_id", schema.TEXT, "the model whose change map it is"),
-    schema.Field("created_at", schema.DATETIME, "when the run wrote the feature (UTC)"),
-)
-CHANGES_DESCRIPTION = "ccexpert: changed places from the model's change map"
-HISTORY_DESCRIPTION = "ccexpert: each tile's changes over the dates"
 CAPTIONED = schema.CAPTIONED
 SKIPPED_NODATA = schema.SKIPPED_NODATA
 FAILED = schema.FAILED
@@ -326,7 +317,9 @@ class CaptionsGeoPackage:
     def _write_changes(self, records: Sequence[TileRecord], now: str) -> None:
         """Each record's changed places replace what the ``changes`` layer held for its tile and interval (nothing
         where its change map shows no change)."""
-        layer = self._companion("changes", ogr.wkbMultiPolygon, CHANGES_FIELDS, CHANGES_DESCRIPTION, schema.KEY)
+        layer = self._companion(
+            "changes", ogr.wkbMultiPolygon, schema.CHANGES_FIELDS, schema.CHANGES_DESCRIPTION, schema.KEY
+        )
         model_id = self.sources[2]
         self.dataset.StartTransaction()
         try:
@@ -357,7 +350,9 @@ class CaptionsGeoPackage:
         """Write the ``history`` feature of each of ``tiles`` from what the captions layer holds of its
         ``intervals`` consecutive intervals (the analyst's caption where one was given), in one transaction; a
         tile's history is replaced."""
-        layer = self._companion("history", ogr.wkbPolygon, schema.HISTORY_FIELDS, HISTORY_DESCRIPTION, ("tile_id",))
+        layer = self._companion(
+            "history", ogr.wkbPolygon, schema.HISTORY_FIELDS, schema.HISTORY_DESCRIPTION, ("tile_id",)
+        )
         ids = {tile.tile_id for tile in tiles}
         entries: dict[str, dict[int, schema.IntervalEntry]] = {tile_id: {} for tile_id in ids}
         self.layer.SetAttributeFilter(f"tile_id IN ({', '.join(_literal(tile_id) for tile_id in sorted(ids))})")

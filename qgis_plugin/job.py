@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -676,8 +676,7 @@ def _caption_in_flight(
                 raise error
         summary.canceled = done < summary.tiles and feedback.isCanceled()
     finally:
-        if isinstance(finished, Generator):  # it is one (typed as an Iterator): closed, nothing new starts and
-            finished.close()  # the requests still open are not waited for
+        finished.close()  # nothing new starts, and the requests still open are not waited for
         log_notes()
         for _ in opened:
             readers.get().close()

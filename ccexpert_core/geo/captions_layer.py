@@ -41,7 +41,7 @@ FINAL_STATUSES = schema.FINAL_STATUSES
 COLUMNS: tuple[tuple[str, str], ...] = tuple((field.name, field.sql()) for field in schema.FIELDS)
 _KEY_COLUMNS = (("tile_id", "TEXT NOT NULL"), ("interval", "INTEGER NOT NULL DEFAULT 0"))
 _THUMBNAIL_COLUMNS = (*_KEY_COLUMNS, ("before_png", "BLOB"), ("after_png", "BLOB"))
-_CHANGES_COLUMNS = (*_KEY_COLUMNS, ("model_id", "TEXT"), ("created_at", "DATETIME"))
+_CHANGES_COLUMNS = tuple((field.name, field.sql()) for field in schema.CHANGES_FIELDS)
 
 _RUN_NAMES = [field.name for field in schema.RUN_FIELDS]
 _VALUE_NAMES = [name for name in _RUN_NAMES if name not in schema.KEY]
@@ -285,8 +285,7 @@ class CaptionsLayer:
     def _write_changes(self, records: Sequence[TileRecord], now: str) -> None:
         # Made on first use, so that outputs of models without a change-map head have no empty layer.
         self.package.create_feature_table(
-            CHANGES_LAYER, _CHANGES_COLUMNS, self.srs_id, "MULTIPOLYGON",
-            "ccexpert: changed places from the model's change map",
+            CHANGES_LAYER, _CHANGES_COLUMNS, self.srs_id, "MULTIPOLYGON", schema.CHANGES_DESCRIPTION,
         )
         self._keyed(CHANGES_LAYER, _CHANGES_COLUMNS)
         with self.package.connection as connection:
@@ -309,7 +308,7 @@ class CaptionsLayer:
         columns = [(field.name, field.sql()) for field in schema.HISTORY_FIELDS]
         if not self.package.table_exists(HISTORY_LAYER):
             self.package.create_feature_table(
-                HISTORY_LAYER, columns, self.srs_id, "POLYGON", "ccexpert: each tile's changes over the dates"
+                HISTORY_LAYER, columns, self.srs_id, "POLYGON", schema.HISTORY_DESCRIPTION
             )
             with self.package.connection as connection:
                 index = quote(HISTORY_LAYER + "_key")

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
 
 #: The lock file sits beside the output, named after it.
 LOCK_SUFFIX = ".lock"
@@ -70,7 +71,7 @@ class OutputLock:
         self.output = Path(output)
         self.path = self.output.with_name(self.output.name + LOCK_SUFFIX)
         self.command = command
-        self._file = None
+        self._file: TextIO | None = None
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`OutputBusy` naming the run that holds it."""

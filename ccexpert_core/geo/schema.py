@@ -125,6 +125,17 @@ REQUIRED_FIELDS = tuple(field.name for field in FIELDS if field.required)
 #: A feature's key: one tile, one interval.
 KEY = ("tile_id", "interval")
 
+#: The changes layer (models with a change-map head): one multipolygon per tile and interval around its changed
+#: places, made on first use.
+CHANGES_FIELDS: tuple[Field, ...] = (
+    Field("tile_id", TEXT, "the tile's place in the grid, r{row}_c{col}", not_null=True),
+    Field("interval", INTEGER, "which interval of the date series", not_null=True, default="0"),
+    Field("model_id", TEXT, "the model whose change map it is"),
+    Field("created_at", DATETIME, "when the run wrote the feature (UTC)"),
+)
+CHANGES_DESCRIPTION = "ccexpert: changed places from the model's change map"
+HISTORY_DESCRIPTION = "ccexpert: each tile's changes over the dates"
+
 #: The history layer (a series of three or more dates): one polygon per tile over all its intervals.
 HISTORY_FIELDS: tuple[Field, ...] = (
     Field("tile_id", TEXT, "the tile's place in the grid, r{row}_c{col}", not_null=True),
