@@ -41,6 +41,7 @@ demo: venv
 	$(BIN)/python -m ccexpert_core.demo
 
 test: venv qgis-venv
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 	@mkdir -p -m 700 $(QGIS_VENV)/runtime

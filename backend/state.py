@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from backend.batching import DynamicBatcher
 from ccexpert_core.captions import CaptionResult
-from ccexpert_core.model_card import ModelCard
 from ccexpert_core.inference import Captioner
+from ccexpert_core.model_card import ModelCard
 from ccexpert_core.protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Limits
 
 if TYPE_CHECKING:

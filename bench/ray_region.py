@@ -73,7 +73,9 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     before, after = write_region(folder, args.size)
     tiles = (args.size // args.tile_size) ** 2
-    quiet = lambda message: None
+    def quiet(message: str) -> None:
+        pass
+
     prepare_ray()
     import ray
     import torch

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from affine import Affine
 
 from ccexpert_core.captions import CaptionResult

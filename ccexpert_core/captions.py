@@ -45,10 +45,11 @@ CHANGE_KINDS = ("buildings", "demolition", "roads", "vegetation", "water", "bare
 # has been built beside the houses" is roads.
 _SUBJECTS = {
     # LEVIR-CC's annotators often wrote "vitals" for villas.
-    "buildings": ("building", "buildings", "house", "houses", "villa", "villas", "vital", "vitals", "residence",
-                  "residences", "residential", "structure", "structures", "warehouse", "warehouses", "factory",
-                  "factories", "stadium", "mansion", "mansions", "longhouse", "longhouses", "dock", "docks", "construction", "constructions", "block", "blocks", "facilities",
-                  "venues", "playground", "hub"),
+    "buildings": (
+        "building", "buildings", "house", "houses", "villa", "villas", "vital", "vitals", "residence", "residences",
+        "residential", "structure", "structures", "warehouse", "warehouses", "factory", "factories", "stadium",
+        "mansion", "mansions", "longhouse", "longhouses", "dock", "docks", "construction", "constructions", "block",
+        "blocks", "facilities", "venues", "playground", "hub"),
     "roads": ("road", "roads", "street", "streets", "lane", "lanes", "path", "paths", "footpath", "highway",
               "parking", "roadside", "crossroads", "track", "tracks", "viaduct", "viaducts"),
     "vegetation": ("tree", "trees", "forest", "forests", "woods", "jungle", "plant", "plants", "vegetation",

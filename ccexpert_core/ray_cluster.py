@@ -357,7 +357,8 @@ def _node_check() -> Callable[..., dict[str, Any]]:
                     with rasterio.open(path):
                         pass
                 except (RasterioError, OSError) as error:
-                    answer["unreadable"].append((role, path, str(error).splitlines()[0] if str(error) else "unreadable"))
+                    reason = str(error).splitlines()[0] if str(error) else "unreadable"
+                    answer["unreadable"].append((role, path, reason))
         if model is not None and model.startswith("/") and not os.path.isdir(model):
             answer["model_missing"] = True
         return answer

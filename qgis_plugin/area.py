@@ -13,8 +13,18 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from qgis.core import (
-    Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCoordinateTransformContext, QgsCurvePolygon,
-    QgsGeometry, QgsLineString, QgsMultiSurface, QgsPointXY, QgsPolygon, QgsRectangle, QgsWkbTypes,
+    Qgis,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsCoordinateTransformContext,
+    QgsCurvePolygon,
+    QgsGeometry,
+    QgsLineString,
+    QgsMultiSurface,
+    QgsPointXY,
+    QgsPolygon,
+    QgsRectangle,
+    QgsWkbTypes,
 )
 
 from .errors import CaptionRunError

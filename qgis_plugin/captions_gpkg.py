@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from osgeo import gdal, ogr, osr
@@ -92,7 +92,7 @@ def _literal(text: str) -> str:
 
 def _now() -> str:
     """Now, in UTC, as OGR parses a date-time string."""
-    return datetime.now(timezone.utc).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3] + "+00"
+    return datetime.now(UTC).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3] + "+00"
 
 
 class CaptionsGeoPackage:

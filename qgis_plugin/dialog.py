@@ -19,8 +19,23 @@ from qgis.gui import QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox, QgsMa
 from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
-    QApplication, QButtonGroup, QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QGridLayout, QGroupBox,
-    QHBoxLayout, QLabel, QLineEdit, QPushButton, QRadioButton, QSizePolicy, QSpinBox, QToolButton, QVBoxLayout,
+    QApplication,
+    QButtonGroup,
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSizePolicy,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -31,7 +46,13 @@ from .job import RunPlan, model_words, plan_job
 from .layer_dates import in_time_order, layer_date
 from .local_backend import LocalBackend, LocalBackendSettings
 from .params import (
-    AreaMode, CaptionParams, check_dates, date_roles, job_from_params, parse_backend_urls, parse_bands,
+    AreaMode,
+    CaptionParams,
+    check_dates,
+    date_roles,
+    job_from_params,
+    parse_backend_urls,
+    parse_bands,
 )
 from .qgis_compat import POLYGON_LAYERS, RASTER_LAYERS, project
 from .shared_modules import grid as tiling

@@ -11,7 +11,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 
 from qgis.core import (
-    QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorLayer,
+    QgsCoordinateReferenceSystem,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsSettings,
+    QgsVectorLayer,
 )
 
 from .area import polygons_in_crs, rectangle_in_crs
@@ -109,7 +114,9 @@ def parse_bands(text: str) -> tuple[int, ...] | None:
     try:
         bands = tuple(int(part) for part in text.replace(" ", "").split(","))
     except ValueError:
-        raise CaptionRunError(f"bands: give one or three band numbers separated by commas (e.g. 4,3,2), not '{text}'")
+        raise CaptionRunError(
+            f"bands: give one or three band numbers separated by commas (e.g. 4,3,2), not '{text}'"
+        ) from None
     if len(bands) not in (1, 3):
         raise CaptionRunError(f"bands: give one or three band numbers, not {len(bands)}")
     return bands

@@ -12,11 +12,21 @@ from typing import Any
 
 from osgeo import gdal
 from qgis.core import (
-    QgsCoordinateReferenceSystem, QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingFeedback,
-    QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputNumber, QgsProcessingParameterAuthConfig,
-    QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource, QgsProcessingParameterFileDestination,
-    QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber, QgsProcessingParameterString,
-    QgsRasterLayer, QgsVectorLayer,
+    QgsCoordinateReferenceSystem,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterAuthConfig,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+    QgsRasterLayer,
+    QgsVectorLayer,
 )
 
 from .area import polygons_in_crs, rectangle_in_crs

@@ -12,12 +12,19 @@ from typing import Any
 
 import qgis.core as _core
 from qgis.core import (
-    Qgis, QgsApplication, QgsAuthManager, QgsMapLayerProxyModel, QgsProcessing, QgsProcessingParameterNumber,
-    QgsProcessingRegistry, QgsProject, QgsTaskManager,
+    Qgis,
+    QgsApplication,
+    QgsAuthManager,
+    QgsMapLayerProxyModel,
+    QgsProcessing,
+    QgsProcessingParameterNumber,
+    QgsProcessingRegistry,
+    QgsProject,
+    QgsTaskManager,
 )
 
 #: Processing's error for a run that cannot go on (declared by SIP at run time: the stubs lack it).
-ProcessingException: type[Exception] = getattr(_core, "QgsProcessingException")
+ProcessingException: type[Exception] = _core.QgsProcessingException
 
 
 def _renamed(new_owner: object, new_enum: str, old_owner: object, old_enum: str, new: str, old: str) -> Any:

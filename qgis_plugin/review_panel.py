@@ -17,28 +17,57 @@ from collections.abc import Sequence
 import numpy as np
 import qgis.core as _core
 from qgis.core import (
-    QgsApplication, QgsCoordinateTransform, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer,
+    QgsApplication,
+    QgsCoordinateTransform,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
 )
 from qgis.gui import QgsDockWidget
 from qgis.PyQt.QtCore import QPointF, QSize, Qt
 from qgis.PyQt.QtGui import QCloseEvent, QColor, QImage, QKeySequence, QPainter, QPaintEvent, QPen, QPolygonF
 from qgis.PyQt.QtWidgets import (
-    QAction, QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea,
-    QShortcut, QSizePolicy, QToolButton, QVBoxLayout, QWidget,
+    QAction,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QShortcut,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from .errors import CaptionRunError
 from .job import RasterInput
 from .review_pixels import RunPixels, missing_option
 from .review_store import (
-    NO_CHANGE_CAPTION, CaptionsFile, Order, ReviewItem, RunDates, Verdict, has_changes, ordered, read_items,
-    read_options, review_of, save_review, tile_changes,
+    NO_CHANGE_CAPTION,
+    CaptionsFile,
+    Order,
+    ReviewItem,
+    RunDates,
+    Verdict,
+    has_changes,
+    ordered,
+    read_items,
+    read_options,
+    review_of,
+    save_review,
+    tile_changes,
 )
 from .shared_modules import grid as tiling
 from .shared_modules import schema
 
 #: A coordinate transform's failure (declared by SIP at run time: the stubs lack it).
-_TransformError: type[Exception] = getattr(_core, "QgsCsException")
+_TransformError: type[Exception] = _core.QgsCsException
 TITLE = "CCExpert — review captions"
 #: Change polygons: a colour the layer's palette does not use, over a dark halo so that it shows on any ground.
 CHANGE_COLOUR = QColor("#ffd400")

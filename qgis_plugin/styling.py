@@ -10,7 +10,11 @@ The history layer of a series by how often each tile changed, the changes layer 
 from __future__ import annotations
 
 from qgis.core import (
-    QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsRendererCategory, QgsSingleSymbolRenderer, QgsVectorLayer,
+    QgsCategorizedSymbolRenderer,
+    QgsFillSymbol,
+    QgsRendererCategory,
+    QgsSingleSymbolRenderer,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtXml import QDomDocument

@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 
 from qgis.core import (
-    Qgis, QgsDateTimeRange, QgsInterval, QgsProject, QgsTemporalNavigationObject, QgsVectorLayer,
+    Qgis,
+    QgsDateTimeRange,
+    QgsInterval,
+    QgsProject,
+    QgsTemporalNavigationObject,
+    QgsVectorLayer,
     QgsVectorLayerTemporalProperties,
 )
 from qgis.PyQt.QtCore import QDate, QDateTime, QTime

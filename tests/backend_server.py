@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from ccexpert_core import protocol
+
 from serve_process import ServeProcess as Server
 from serve_process import start_serve
 

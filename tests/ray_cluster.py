@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from serve_process import free_port, server_env
 
 STARTED = "Ray runtime started"

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import requests
 
+from ccexpert_core import protocol
+
 from backend_server import (
     OTHER_TOKEN,
     TEST_LIMITS,
@@ -27,7 +29,6 @@ from backend_server import (
     serve_command,
 )
 from serve_process import free_port, server_env
-from ccexpert_core import protocol
 
 AUTH = bearer(TOKEN)
 CONCURRENT_CLIENTS = 16

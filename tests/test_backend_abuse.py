@@ -24,7 +24,10 @@ import pytest
 import requests
 from PIL import Image
 
+from ccexpert_core import protocol
+from ccexpert_core.defaults import DEMO_MODEL_DIR
 from ccexpert_core.model_card import DEMO_NOTE
+
 from backend_server import (
     TEST_LIMITS,
     TOKEN,
@@ -36,8 +39,6 @@ from backend_server import (
     random_image,
     start_server,
 )
-from ccexpert_core import protocol
-from ccexpert_core.defaults import DEMO_MODEL_DIR
 
 AUTH = bearer(TOKEN)
 #: The common default soft and hard limit on open files; the server gets exactly this.

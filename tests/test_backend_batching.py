@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 import pytest
 from fastapi.testclient import TestClient
 
-from ccexpert_core.model_card import ModelCard
-
 from backend.app import create_app
 from backend.batching import BatchFailed, DeadlineMissed, DynamicBatcher, QueueFull
 from backend.state import ServerSettings
-from backend_server import encode, multipart, random_image
 from ccexpert_core import protocol
 from ccexpert_core.captions import CaptionResult
+from ccexpert_core.model_card import ModelCard
+
+from backend_server import encode, multipart, random_image
 
 
 def run(coroutine):

@@ -26,8 +26,9 @@ from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSE
 from schemathesis.core.failures import AcceptedNegativeData, FailureGroup
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from backend_server import TOKEN, auth_server, bearer
 from ccexpert_core import protocol
+
+from backend_server import TOKEN, auth_server, bearer
 
 MAX_EXAMPLES = 300
 #: Wall-clock budget: examples past it are drawn but not sent, so the test ends soon after.

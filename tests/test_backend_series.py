@@ -12,9 +12,10 @@ from fastapi.testclient import TestClient
 
 from backend.app import create_app
 from backend.state import ServerSettings
-from backend_server import encode, multipart, random_image, shared_server
 from ccexpert_core import cli, protocol
 from ccexpert_core.defaults import DEMO_MODEL_DIR
+
+from backend_server import encode, multipart, random_image, shared_server
 
 
 @pytest.fixture(scope="module")

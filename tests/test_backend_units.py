@@ -11,8 +11,8 @@ import requests
 
 from backend.connections import connection_cap, open_descriptors
 from backend.limits import BodyRule, MultipartScanner
-from ccexpert_core.model_card import DEMO_NOTE, PRESET_NOTE, describe_model
 from ccexpert_core.defaults import DEMO_MODEL_DIR
+from ccexpert_core.model_card import DEMO_NOTE, PRESET_NOTE, describe_model
 
 
 def _model_folder(tmp_path: Path, name: str = "ckpt", config: dict | None = None, weights: bytes = b"w" * 300_000):

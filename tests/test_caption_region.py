@@ -17,6 +17,7 @@ from ccexpert_core.geo.grid import TileGrid
 from ccexpert_core.geo.raster import RasterPair, RasterSeries
 from ccexpert_core.geo.region import RegionOptions, caption_region
 from ccexpert_core.geo.synthetic import write_geotiff
+
 from geo_fixtures import CRS, ORIGIN, FakeEngine, utm_transform, write_pair
 
 pyogrio = pytest.importorskip("pyogrio", reason="pyogrio (GDAL/OGR for Python) is needed to read the GeoPackage")

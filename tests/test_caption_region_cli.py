@@ -13,9 +13,10 @@ import pytest
 
 from ccexpert_core import cli
 from ccexpert_core.defaults import default_model, model_note
-from ccexpert_core.model_card import describe_model
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
 from ccexpert_core.geo.synthetic import write_geotiff
+from ccexpert_core.model_card import describe_model
+
 from geo_fixtures import CRS, ORIGIN, FakeEngine, utm_transform, write_pair
 
 CCEXPERT = Path(sys.executable).with_name("ccexpert")

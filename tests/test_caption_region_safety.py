@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from ccexpert_core import cli
 from ccexpert_core.geo.captions_layer import read_tiles
 from ccexpert_core.geo.run_files import OutputLock
+
 from geo_fixtures import FakeEngine, write_pair
 
 

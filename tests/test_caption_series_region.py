@@ -18,6 +18,7 @@ from ccexpert_core.geo.engine import InProcessEngine
 from ccexpert_core.geo.gpkg import GeoPackage
 from ccexpert_core.geo.region import DateInput, RegionOptions, caption_dates, caption_region
 from ccexpert_core.geo.synthetic import write_demo_series, write_geotiff
+
 from geo_fixtures import CRS, ORIGIN, FakeEngine, utm_transform
 
 DATES = ("2016", "2018", "2021")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ccexpert_core.captions import CHANGE_KINDS, CaptionResult, change_kind, is_no_change
+
 from conftest import LEVIRCC, require_shared
 
 

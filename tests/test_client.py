@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend_server import Server, encode, open_server, random_image, shared_server
-from serve_process import free_port
 from ccexpert_core import protocol
 from ccexpert_core.client import BackendClient, encode_image, read_token_file
 from ccexpert_core.errors import CCExpertError
+
+from backend_server import Server, encode, open_server, random_image, shared_server
+from serve_process import free_port
 
 INFO_BODY = {"api_version": protocol.API_VERSION, "model_id": "stub", "limits": protocol.Limits().to_dict()}
 

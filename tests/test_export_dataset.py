@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from geo_fixtures import CRS, FakeEngine, utm_transform, write_pair
 from PIL import Image
 
 from ccexpert_core import cli
@@ -26,6 +25,8 @@ from ccexpert_core.geo.region import (
     caption_region,
 )
 from ccexpert_core.geo.synthetic import synthetic_pair, write_demo_series, write_geotiff
+
+from geo_fixtures import CRS, FakeEngine, utm_transform, write_pair
 
 CORRECTION = "two buildings have been built at the top left"
 

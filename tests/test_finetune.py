@@ -25,6 +25,7 @@ from ccexpert_core.training.config import LORA_TARGETS
 from ccexpert_core.training.dataset import CaptionDataset, PairCollator
 from ccexpert_core.training.lora import add_lora, lora_config
 from ccexpert_core.training.trainer import CCExpertTrainer
+
 from geo_fixtures import FakeEngine, write_pair
 
 needs_demo_model = pytest.mark.skipif(

@@ -19,6 +19,7 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.area import area_from_polygons
 from ccexpert_core.geo.area_file import read_area_file
 from ccexpert_core.geo.grid import TileGrid, pixel_to_geo
+
 from geo_fixtures import ORIGIN, FakeEngine, write_pair
 
 CASES = json.loads((Path(__file__).parent / "area_cases.json").read_text(encoding="utf-8"))

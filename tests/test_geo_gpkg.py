@@ -17,7 +17,14 @@ from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo import schema
 from ccexpert_core.geo.captions_layer import (
-    CAPTIONED, FAILED, LAYER, THUMBNAILS_TABLE, CaptionsLayer, TileRecord, check_output, read_tiles,
+    CAPTIONED,
+    FAILED,
+    LAYER,
+    THUMBNAILS_TABLE,
+    CaptionsLayer,
+    TileRecord,
+    check_output,
+    read_tiles,
 )
 from ccexpert_core.geo.gpkg import GeoPackage, polygon_blob
 from ccexpert_core.geo.grid import TileGrid

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from ccexpert_core.geo.grid import (
-    Area, Tile, TileGrid, invert_transform, parse_overlap, pixel_to_geo, run_options, tiles_window,
+    Area,
+    Tile,
+    TileGrid,
+    invert_transform,
+    parse_overlap,
+    pixel_to_geo,
+    run_options,
+    tiles_window,
 )
 
 GT = (431000.0, 1.0, 0.0, 4829000.0, 0.0, -1.0)

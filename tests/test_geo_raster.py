@@ -14,6 +14,7 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.grid import Tile
 from ccexpert_core.geo.raster import RasterPair
 from ccexpert_core.geo.synthetic import write_geotiff
+
 from geo_fixtures import CRS, ORIGIN, utm_transform, write_pair
 
 

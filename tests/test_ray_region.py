@@ -23,9 +23,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from geo_fixtures import write_pair
-from ray_cluster import Cluster, start_cluster
-from serve_process import server_env
 
 from ccexpert_core import cli
 from ccexpert_core.defaults import default_model
@@ -37,6 +34,10 @@ from ccexpert_core.geo.raster import RasterPair
 from ccexpert_core.geo.ray_runner import RayRegion, RayRunner
 from ccexpert_core.geo.region import RegionOptions, caption_region
 from ccexpert_core.ray_cluster import RayCluster, WorkerPlan
+
+from geo_fixtures import write_pair
+from ray_cluster import Cluster, start_cluster
+from serve_process import server_env
 
 CCEXPERT = Path(sys.executable).with_name("ccexpert")
 TILES = 9  # a 192 px pair cut into 64 px tiles

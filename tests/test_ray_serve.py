@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from backend_server import TOKEN, bearer, encode, multipart, random_image, serve_command
-from ray_cluster import Cluster, start_cluster
-from serve_process import ServeProcess, start_serve
 
 from ccexpert_core import cli, protocol
 from ccexpert_core.defaults import default_model
+
+from backend_server import TOKEN, bearer, encode, multipart, random_image, serve_command
+from ray_cluster import Cluster, start_cluster
+from serve_process import ServeProcess, start_serve
 
 AUTH = bearer(TOKEN)
 CLIENTS = 8

@@ -24,6 +24,7 @@ from ccexpert_core.captions import CaptionResult
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
 from ccexpert_core.geo.engine import Engine
 from ccexpert_core.geo.region import RegionOptions, caption_region
+
 from geo_fixtures import write_pair
 from standin import start_standin
 

@@ -16,7 +16,6 @@ import yaml
 
 from ccexpert_core.data import read_cc_json
 from ccexpert_core.data.synthetic import write_dataset
-from ccexpert_core.errors import CCExpertError
 from ccexpert_core.model import build_tiny_model, count_parameters, load_model
 from ccexpert_core.training import STAGES, apply_trainable, load_stage_config, parameter_groups
 from ccexpert_core.training.dataset import CaptionDataset

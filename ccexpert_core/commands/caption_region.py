@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from ccexpert_core.options import (
-    backend_url_value, bounds_value, date_label_value, dated_path_value, device_value, float_in, int_in, numbers,
+    backend_url_value,
+    bounds_value,
+    date_label_value,
+    dated_path_value,
+    device_value,
+    float_in,
+    int_in,
+    numbers,
     overlap_value,
 )
 
@@ -79,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tile side in pixels (default: 384)",
     )
     parser.add_argument(
-        "--overlap", default="0", type=overlap_value, metavar="N|N%", help="overlap of tiles in pixels or %% (default: 0)"
+        "--overlap", default="0", type=overlap_value, metavar="N|N%",
+        help="overlap of tiles in pixels or %% (default: 0)",
     )
     parser.add_argument(
         "--bands", type=numbers(None, int), metavar="R,G,B",
@@ -103,7 +111,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-tiles", type=int_in(1, 10**9), default=DEFAULT_MAX_TILES,
-        help=f"refuse areas that need more tiles than this, e.g. from a mistyped --resolution (default: {DEFAULT_MAX_TILES:,})",
+        help="refuse areas that need more tiles than this, e.g. from a mistyped --resolution "
+             f"(default: {DEFAULT_MAX_TILES:,})",
     )
     parser.add_argument("--report", type=Path, help="also write a self-contained HTML report")
     parser.add_argument(
@@ -135,8 +144,8 @@ def _dates(args: argparse.Namespace) -> list:  # -> list[DateInput]
 
 def run(args: argparse.Namespace) -> int:
     """Load the engine, caption the region, say where the results are."""
-    from ccexpert_core.errors import CCExpertError
     from ccexpert_core.defaults import default_model, print_model_note
+    from ccexpert_core.errors import CCExpertError
     from ccexpert_core.geo.engine import CaptionEngine, load_backend_engine, load_model_engine
     from ccexpert_core.geo.progress import ProgressBar
     from ccexpert_core.geo.region import RegionOptions, caption_dates, log_to_stderr
@@ -170,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
         model = args.model or default_model()
         print_model_note(model)
         if on_ray is not None:
-            roles = ["BEFORE", "AFTER"] if len(dates) == 2 else [f"date {d.label or k + 1}" for k, d in enumerate(dates)]
+            roles = (["BEFORE", "AFTER"] if len(dates) == 2
+                     else [f"date {d.label or k + 1}" for k, d in enumerate(dates)])
             return on_ray.load_engine(model, [(role, date.path) for role, date in zip(roles, dates)])
         return load_model_engine(model, args.device)
 

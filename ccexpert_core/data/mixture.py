@@ -18,7 +18,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ccexpert_core.data.cc_json import read_cc_json
 from ccexpert_core.data.inputs import read_yaml, require_field

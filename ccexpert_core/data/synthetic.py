@@ -107,7 +107,9 @@ class SceneGenerator:
     def _trees(self, rng: np.random.Generator) -> list[tuple[int, int, int]]:
         z = self.zone
         count = int(rng.integers(8, 20))
-        return [(int(rng.integers(8, z - 8)), int(rng.integers(8, z - 8)), int(rng.integers(5, 11))) for _ in range(count)]
+        return [
+            (int(rng.integers(8, z - 8)), int(rng.integers(8, z - 8)), int(rng.integers(5, 11))) for _ in range(count)
+        ]
 
     def random_layout(self, rng: np.random.Generator) -> Layout:
         """A before-date layout: nine random zones and zero to two roads along zone borders."""
@@ -436,7 +438,9 @@ class SyntheticTownSeries:
     truth: tuple[tuple[str | None, ...], ...]
 
 
-def synthetic_town_series(rows: int, cols: int, dates: int, seed: int = 0, scene_size: int = 384) -> SyntheticTownSeries:
+def synthetic_town_series(
+    rows: int, cols: int, dates: int, seed: int = 0, scene_size: int = 384
+) -> SyntheticTownSeries:
     """``rows`` × ``cols`` scenes at ``dates`` dates (a tile grid of ``scene_size`` cuts it into its scenes)."""
     generator = SceneGenerator(seed, scene_size)
     scenes = [generator.series(index, dates) for index in range(rows * cols)]

@@ -21,7 +21,15 @@ from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo import schema
 from ccexpert_core.geo.gpkg import (
-    APPLICATION_ID, Bounds, GeoPackage, Point, SpatialRef, blob_bounds, multipolygon_blob, polygon_blob, quote,
+    APPLICATION_ID,
+    Bounds,
+    GeoPackage,
+    Point,
+    SpatialRef,
+    blob_bounds,
+    multipolygon_blob,
+    polygon_blob,
+    quote,
     timestamp,
 )
 from ccexpert_core.geo.grid import Polygon, Tile, TileGrid
@@ -54,7 +62,8 @@ _INSERT = (
 # clause override the INSERT OR REPLACE in the R-tree triggers, which then fail on the tile's own index entry. It
 # sets the run's fields only, so the analyst's review stays.
 _UPDATE = (
-    f"UPDATE {quote(LAYER)} SET geom = ?, " + ", ".join(f"{quote(n)} = ?" for n in _VALUE_NAMES) + f" WHERE {_KEY_WHERE}"
+    f"UPDATE {quote(LAYER)} SET geom = ?, " + ", ".join(f"{quote(n)} = ?" for n in _VALUE_NAMES)
+    + f" WHERE {_KEY_WHERE}"
 )
 
 

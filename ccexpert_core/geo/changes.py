@@ -14,7 +14,6 @@ from rasterio.features import shapes
 
 from ccexpert_core.geo.grid import GeoTransform, Polygon, Tile, pixel_to_geo
 
-
 #: Grid cells with a change probability above this count as changed.
 CHANGE_THRESHOLD = 0.5
 

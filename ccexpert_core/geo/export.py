@@ -155,7 +155,9 @@ def _read_layer(path: Path, layer: str) -> _Layer:
     return _Layer(options, features, thumbnails)
 
 
-def _selected(features: Sequence[_Feature], include_unreviewed: bool) -> tuple[list[tuple[_Feature, str, str]], Counter]:
+def _selected(
+    features: Sequence[_Feature], include_unreviewed: bool
+) -> tuple[list[tuple[_Feature, str, str]], Counter]:
     """(feature, caption to learn, why it is in) of the features to export; and the features left out, by reason."""
     chosen, left_out = [], Counter()
     for feature in features:

@@ -12,7 +12,7 @@ import sqlite3
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ccexpert_core.errors import CCExpertError
@@ -74,7 +74,7 @@ class SpatialRef:
 
 def timestamp() -> str:
     """Now, in the GeoPackage DATETIME format (ISO 8601, UTC, milliseconds)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _header(points: Sequence[Point], srs_id: int) -> bytes:

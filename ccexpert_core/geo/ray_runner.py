@@ -39,8 +39,8 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.engine import Interval
 from ccexpert_core.geo.grid import Tile
 from ccexpert_core.geo.raster import PairSource, SeriesSource
-from ccexpert_core.model_card import describe_model
 from ccexpert_core.geo.runner import BatchOutcome, Needed, ReadBatch, finish_batch, read_batch
+from ccexpert_core.model_card import describe_model
 from ccexpert_core.ray_cluster import CAPTION_MODULES, RayCluster, WorkerPlan, last_line, worker_model
 
 Log = Callable[[str], None]
@@ -201,7 +201,8 @@ class RayRunner:
         work = [list(batch) for batch in batches]
         if not work:
             return
-        stream = iter(self._dataset(work, needed or {}).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+        dataset = self._dataset(work, needed or {})
+        stream = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
         seen: set[int] = set()
         try:
             while True:

@@ -18,21 +18,40 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.area_file import read_area_file
 from ccexpert_core.geo.captions_layer import (
-    CAPTIONED, FAILED, SKIPPED_NODATA, CaptionsLayer, TileRecord, check_output, read_tiles,
+    CAPTIONED,
+    FAILED,
+    SKIPPED_NODATA,
+    CaptionsLayer,
+    TileRecord,
+    check_output,
+    read_tiles,
 )
 from ccexpert_core.geo.changes import tile_changes
+from ccexpert_core.geo.dates import DateLabel, check_order, date_from_metadata
 from ccexpert_core.geo.engine import CaptionEngine, Interval
 from ccexpert_core.geo.gpkg import timestamp
 from ccexpert_core.geo.grid import (
-    Area, Bounds, Tile, TileGrid, invert_transform, parse_overlap, pixel_to_geo, run_options,
+    Area,
+    Bounds,
+    Tile,
+    TileGrid,
+    invert_transform,
+    parse_overlap,
+    pixel_to_geo,
+    run_options,
 )
-from ccexpert_core.geo.dates import DateLabel, check_order, date_from_metadata
 from ccexpert_core.geo.raster import (
-    PairSource, RasterPair, RasterSeries, SeriesSource, bounded_read_cache, crs_name, format_bounds, spatial_ref,
+    PairSource,
+    RasterPair,
+    RasterSeries,
+    SeriesSource,
+    bounded_read_cache,
+    crs_name,
+    format_bounds,
+    spatial_ref,
 )
 from ccexpert_core.geo.report import Overview, write_report
 from ccexpert_core.geo.run_files import OutputBusy, OutputLock, check_run_paths

@@ -22,9 +22,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
-from ccexpert_core.model_card import ModelCard, describe_model
 from ccexpert_core.model import CCExpertForConditionalGeneration, PairProcessor, load_model
 from ccexpert_core.model.processing_ccexpert import ImageInput, PairInput
+from ccexpert_core.model_card import ModelCard, describe_model
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 

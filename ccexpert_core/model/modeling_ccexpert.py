@@ -167,7 +167,8 @@ class CCExpertModel(LlavaOnevisionModel):
         """
         if pixel_values.dim() != 4 or pixel_values.shape[0] % 2:
             raise ValueError(
-                f"pixel_values must be (2·pairs, 3, H, W) with before/after interleaved, got {tuple(pixel_values.shape)}"
+                "pixel_values must be (2·pairs, 3, H, W) with before/after interleaved, "
+                f"got {tuple(pixel_values.shape)}"
             )
         vision = self.encode_images(pixel_values, vision_feature_layer, **kwargs)
         before = torch.arange(0, pixel_values.shape[0], 2, device=pixel_values.device)

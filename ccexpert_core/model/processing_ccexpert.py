@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from ccexpert_core.model.tokenizer import IM_END, IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
 
-ImageInput = Union[Image.Image, np.ndarray, str, Path]
+ImageInput = Image.Image | np.ndarray | str | Path
 PairInput = tuple[ImageInput, ImageInput]
 
 SYSTEM_PROMPT = "You are a helpful assistant."

@@ -131,7 +131,9 @@ def build_stage_config(values: dict[str, Any], base_dir: Path, where: str) -> St
     known = {f.name for f in dataclasses.fields(StageConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise CCExpertError(f"{where}: unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        raise CCExpertError(
+            f"{where}: unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        )
     for required in ("stage", "init", "output_dir", "data"):
         if values.get(required) in (None, ""):
             raise CCExpertError(f"{where}: '{required}' is required")

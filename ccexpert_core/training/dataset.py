@@ -91,7 +91,8 @@ def token_mask(path: Path, grid: int) -> torch.Tensor:
     mask = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
     height, width = mask.shape
     if height % grid or width % grid:
-        mask = np.asarray(Image.fromarray(mask).resize((grid * math.ceil(width / grid),) * 2, Image.Resampling.BILINEAR))
+        side = grid * math.ceil(width / grid)
+        mask = np.asarray(Image.fromarray(mask).resize((side, side), Image.Resampling.BILINEAR))
         height, width = mask.shape
     shares = mask.reshape(grid, height // grid, grid, width // grid).mean(axis=(1, 3))
     return torch.from_numpy(shares.reshape(-1).copy())

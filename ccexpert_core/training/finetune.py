@@ -45,7 +45,7 @@ def model_shape(model: str | Path) -> str:
         raise CCExpertError(f"{model} is not a model folder (no readable config.json): give --model FOLDER") from None
     for shape in SHAPES:
         wanted = PRESETS[shape]["text"]
-        if (text.get("hidden_size"), text.get("num_hidden_layers")) == (wanted["hidden_size"], wanted["num_hidden_layers"]):
+        if all(text.get(key) == wanted[key] for key in ("hidden_size", "num_hidden_layers")):
             return shape
     raise CCExpertError(
         f"{model} has a language model of width {text.get('hidden_size')} and {text.get('num_hidden_layers')} "
@@ -141,7 +141,8 @@ def model_card(record: dict[str, Any]) -> str:
     mixed = (
         f"Mixed with a replay of `{replay['data']}` ({replay['pairs']} pairs): {replay['share']:.0%} of each epoch's "
         "samples, drawn again each epoch, so that the model keeps what it knew."
-        if replay else "No replay data: the model saw the analyst's tiles only, and may have forgotten some of what it knew."
+        if replay
+        else "No replay data: the model saw the analyst's tiles only, and may have forgotten some of what it knew."
     )
     repeats = record["corrected_repeats"]
     if repeats > 1:
@@ -176,8 +177,8 @@ Fine-tuned from `{record['base_model']}` (see its own card for what it knew befo
 
 ## How
 Stage III's recipe on these pairs: one caption per pair per epoch; {how} Learning rate {record['learning_rate']:g},
-{record['steps']} steps of {record['batch']} samples, final training loss {record['train_loss']:.3f}, {record['minutes']:.1f}
-minutes.
+{record['steps']} steps of {record['batch']} samples, final training loss {record['train_loss']:.3f},
+{record['minutes']:.1f} minutes.
 
 ## Use
 {use} Its captions on tiles like the analyst's follow the analyst's wording; elsewhere it is the base model.

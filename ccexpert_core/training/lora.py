@@ -101,5 +101,6 @@ def merge_adapter(folder: Path, out: Path, base: str | None = None) -> Path:
     except (OSError, ValueError, KeyError) as error:
         raise CCExpertError(f"cannot apply the adapter {folder} to {base or adapter_base(folder)}: {error}") from None
     # The adapter folder's tokenizer is the one the fine-tune trained with (the same as the base's).
-    processor = PairProcessor.from_pretrained(folder, model.config.vision_config.image_size, model.config.tokens_per_image)
+    config = model.config
+    processor = PairProcessor.from_pretrained(folder, config.vision_config.image_size, config.tokens_per_image)
     return save_model(merged(tuned), processor, out)

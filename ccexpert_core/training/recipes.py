@@ -67,7 +67,7 @@ def held_out_scores(model_dir: Path, pairs_json: Path) -> dict[str, Any]:
 
 def _model_card(scores: dict[str, Any], minutes: float, parameters: int, kinds: bool) -> str:
     score = "pair-level change score and kind of change" if kinds else "pair-level change score"
-    head = "per-token change-map head that also tells the kinds of change apart" if kinds else "per-token change-map head"
+    head = "per-token change-map head" + (" that also tells the kinds of change apart" if kinds else "")
     rows = "\n".join(
         f"| {name} | {scores['model'][name]:.2f} | {scores['baseline'][name]:.2f} |"
         for name in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "S*m", "change_accuracy")

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The suite runs in Debian's QGIS Python; the backend launcher shared with the main suite is plain stdlib.
 sys.path.append(str(REPO / "tests"))
 from serve_process import ServeProcess, start_serve  # noqa: E402
+
 CCEXPERT = REPO / ".venv" / "bin" / "ccexpert"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 TOKEN = "plugin-test-token"

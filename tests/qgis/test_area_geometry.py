@@ -8,18 +8,25 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from qgis.core import (
-    QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle,
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
     QgsVectorLayer,
 )
-from rasters import ORIGIN, write_pair
 
 from qgis_plugin.area import polygons_in_crs, tile_area
 from qgis_plugin.errors import CaptionRunError
 from qgis_plugin.job import run_job
 from qgis_plugin.params import AreaMode, CaptionParams, job_from_params
 from qgis_plugin.shared_modules import grid as tiling
+
+from conftest import REPO
+from rasters import ORIGIN, write_pair
 
 CASES = json.loads((REPO / "tests" / "area_cases.json").read_text(encoding="utf-8"))
 UTM = QgsCoordinateReferenceSystem("EPSG:32631")

@@ -8,7 +8,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from layer_style import style_facts
 from osgeo import gdal, osr
 from qgis.core import QgsProviderRegistry, QgsVectorLayer, QgsVectorLayerCache
 from qgis.gui import QgsAttributeTableFilterModel, QgsAttributeTableModel
@@ -24,6 +23,8 @@ from qgis_plugin.errors import CaptionRunError
 from qgis_plugin.result_layer import open_captions_layer
 from qgis_plugin.shared_modules import grid as tiling
 from qgis_plugin.shared_modules import schema
+
+from layer_style import style_facts
 
 OPTIONS = {"tile_size": "8"}
 TILE = tiling.Tile(0, 1, 0, 0, 8, 8)
@@ -98,7 +99,7 @@ def test_both_tools_write_the_schemas_layer_and_resume_each_others_file(tmp_path
 def expected_style() -> dict:
     """What the schema says the layer looks like."""
     categories = []
-    for index, entry in enumerate(schema.CATEGORIES):
+    for entry in schema.CATEGORIES:
         fill = QColor(entry.colour)
         fill.setAlpha(round(entry.fill_opacity * 255))
         styles = {"solid": Qt.SolidLine, "dot": Qt.DotLine, "dash": Qt.DashLine}

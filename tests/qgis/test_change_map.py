@@ -8,10 +8,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from conftest import VENV_PYTHON, require_project_venv
 
 from qgis_plugin.change_map import change_mask, tile_changes
 from qgis_plugin.shared_modules import grid as tiling
+
+from conftest import VENV_PYTHON, require_project_venv
 
 CORE = Path(__file__).with_name("core_changes.py")
 

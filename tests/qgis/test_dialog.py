@@ -6,28 +6,35 @@ the choices remembered (the token in the auth database only) and the Processing 
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TOKEN, Backend, add_raster
 from qgis.core import (
-    QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProject, QgsRectangle, QgsSettings, QgsVectorLayer,
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsGeometry,
+    QgsProject,
+    QgsRectangle,
+    QgsSettings,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QObject, QPoint, QUrl, pyqtSlot
 from qgis.PyQt.QtGui import QDesktopServices
-from rasters import write_geotiff, write_pair
-from standin import start_standin
 
 from qgis_plugin.auth import load_token
 from qgis_plugin.dialog import HELP_URL, CaptionDialog
 from qgis_plugin.errors import CaptionRunError
 from qgis_plugin.params import SETTINGS_GROUP, AreaMode, CaptionParams, job_from_params
 from qgis_plugin.processing_algorithm import CaptionChangesAlgorithm
+
+from conftest import TOKEN, Backend, add_raster
+from rasters import write_geotiff, write_pair
+from standin import start_standin
 
 UTM = QgsCoordinateReferenceSystem("EPSG:32631")
 

@@ -14,10 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from rasters import write_pair
 
 from qgis_plugin.job import Job, RasterInput, run_job
 from qgis_plugin.shared_modules import protocol
+
+from rasters import write_pair
 
 CAPTIONS = {
     "r0_c0": {"caption": "a road has been built along the river", "change_detected": True},

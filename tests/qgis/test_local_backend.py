@@ -8,11 +8,12 @@ import os
 import urllib.request
 
 import pytest
-from conftest import CCEXPERT, require_project_venv, wait_until
 
 from qgis_plugin import classFactory
 from qgis_plugin.errors import CaptionRunError
 from qgis_plugin.local_backend import LocalBackendSettings, serve_arguments
+
+from conftest import CCEXPERT, require_project_venv, wait_until
 
 
 def test_without_a_command_the_dialog_says_how_to_start_a_backend(qgis_iface, auth_ready) -> None:

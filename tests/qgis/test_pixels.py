@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VENV_PYTHON, require_project_venv
 from osgeo import gdal
-from rasters import scene_pair, write_geotiff
 
 from qgis_plugin.shared_modules import grid as tiling
 from qgis_plugin.shared_modules import pixels as shared_pixels
 from qgis_plugin.tile_reader import RasterSeriesReader
+
+from conftest import VENV_PYTHON, require_project_venv
+from rasters import scene_pair, write_geotiff
 
 DUMPER = Path(__file__).with_name("region_tiles.py")
 

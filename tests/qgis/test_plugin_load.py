@@ -8,10 +8,11 @@ import zipfile
 from pathlib import Path
 
 import qgis.utils
-from conftest import REPO, build_plugin_zip
 from qgis.core import QgsApplication
 
 from qgis_plugin import classFactory
+
+from conftest import REPO, build_plugin_zip
 
 REQUIRED_METADATA = (
     "name", "qgisMinimumVersion", "version", "author", "email", "about", "tracker", "repository", "homepage", "tags",

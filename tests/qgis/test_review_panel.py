@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CCEXPERT, SCREENSHOTS, VENV_PYTHON, add_raster, require_project_venv
 from osgeo import gdal
 from qgis.core import QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtCore import QSize, Qt
 from qgis.PyQt.QtGui import QColor, QImage
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QApplication
-from rasters import write_geotiff
 
 from ccexpert_core.captions import is_no_change
 from qgis_plugin import classFactory
@@ -32,6 +30,9 @@ from qgis_plugin.review_store import NO_CHANGE_CAPTION, Order
 from qgis_plugin.shared_modules import grid as tiling
 from qgis_plugin.shared_modules import schema
 from qgis_plugin.tile_reader import RasterSeriesReader
+
+from conftest import CCEXPERT, SCREENSHOTS, VENV_PYTHON, add_raster, require_project_venv
+from rasters import write_geotiff
 
 #: The demo's rasters (the synthetic town the demo model knows), written by the project's own code.
 WRITE_TOWN = """

@@ -17,19 +17,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
-    CCEXPERT, MASTER_PASSWORD, TOKEN, Backend, add_raster, build_plugin_zip, start_backend, wait_until,
-)
-from layer_style import style_facts
 from osgeo import gdal
 from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsVectorLayer
-from rasters import ORIGIN, write_pair
 
 from qgis_plugin import classFactory
 from qgis_plugin.backend_client import multipart_body
 from qgis_plugin.params import CaptionParams
 from qgis_plugin.plugin import CCExpertPlugin
 from qgis_plugin.task import CaptionTask
+
+from conftest import (
+    CCEXPERT,
+    MASTER_PASSWORD,
+    TOKEN,
+    Backend,
+    add_raster,
+    build_plugin_zip,
+    start_backend,
+    wait_until,
+)
+from layer_style import style_facts
+from rasters import ORIGIN, write_pair
 
 SIZE, TILE = 256, 128  # 2 × 2 tiles
 TILE_IDS = ["r0_c0", "r0_c1", "r1_c0", "r1_c1"]

@@ -20,11 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, VENV_PYTHON, add_raster, require_project_venv, wait_until
 from osgeo import gdal
 from qgis.core import Qgis, QgsProject
-from rasters import write_pair
-from standin import start_standin
 
 from qgis_plugin import classFactory
 from qgis_plugin.errors import CaptionRunError
@@ -35,6 +32,10 @@ from qgis_plugin.png import encode_tile
 from qgis_plugin.shared_modules import grid as tiling
 from qgis_plugin.shared_modules import protocol, run_files
 from qgis_plugin.tile_reader import RasterSeriesReader
+
+from conftest import REPO, VENV_PYTHON, add_raster, require_project_venv, wait_until
+from rasters import write_pair
+from standin import start_standin
 
 sys.path.insert(0, str(REPO / "bench"))
 from standin_backend import caption_for  # noqa: E402

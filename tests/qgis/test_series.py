@@ -16,13 +16,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import CCEXPERT, SCREENSHOTS, VENV_PYTHON, add_raster, require_project_venv, wait_until
 from qgis.core import (
-    Qgis, QgsCategorizedSymbolRenderer, QgsDateTimeRange, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject,
-    QgsRectangle, QgsVectorLayer, QgsVectorLayerCache, QgsVectorLayerTemporalContext,
+    Qgis,
+    QgsCategorizedSymbolRenderer,
+    QgsDateTimeRange,
+    QgsMapRendererSequentialJob,
+    QgsMapSettings,
+    QgsProject,
+    QgsRectangle,
+    QgsVectorLayer,
+    QgsVectorLayerCache,
+    QgsVectorLayerTemporalContext,
 )
 from qgis.gui import (
-    QgsAttributeTableFilterModel, QgsAttributeTableModel, QgsAttributeTableView, QgsTemporalControllerWidget,
+    QgsAttributeTableFilterModel,
+    QgsAttributeTableModel,
+    QgsAttributeTableView,
+    QgsTemporalControllerWidget,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QDate, QDateTime, QSize, Qt, QTime
 from qgis.PyQt.QtGui import QColor, QImage, QPainter
@@ -33,6 +43,8 @@ from qgis_plugin.local_backend import LocalBackendSettings
 from qgis_plugin.params import CaptionParams
 from qgis_plugin.plugin import CCExpertPlugin
 from qgis_plugin.shared_modules import schema
+
+from conftest import CCEXPERT, SCREENSHOTS, VENV_PYTHON, add_raster, require_project_venv, wait_until
 
 DATES = ("2016", "2018", "2021")
 #: What the rasters' metadata says (TIFFTAG_DATETIME): the dialog's dates, and the command's.
@@ -297,7 +309,7 @@ def test_repeated_runs_into_other_files_get_distinct_layer_names(
                            output=str(tmp_path / "again.gpkg"), area_mode=CaptionParams().area_mode)
     for output in ("again.gpkg", "and_again.gpkg"):
         task = plugin.start(replace(params, output=str(tmp_path / output)))
-        wait_until(lambda: task not in plugin.tasks, "a run")
+        wait_until(lambda task=task: task not in plugin.tasks, "a run")
     titles = {layer.name() for layer in QgsProject.instance().mapLayers().values()}
     assert {f"CCExpert {LABELS[0]}→{LABELS[1]}", f"CCExpert {LABELS[0]}→{LABELS[1]} (2)"} <= titles
     for layer in [shown for shown in QgsProject.instance().mapLayers().values() if "again" in shown.source()]:
