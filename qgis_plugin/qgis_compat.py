@@ -24,7 +24,7 @@ from qgis.core import (
 )
 
 #: Processing's error for a run that cannot go on (declared by SIP at run time: the stubs lack it).
-ProcessingException: type[Exception] = _core.QgsProcessingException
+ProcessingException: type[Exception] = _core.QgsProcessingException  # type: ignore[attr-defined]
 
 
 def _renamed(new_owner: object, new_enum: str, old_owner: object, old_enum: str, new: str, old: str) -> Any:

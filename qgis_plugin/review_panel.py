@@ -67,7 +67,7 @@ from .shared_modules import grid as tiling
 from .shared_modules import schema
 
 #: A coordinate transform's failure (declared by SIP at run time: the stubs lack it).
-_TransformError: type[Exception] = _core.QgsCsException
+_TransformError: type[Exception] = _core.QgsCsException  # type: ignore[attr-defined]
 TITLE = "CCExpert — review captions"
 #: Change polygons: a colour the layer's palette does not use, over a dark halo so that it shows on any ground.
 CHANGE_COLOUR = QColor("#ffd400")
