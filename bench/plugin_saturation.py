@@ -200,7 +200,8 @@ def instrument(stages: Stages) -> None:
     stages.wrap(pixels, "to_rgb", "map to 8-bit RGB (bands, stretch, nodata)")
     for name in ("png_bytes", "encode_tile", "tiff_bytes"):
         stages.wrap(png, name, "encode both images")
-    stages.wrap(client, "multipart_body", "request body")
+    for name in ("multipart_body", "pairs_body", "series_body"):
+        stages.wrap(client, name, "request body")
     stages.wrap(gpkg.CaptionsGeoPackage, "write", "GeoPackage write")
 
     blocking = client.QgsBlockingNetworkRequest

@@ -69,23 +69,57 @@ def _image_type(data: bytes) -> tuple[str, str]:
     return "jpg", "image/jpeg"
 
 
-def multipart_body(pairs: Sequence[EncodedPair], tile_ids: Sequence[str]) -> tuple[bytes, str]:
-    """A captions request body and its content type: ``before``/``after`` per pair, then ``tile_ids``."""
+def _form(files: Sequence[tuple[str, bytes]], fields: Sequence[tuple[str, str]]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body of image ``files`` and text ``fields`` (name, value), and its content type."""
     boundary = f"ccexpert-{uuid.uuid4().hex}"
     delimiter = f"--{boundary}\r\n".encode()
     parts: list[bytes] = []
-    for index, (before, after) in enumerate(pairs):
-        for field, data in ((protocol.FIELD_BEFORE, before), (protocol.FIELD_AFTER, after)):
-            suffix, mime = _image_type(data)
-            header = (f'Content-Disposition: form-data; name="{field}"; filename="{field}_{index}.{suffix}"\r\n'
-                      f"Content-Type: {mime}\r\n\r\n")
-            # Header, image and delimiter as separate pieces: one join copies each image once.
-            parts += [delimiter, header.encode(), data, b"\r\n"]
-    for tile_id in tile_ids:
-        parts += [delimiter, f'Content-Disposition: form-data; name="{protocol.FIELD_TILE_IDS}"\r\n\r\n'
-                             f"{tile_id}\r\n".encode()]
+    for index, (field, data) in enumerate(files):
+        suffix, mime = _image_type(data)
+        header = (f'Content-Disposition: form-data; name="{field}"; filename="{field}_{index}.{suffix}"\r\n'
+                  f"Content-Type: {mime}\r\n\r\n")
+        # Header, image and delimiter as separate pieces: one join copies each image once.
+        parts += [delimiter, header.encode(), data, b"\r\n"]
+    for name, value in fields:
+        parts += [delimiter, f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()]
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class Request(NamedTuple):
+    """A request body ready to send to ``path``: ``tiles`` pairs, or ``tiles`` series of ``intervals`` each."""
+
+    path: str
+    body: bytes
+    content_type: str
+    tiles: int
+    #: Intervals per tile of a series request; 0 for pairs.
+    intervals: int = 0
+
+    @property
+    def pairs(self) -> int:
+        """How many captions it asks for."""
+        return self.tiles * max(1, self.intervals)
+
+
+def pairs_body(pairs: Sequence[EncodedPair], tile_ids: Sequence[str]) -> Request:
+    """A captions request: ``before``/``after`` per pair, then ``tile_ids``."""
+    files = [(field, data) for before, after in pairs
+             for field, data in ((protocol.FIELD_BEFORE, before), (protocol.FIELD_AFTER, after))]
+    body, content_type = _form(files, [(protocol.FIELD_TILE_IDS, tile_id) for tile_id in tile_ids])
+    return Request(protocol.CAPTIONS_PATH, body, content_type, len(pairs))
+
+
+def series_body(
+    series: Sequence[Sequence[bytes]], intervals: Sequence[tuple[int, int]], tile_ids: Sequence[str]
+) -> Request:
+    """A series request: every tile's images in time order (each image once; every tile as many dates), captioned
+    for ``intervals``."""
+    fields = [(protocol.FIELD_DATES, str(len(series[0]))),
+              (protocol.FIELD_INTERVALS, protocol.format_intervals(list(intervals)))]
+    body, content_type = _form([(protocol.FIELD_IMAGE, data) for images in series for data in images],
+                               fields + [(protocol.FIELD_TILE_IDS, tile_id) for tile_id in tile_ids])
+    return Request(protocol.SERIES_PATH, body, content_type, len(series), len(intervals))
 
 
 def is_loopback(url: str) -> bool:
@@ -120,11 +154,11 @@ class BackendClient:
         self.retries, self.backoff_s = max(0, retries), backoff_s
         #: Whether tile images are compressed for the trip (not to a backend on this machine: see png.py).
         self.compress = not is_loopback(self.url)
-        self._limits: protocol.Limits | None = None
+        self._info: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
         """``GET /v1/info``: checks that a CCExpert backend answers (:class:`NotABackend` otherwise), the token and
-        the API version; keeps the request limits."""
+        the API version; keeps what it said (the request limits, whether it takes series)."""
         answer = self._request(protocol.INFO_PATH)
         if answer.status == 404 or (200 <= answer.status < 300 and not _json_object(answer.content)):
             said = "404 Not Found" if answer.status == 404 else "something other than JSON"
@@ -141,7 +175,7 @@ class BackendClient:
                 f"the backend at {self.url} speaks API v{body.get('api_version')}, "
                 f"this plugin v{protocol.API_VERSION}: update the older of the two"
             )
-        self._limits = protocol.Limits.from_dict(body.get("limits", {}))
+        self._info = body
         return body
 
     def _not_a_backend(self, why: str) -> NotABackend:
@@ -151,20 +185,31 @@ class BackendClient:
             hint = f"; {self.url} is the backend's web UI: its URL is {base}"
         return NotABackend(f"nothing at {self.url} answers as a CCExpert backend ({why}){hint}")
 
+    def _known_info(self) -> dict[str, Any]:
+        return self._info if self._info is not None else self.info()
+
     @property
     def limits(self) -> protocol.Limits:
         """The backend's request limits (from :meth:`info`, asked once)."""
-        if self._limits is None:
-            self._limits = protocol.Limits.from_dict(self.info().get("limits", {}))
-        return self._limits
+        return protocol.Limits.from_dict(self._known_info().get("limits", {}))
 
-    def caption_body(self, body: bytes, content_type: str, pairs: int) -> list[dict[str, Any]]:
-        """The results of one captions request made by :func:`multipart_body` for ``pairs`` pairs, in order."""
-        answer = self._json(self._request(protocol.CAPTIONS_PATH, body, content_type))
+    @property
+    def takes_series(self) -> bool:
+        """Whether the backend serves series requests (:func:`series_body`; older ones take pairs only)."""
+        return bool(self._known_info().get("series"))
+
+    def caption(self, request: Request) -> list[dict[str, Any]]:
+        """The results of one request, in order: pair by pair, or tile by tile and interval by interval."""
+        answer = self._json(self._request(request.path, request.body, request.content_type))
         items = answer.get("results", [])
-        if len(items) != pairs:
-            raise CaptionRunError(f"the backend at {self.url} returned {len(items)} results for {pairs} pairs")
-        return items
+        if request.intervals:
+            if len(items) == request.tiles and all(len(item.get("intervals", [])) == request.intervals
+                                                   for item in items):
+                return [result for item in items for result in item["intervals"]]
+        elif len(items) == request.tiles:
+            return items
+        raise CaptionRunError(f"the backend at {self.url} returned results that do not match the request "
+                              f"({len(items)} for {request.tiles} {'tiles' if request.intervals else 'pairs'})")
 
     def _request(self, path: str, body: bytes | None = None, content_type: str = "") -> _Answer:
         """The answer to a GET (no body) or POST, after the retries."""

@@ -3,8 +3,9 @@ write each batch as it comes back.
 
 A run is a series of two or more dates (two is the common case): every date is read on the first one's grid and
 each consecutive interval is captioned, one feature per tile and interval. Each date's image of a tile is read and
-encoded once and sent as its intervals' pairs (the wire carries pairs; a tile of three dates sends two pairs that
-share the middle image's bytes). A series also gets the ``history`` layer; a model with a change-map head the
+encoded once and sent once: a tile that needs every interval goes in a series request (the backend's vision tower
+sees each image once), a tile that needs only some (a resume, nodata in a date), or a backend that takes pairs
+only, gets its intervals' pairs. A series also gets the ``history`` layer; a model with a change-map head the
 ``changes`` layer. Run options are stored with the command's keys (``dates``), so either tool resumes the other's
 output, per tile and interval.
 
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 from osgeo import gdal
 
 from .area import tile_area
-from .backend_client import BackendClient, RequestThreads, multipart_body
+from .backend_client import BackendClient, Request, RequestThreads, pairs_body, series_body
 from .captions_gpkg import CAPTIONED, DEFAULT_LAYER, FAILED, SKIPPED_NODATA, CaptionsGeoPackage, TileRecord
 from .change_map import tile_changes
 from .errors import BackendUnavailable, CaptionRunError
@@ -362,13 +363,15 @@ def plan_job(job: Job, timed: BackendClient | None = None, backends: int = 1) ->
             return plan
         reader.fit_stretch(tiles, job.value_range)
         size = _tiles_per_batch(min(job.batch_size, timed.limits.max_pairs_per_request), job.intervals)
-        prepared = _prepare(reader, pending[:size], needed, job.max_nodata, timed.compress)
-    if prepared.request is None:  # every pair of those tiles is skipped for nodata: nothing to time
+        prepared = _prepare(reader, pending[:size], needed, job.max_nodata, timed.compress,
+                            job.intervals > 1 and timed.takes_series)
+    if not prepared.requests:  # every pair of those tiles is skipped for nodata: nothing to time
         return plan
     start = time.monotonic()
-    timed.caption_body(*prepared.request)
+    for request in prepared.requests:
+        timed.caption(request)
     seconds = time.monotonic() - start
-    pairs = prepared.request[2]
+    pairs = len(prepared.to_caption)
     return RunPlan(
         plan.tiles, plan.intervals, plan.already_done, plan.pairs, seconds / pairs / max(1, backends),
         f"one request of {pairs} pair{'s' * (pairs != 1)} took {seconds:.1f} s"
@@ -462,13 +465,16 @@ class _Backends:
         pairs = self.tiles_per_batch * job.intervals
         self.in_flight = sum(job.in_flight or inflight.default_in_flight(info, pairs) for info in self.infos)
         self.compress = any(client.compress for client in self.clients)
+        #: Whether tiles of a series go in series requests: where every backend takes them.
+        self.series = job.intervals > 1 and all(info.get("series") for info in self.infos)
         self.budget_s = job.retry_budget_s
         #: What the failover said from its threads, for the run's thread to log (feedback is not thread-safe).
         self.notes: queue.SimpleQueue[str] = queue.SimpleQueue()
         several = len(self.clients) > 1
-        self._failover: inflight.Failover[BackendClient, tuple[bytes, str, int], tuple[str, list[dict[str, Any]]]]
+        self._failover: inflight.Failover[BackendClient, list[Request], tuple[str, list[dict[str, Any]]]]
         self._failover = inflight.Failover(
-            self.clients, lambda client, request: (client.url, client.caption_body(*request)),
+            # A batch's requests (a series one and a pairs one at most) go to the same backend.
+            self.clients, lambda client, requests: (client.url, [r for q in requests for r in client.caption(q)]),
             lambda error: isinstance(error, BackendUnavailable), budget_s=job.retry_budget_s,
             on_down=lambda client, error: self.notes.put(
                 f"{error}; its batches go to the other backends, and it is tried again later" if several
@@ -477,10 +483,10 @@ class _Backends:
         )
         self._threads = RequestThreads(self.in_flight)
 
-    def caption(self, request: tuple[bytes, str, int]) -> tuple[str, list[dict[str, Any]]]:
-        """(URL of the backend that answered, its results) for one request body (see ``caption_body``)."""
+    def caption(self, requests: list[Request]) -> tuple[str, list[dict[str, Any]]]:
+        """(URL of the backend that answered, its results in order) for one batch's requests."""
         try:
-            return self._threads.call(self._failover, request)
+            return self._threads.call(self._failover, requests)
         except inflight.NoEndpointLeft as error:
             raise CaptionRunError(f"no backend answered for {self.budget_s:g} s (last: {error})") from None
 
@@ -496,40 +502,42 @@ class _Backends:
 @dataclass(frozen=True)
 class _Prepared:
     """A batch read, judged and encoded: its tiles with the intervals each needs, the (tile, interval) pairs to
-    caption in request order, and their request (None: nothing to send)."""
+    caption in the order of the results of its requests (none: nothing to send)."""
 
     tiles: list[tiling.Tile]
     needed: dict[str, list[int]]
     to_caption: list[tuple[tiling.Tile, int]]
-    request: tuple[bytes, str, int] | None
+    requests: list[Request]
 
 
 def _prepare(
     reader: RasterSeriesReader, tiles: Sequence[tiling.Tile], needed: Mapping[str, Sequence[int]], max_nodata: float,
-    compress: bool,
+    compress: bool, as_series: bool = False,
 ) -> _Prepared:
     """Read every date of each tile once, skip the intervals with too much nodata in either of their dates, and
-    encode each date's image once into one request of the intervals' pairs (only the bytes are kept: a batch in
-    flight holds no arrays)."""
-    to_caption: list[tuple[tiling.Tile, int]] = []
-    pairs: list[tuple[bytes, bytes]] = []
+    encode each date's image once: ``as_series``, the tiles that need every interval in one series request, the
+    others' intervals in a pairs request (only the bytes are kept: a batch in flight holds no arrays)."""
+    series: list[tuple[tiling.Tile, list[bytes]]] = []
+    pairs: list[tuple[tiling.Tile, int, tuple[bytes, bytes]]] = []
     for tile in tiles:
         read = reader.read_dates(tile)
         missing = [1.0 - float(valid.mean()) for _, valid in read]
-        encoded: dict[int, bytes] = {}
-        for k in needed[tile.tile_id]:
-            if max(missing[k], missing[k + 1]) > max_nodata:
-                continue
-            for index in (k, k + 1):
-                if index not in encoded:
-                    encoded[index] = encode_tile(read[index][0], compress)
-            to_caption.append((tile, k))
-            pairs.append((encoded[k], encoded[k + 1]))
-    wanted = {tile.tile_id: list(needed[tile.tile_id]) for tile in tiles}
-    if not to_caption:
-        return _Prepared(list(tiles), wanted, to_caption, None)
-    body, content_type = multipart_body(pairs, [tile.tile_id for tile, _ in to_caption])
-    return _Prepared(list(tiles), wanted, to_caption, (body, content_type, len(to_caption)))
+        wanted = [k for k in needed[tile.tile_id] if max(missing[k], missing[k + 1]) <= max_nodata]
+        if as_series and len(wanted) == len(read) - 1:
+            series.append((tile, [encode_tile(image, compress) for image, _ in read]))
+            continue
+        encoded = {index: encode_tile(read[index][0], compress) for index in {i for k in wanted for i in (k, k + 1)}}
+        pairs += [(tile, k, (encoded[k], encoded[k + 1])) for k in wanted]
+    requests = []
+    if series:
+        intervals = [(k, k + 1) for k in range(len(series[0][1]) - 1)]
+        requests.append(series_body([images for _, images in series], intervals, [t.tile_id for t, _ in series]))
+    if pairs:
+        requests.append(pairs_body([pair for _, _, pair in pairs], [tile.tile_id for tile, _, _ in pairs]))
+    to_caption = [(tile, k) for tile, images in series for k in range(len(images) - 1)]
+    to_caption += [(tile, k) for tile, k, _ in pairs]
+    wanted_by_tile = {tile.tile_id: list(needed[tile.tile_id]) for tile in tiles}
+    return _Prepared(list(tiles), wanted_by_tile, to_caption, requests)
 
 
 class _LayerCategories:
@@ -632,12 +640,12 @@ def _caption_in_flight(
             own = reader.copy()
             opened.append(own)
         try:
-            return _prepare(own, tiles, needed, job.max_nodata, backends.compress)
+            return _prepare(own, tiles, needed, job.max_nodata, backends.compress, backends.series)
         finally:
             readers.put(own)
 
     def call(prepared: _Prepared) -> tuple[str, list[dict[str, Any]]]:
-        return ("", []) if prepared.request is None else backends.caption(prepared.request)
+        return backends.caption(prepared.requests) if prepared.requests else ("", [])
 
     def log_notes() -> None:
         while not backends.notes.empty():

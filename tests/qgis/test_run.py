@@ -21,7 +21,7 @@ from osgeo import gdal
 from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsVectorLayer
 
 from qgis_plugin import classFactory
-from qgis_plugin.backend_client import multipart_body
+from qgis_plugin.backend_client import pairs_body
 from qgis_plugin.params import CaptionParams
 from qgis_plugin.plugin import CCExpertPlugin
 from qgis_plugin.task import CaptionTask
@@ -112,9 +112,9 @@ def backend_captions(backend: Backend, scene: tuple[Path, Path], batches: list[l
             row, col = (int(part[1:]) for part in tile_id.split("_"))
             window = np.s_[:, row * TILE : (row + 1) * TILE, col * TILE : (col + 1) * TILE]
             pairs.append((_png(before[window]), _png(after[window])))
-        body, content_type = multipart_body(pairs, batch)
+        built = pairs_body(pairs, batch)
         request = urllib.request.Request(
-            backend.url + "/v1/captions", body, {"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"}
+            backend.url + built.path, built.body, {"Content-Type": built.content_type, "Authorization": f"Bearer {TOKEN}"}
         )
         with urllib.request.urlopen(request, timeout=120) as answer:
             captions.update({item["tile_id"]: item["caption"] for item in json.loads(answer.read())["results"]})

@@ -112,8 +112,11 @@ def controller(qgis_iface) -> Iterator[QgsTemporalControllerWidget]:
     settings = QgsProject.instance().timeSettings()
     settings.setTemporalRange(QgsDateTimeRange(QDateTime(), QDateTime()))
     widget = QgsTemporalControllerWidget()
-    qgis_iface.mapCanvas().setTemporalController(widget.temporalController())
+    canvas = qgis_iface.mapCanvas()
+    before = canvas.temporalController()
+    canvas.setTemporalController(widget.temporalController())
     yield widget
+    canvas.setTemporalController(before)  # the canvas must not keep the controller deleted next
     widget.deleteLater()
 
 
@@ -152,6 +155,8 @@ def run(plugin: CCExpertPlugin, demo: str, town: list[Path], controller, tmp_pat
         "output": output, "layers": list(reversed(layers)), "chosen": chosen, "status": status,
         "connection": connection, "messages": plugin.iface.messageBar().get_messages(Qgis.MessageLevel.Success),
         "url": plugin.local_backend.url,
+        # The backend's access log so far: the requests of this run (Run's timed one, then Start's).
+        "requests": [line for line in plugin.local_backend.log.read_text().splitlines() if '"POST /v1/' in line],
     }
     project.removeAllMapLayers()
 
@@ -269,6 +274,12 @@ def test_the_layer_follows_the_temporal_controller_and_filters_by_time(
     assert {feature["interval"] for feature in changes.getFeatures(in_2019)} == {1}
 
 
+def test_each_tiles_dates_go_once_in_series_requests(run: dict) -> None:
+    # 9 tiles of 3 dates, 4 tiles (8 pairs) a request: Run's timed request, then 3 for the run.
+    assert len(run["requests"]) == 4, run["requests"]
+    assert all('"POST /v1/series HTTP/1.1" 200' in line for line in run["requests"]), run["requests"]
+
+
 def caption_region(town: list[Path], output: Path, url: str) -> str:
     """``ccexpert caption-region`` over the same series, with the dates the plugin used; its stderr."""
     dated = [argument for label, path in zip(LABELS, town) for argument in ("--date", f"{label}={path}")]
@@ -290,6 +301,8 @@ def test_the_plugin_resumes_the_commands_series_output_per_interval(
 ) -> None:
     output = tmp_path / "command.gpkg"
     caption_region(town, output, run["url"])
+    captions = 'SELECT tile_id, "interval", caption, change_detected FROM captions ORDER BY 1, 2'
+    assert rows(output, captions) == rows(run["output"], captions)  # the same series requests, the same model
     with sqlite3.connect(output) as connection:
         connection.execute("""DELETE FROM captions WHERE tile_id = 'r1_c1' AND "interval" = 1""")
     job = Job(rasters=tuple(RasterInput.from_source(str(path)) for path in town), dates=LABELS, output=str(output),
