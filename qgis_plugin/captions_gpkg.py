@@ -14,7 +14,8 @@ Everything is written through OGR (QGIS may hold the file open).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -216,15 +217,14 @@ class CaptionsGeoPackage:
                     "now): run again with the same options to resume, or choose another output file or layer name"
                 )
             return
-        self.dataset.StartTransaction()
-        for feature in list(table):
-            table.DeleteFeature(feature.GetFID())
-        for key, value in options.items():
-            feature = ogr.Feature(table.GetLayerDefn())
-            feature.SetField("key", key)
-            feature.SetField("value", value)
-            table.CreateFeature(feature)
-        self.dataset.CommitTransaction()
+        with self._transaction():
+            for feature in list(table):
+                table.DeleteFeature(feature.GetFID())
+            for key, value in options.items():
+                feature = ogr.Feature(table.GetLayerDefn())
+                feature.SetField("key", key)
+                feature.SetField("value", value)
+                table.CreateFeature(feature)
 
     def finished_keys(self) -> set[tuple[str, int]]:
         """(tile_id, interval) of the features already captioned or skipped."""
@@ -255,8 +255,7 @@ class CaptionsGeoPackage:
         now = _now()
         before_source, after_source, model_id = self.sources
         written = self._written(records)
-        self.dataset.StartTransaction()
-        try:
+        with self._transaction():
             for record in records:
                 key = (record.tile.tile_id, record.interval)
                 fid = written.get(key)
@@ -272,24 +271,26 @@ class CaptionsGeoPackage:
                     "after_source": record.after_source or after_source, "model_id": model_id,
                     "created_at": now,
                 }
-                for field in schema.RUN_FIELDS:
-                    value = values[field.name]
-                    if value is None:
-                        feature.SetFieldNull(field.name)
-                    else:
-                        feature.SetField(field.name, value)
+                _set_fields(feature, schema.RUN_FIELDS, values)
                 done = self.layer.CreateFeature(feature) if fid is None else self.layer.SetFeature(feature)
                 if done != ogr.OGRERR_NONE:
                     raise CaptionRunError(f"cannot write tile {record.tile.tile_id} to {self.path}: "
                                           f"{gdal.GetLastErrorMsg()}")
+        mapped = [record for record in records if record.changes is not None]
+        if mapped:
+            self._write_changes(mapped, now)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction around the body: rolled back where it raises; a commit that fails is said."""
+        self.dataset.StartTransaction()
+        try:
+            yield
         except BaseException:
             self.dataset.RollbackTransaction()
             raise
         if self.dataset.CommitTransaction() != ogr.OGRERR_NONE:
             raise CaptionRunError(f"cannot write to {self.path}: {gdal.GetLastErrorMsg()}")
-        mapped = [record for record in records if record.changes is not None]
-        if mapped:
-            self._write_changes(mapped, now)
 
     def _companion(self, kind: str, geometry_type: int, fields: Sequence[schema.Field], description: str,
                    key: Sequence[str]) -> ogr.Layer:
@@ -321,8 +322,7 @@ class CaptionsGeoPackage:
             "changes", ogr.wkbMultiPolygon, schema.CHANGES_FIELDS, schema.CHANGES_DESCRIPTION, schema.KEY
         )
         model_id = self.sources[2]
-        self.dataset.StartTransaction()
-        try:
+        with self._transaction():
             for record in records:
                 layer.SetAttributeFilter(f"tile_id = {_literal(record.tile.tile_id)} AND \"interval\" = "
                                          f"{record.interval}")
@@ -339,11 +339,6 @@ class CaptionsGeoPackage:
                 if layer.CreateFeature(feature) != ogr.OGRERR_NONE:
                     raise CaptionRunError(f"cannot write the changes of tile {record.tile.tile_id} to {self.path}: "
                                           f"{gdal.GetLastErrorMsg()}")
-        except BaseException:
-            self.dataset.RollbackTransaction()
-            raise
-        if self.dataset.CommitTransaction() != ogr.OGRERR_NONE:
-            raise CaptionRunError(f"cannot write to {self.path}: {gdal.GetLastErrorMsg()}")
 
     def write_history(self, tiles: Sequence[tiling.Tile], footprints: Mapping[str, Sequence[tiling.Point]],
                       intervals: int) -> None:
@@ -374,8 +369,7 @@ class CaptionsGeoPackage:
             self.layer.SetIgnoredFields([])
         now = _now()
         model_id = self.sources[2]
-        self.dataset.StartTransaction()
-        try:
+        with self._transaction():
             layer.SetAttributeFilter(f"tile_id IN ({', '.join(_literal(tile_id) for tile_id in sorted(ids))})")
             for fid in [feature.GetFID() for feature in layer]:
                 layer.DeleteFeature(fid)
@@ -386,20 +380,10 @@ class CaptionsGeoPackage:
                           "model_id": model_id, "created_at": now}
                 feature = ogr.Feature(layer.GetLayerDefn())
                 feature.SetGeometryDirectly(_polygon(footprints[tile.tile_id]))
-                for field in schema.HISTORY_FIELDS:
-                    value = values[field.name]
-                    if value is None:
-                        feature.SetFieldNull(field.name)
-                    else:
-                        feature.SetField(field.name, value)
+                _set_fields(feature, schema.HISTORY_FIELDS, values)
                 if layer.CreateFeature(feature) != ogr.OGRERR_NONE:
                     raise CaptionRunError(f"cannot write the history of tile {tile.tile_id} to {self.path}: "
                                           f"{gdal.GetLastErrorMsg()}")
-        except BaseException:
-            self.dataset.RollbackTransaction()
-            raise
-        if self.dataset.CommitTransaction() != ogr.OGRERR_NONE:
-            raise CaptionRunError(f"cannot write to {self.path}: {gdal.GetLastErrorMsg()}")
 
     def close(self) -> None:
         """Close the file (OGR writes the layer's extent then)."""
@@ -417,6 +401,16 @@ def _ring(points: Sequence[tiling.Point]) -> ogr.Geometry:
     for x, y in points:
         outline.AddPoint_2D(x, y)
     return outline
+
+
+def _set_fields(feature: ogr.Feature, fields: Sequence[schema.Field], values: Mapping[str, object]) -> None:
+    """Each of ``fields`` from ``values`` (None: a null field)."""
+    for field in fields:
+        value = values[field.name]
+        if value is None:
+            feature.SetFieldNull(field.name)
+        else:
+            feature.SetField(field.name, value)
 
 
 def _polygon(ring: Sequence[tiling.Point], holes: Sequence[Sequence[tiling.Point]] = ()) -> ogr.Geometry:
