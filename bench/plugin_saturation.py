@@ -7,6 +7,11 @@ Run with QGIS's Python (the plugin's own environment)::
     .venv-qgis/bin/python bench/plugin_saturation.py                          # this working tree's plugin
     .venv-qgis/bin/python bench/plugin_saturation.py --root /tmp/plugin-before  # another checkout's (e.g. HEAD)
 
+``--real-backend`` adds a run against ``ccexpert serve`` with the demo model (from the project's ``.venv``), against
+that backend's own pairs/s when an ideal client feeds it (requests built beforehand, as many open as the plugin
+keeps by default); on this
+machine the backend shares the CPU with the plugin, so the share is only indicative.
+
 Two stand-ins: 16 pairs per 0.5 s (capacity 32 pairs/s, a small GPU) and one that answers at once (``--batch-s 0``),
 which gives the client's own ceiling. Tiles/s are tiles / (run − fixed cost), the fixed cost being a resume of the
 finished output (backend info, rasters, output and lock: everything but the tiles), as region_saturation.py counts
@@ -252,6 +257,57 @@ def encoder_costs(before: Path, repeats: int = 20) -> list[tuple[str, float, int
     return costs
 
 
+def real_backend(job_module, before: Path, after: Path, folder: Path, args: argparse.Namespace) -> None:
+    """The plugin against ``ccexpert serve`` (demo model) as a share of what that backend does for an ideal client."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from osgeo import gdal
+
+    from qgis_plugin.backend_client import pairs_body
+    from qgis_plugin.png import tiff_bytes
+    from qgis_plugin.shared_modules import inflight
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from serve_process import start_serve
+
+    server = start_serve(HERE.parent / ".venv" / "bin" / "ccexpert", ["--no-ui"], folder / "serve.log")
+    try:
+        rasters = [gdal.Open(str(path)) for path in (before, after)]
+        pairs = [
+            tuple(tiff_bytes(raster.ReadAsArray(col * TILE, row * TILE, TILE, TILE).transpose(1, 2, 0).copy())
+                  for raster in rasters)
+            for row in range(args.rows) for col in range(args.columns)
+        ]
+        size = args.batch_size
+        requests = [pairs_body(pairs[i : i + size], [str(k) for k in range(i, min(i + size, len(pairs)))])
+                    for i in range(0, len(pairs), size)]
+
+        def send(request) -> None:
+            post = urllib.request.Request(server.url + request.path, request.body,
+                                          {"Content-Type": request.content_type})
+            with urllib.request.urlopen(post, timeout=600) as answer:
+                answer.read()
+
+        with urllib.request.urlopen(server.url + "/v1/info", timeout=10) as answer:
+            depth = args.in_flight or inflight.default_in_flight(json.load(answer), size)
+        send(requests[0])  # the model's first batch is slow (allocations): not part of its pace
+        start = time.perf_counter()
+        with ThreadPoolExecutor(depth) as pool:
+            list(pool.map(send, requests))
+        capacity = len(pairs) / (time.perf_counter() - start)
+        job = make_job(job_module, before, after, folder / "real.gpkg", server.url, args.batch_size, args.in_flight)
+        wall, _, summary = run(job_module, job)
+        assert summary.written == len(pairs), summary.message()
+        fixed, _, _ = run(job_module, job)
+    finally:
+        server.stop()
+    rate = len(pairs) / max(1e-6, wall - fixed)
+    print()
+    print("| ccexpert serve, demo model (same CPU) | requests open | backend alone, pairs/s | plugin, tiles/s | share |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    print(f"| {len(pairs)} tiles, batch {size} | {depth} | {capacity:.1f} | {rate:.1f} | {100 * rate / capacity:.0f} % |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=HERE.parent, help="checkout whose qgis_plugin/ to run")
@@ -261,6 +317,7 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, help="requests in flight (default: the plugin's own default)")
     parser.add_argument("--aligned-after", action="store_true", help="AFTER half a pixel off: every read warped")
     parser.add_argument("--repeats", type=int, default=3, help="runs per stand-in (the median is reported)")
+    parser.add_argument("--real-backend", action="store_true", help="also against ccexpert serve with the demo model")
     args = parser.parse_args()
 
     sys.path.insert(0, str(args.root.resolve()))
@@ -324,6 +381,8 @@ def main() -> None:
         print("| --- | ---: | ---: |")
         for name, milliseconds, kilobytes in encoder_costs(before):
             print(f"| {name} | {milliseconds:.2f} | {kilobytes} |")
+        if args.real_backend:
+            real_backend(job_module, before, after, Path(folder), args)
     app.exitQgis()
 
 
