@@ -11,7 +11,6 @@ Pillow is needed only to send PIL images or arrays (paths and PNG bytes go as th
 from __future__ import annotations
 
 import io
-import ipaddress
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,7 +115,7 @@ class BackendClient:
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
         #: Whether images are compressed for the trip (not to a backend on this machine: see encode_array).
-        self.compress = not _is_loopback(urlsplit(self.url).hostname or "")
+        self.compress = not protocol.is_loopback(urlsplit(self.url).hostname or "")
         self._session = requests.Session()
         # Several requests share the session when batches are in flight: keep a connection for each.
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=64)
@@ -277,15 +276,6 @@ def _result(item: protocol.CaptionItem) -> CaptionResult:
         # The backend's model may tell the kind; an older backend does not, and the words still do.
         change_kind=item.get("change_kind") or change_kind(item["caption"]),
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _reason(error: requests.ConnectionError) -> str:

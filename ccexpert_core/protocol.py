@@ -11,6 +11,7 @@ repeated once per pair (the i-th ``before`` goes with the i-th ``after``; PNG, J
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypedDict
 
@@ -194,6 +195,17 @@ class ErrorBody(TypedDict, total=False):
     error: str
     detail: str
     field: str
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, IPv6 bracketed or not) is this machine: ``localhost``, 127.0.0.0/8,
+    ``::1``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def check_backend_url(url: str) -> str:

@@ -10,7 +10,6 @@ come back); every other failure is a :class:`CaptionRunError` whose message says
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
@@ -122,17 +121,6 @@ def series_body(
     return Request(protocol.SERIES_PATH, body, content_type, len(series), len(intervals))
 
 
-def is_loopback(url: str) -> bool:
-    """Whether ``url`` names this machine (localhost, 127.0.0.0/8, ::1): bytes cost nothing there."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class BackendClient:
     """Talks to one backend with an optional bearer token.
 
@@ -153,7 +141,7 @@ class BackendClient:
         self.is_canceled = is_canceled
         self.retries, self.backoff_s = max(0, retries), backoff_s
         #: Whether tile images are compressed for the trip (not to a backend on this machine: see png.py).
-        self.compress = not is_loopback(self.url)
+        self.compress = not protocol.is_loopback(urlsplit(self.url).hostname or "")
         self._info: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 
 from ccexpert_core import protocol
@@ -92,19 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(host: str, has_tokens: bool, insecure_no_auth: bool) -> None:
     """Refuse to expose an unauthenticated backend beyond this machine unless the operator insists."""
-    if not has_tokens and not insecure_no_auth and not is_loopback(host):
+    if not has_tokens and not insecure_no_auth and not protocol.is_loopback(host):
         raise CCExpertError(
             f"refusing to listen on {host} without authentication: give --token-file FILE (one token per line), "
             "listen on 127.0.0.1, or pass --insecure-no-auth on a network you trust"
