@@ -137,6 +137,24 @@ def add_raster(project: QgsProject, path: Path, name: str) -> QgsRasterLayer:
     return layer
 
 
+class Feedback:
+    """What ``run_job`` asks of its runner, headless: the messages it logs kept, progress ignored, canceled where
+    ``canceled`` says (from the start, or set by a test)."""
+
+    def __init__(self, canceled: bool = False) -> None:
+        self.messages: list[str] = []
+        self.canceled = canceled
+
+    def isCanceled(self) -> bool:  # noqa: N802 (QGIS's names)
+        return self.canceled
+
+    def setProgress(self, percent: float) -> None:  # noqa: N802
+        pass
+
+    def pushInfo(self, text: str) -> None:  # noqa: N802
+        self.messages.append(text)
+
+
 def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Process Qt events until ``condition`` holds (tasks report and finish through the event loop)."""
     deadline = time.monotonic() + WAIT_LIMIT_S

@@ -25,28 +25,11 @@ from qgis_plugin.job import run_job
 from qgis_plugin.params import AreaMode, CaptionParams, job_from_params
 from qgis_plugin.shared_modules import grid as tiling
 
-from conftest import REPO
+from conftest import REPO, Feedback
 from rasters import ORIGIN, write_pair
 
 CASES = json.loads((REPO / "tests" / "area_cases.json").read_text(encoding="utf-8"))
 UTM = QgsCoordinateReferenceSystem("EPSG:32631")
-
-
-class Notes:
-    """A Feedback for run_job that collects what it logs; "canceled" from the start, so that the client does not
-    wait between retries for a backend that is not there (the area is built before the backend is asked)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def pushInfo(self, text: str) -> None:  # noqa: N802 (QGIS's names)
-        self.lines.append(text)
-
-    def setProgress(self, percent: float) -> None:  # noqa: N802
-        pass
-
-    def isCanceled(self) -> bool:  # noqa: N802
-        return True
 
 
 @pytest.mark.parametrize("case", CASES["cases"], ids=lambda case: case["name"].split(":")[0])
@@ -116,11 +99,11 @@ def _run(tmp_path: Path, project: QgsProject, layer: QgsVectorLayer) -> tuple[st
                            area_layer_id=layer.id(), output=str(tmp_path / "out.gpkg"),
                            backend_url="http://127.0.0.1:9")
     job = job_from_params(params, project, rasters[0].extent(), UTM, "")
-    notes = Notes()
+    notes = Feedback(canceled=True)  # the client does not wait between retries for a backend that is not there
     summary = run_job(job, notes)
     assert not (tmp_path / "out.gpkg").exists()
     # The feedback is canceled from the start, so the message says "Canceled": the error says where it stopped.
-    return summary.error or summary.message(), notes.lines
+    return summary.error or summary.message(), notes.messages
 
 
 def test_an_invalid_polygon_in_the_area_layer_is_repaired_with_a_note_or_refused(

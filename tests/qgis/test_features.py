@@ -18,6 +18,7 @@ import pytest
 from qgis_plugin.job import Job, RasterInput, run_job
 from qgis_plugin.shared_modules import protocol
 
+from conftest import Feedback
 from rasters import write_pair
 
 CAPTIONS = {
@@ -70,17 +71,6 @@ def backend(qgis_app) -> Iterator[_Scripted]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-class Feedback:
-    def isCanceled(self) -> bool:  # noqa: N802
-        return False
-
-    def setProgress(self, percent: float) -> None:  # noqa: N802
-        pass
-
-    def pushInfo(self, text: str) -> None:  # noqa: N802
-        pass
 
 
 def test_kind_of_change_and_dates_are_attributes_and_the_dates_a_run_option(

@@ -33,7 +33,7 @@ from qgis_plugin.shared_modules import grid as tiling
 from qgis_plugin.shared_modules import protocol, run_files
 from qgis_plugin.tile_reader import RasterSeriesReader
 
-from conftest import REPO, VENV_PYTHON, add_raster, require_project_venv, wait_until
+from conftest import REPO, VENV_PYTHON, Feedback, add_raster, require_project_venv, wait_until
 from rasters import write_pair
 from standin import start_standin
 
@@ -42,23 +42,6 @@ from standin_backend import caption_for  # noqa: E402
 
 SIZE, TILE = 256, 64
 TILES = [f"r{r}_c{c}" for r in range(4) for c in range(4)]
-
-
-class Feedback:
-    """A headless run's feedback: messages kept, cancel on demand."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.canceled = False
-
-    def isCanceled(self) -> bool:  # noqa: N802
-        return self.canceled
-
-    def setProgress(self, percent: float) -> None:  # noqa: N802
-        pass
-
-    def pushInfo(self, text: str) -> None:  # noqa: N802
-        self.messages.append(text)
 
 
 @pytest.fixture(scope="module")

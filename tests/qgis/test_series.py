@@ -44,28 +44,12 @@ from qgis_plugin.params import CaptionParams
 from qgis_plugin.plugin import CCExpertPlugin
 from qgis_plugin.shared_modules import schema
 
-from conftest import CCEXPERT, SCREENSHOTS, VENV_PYTHON, add_raster, require_project_venv, wait_until
+from conftest import CCEXPERT, SCREENSHOTS, VENV_PYTHON, Feedback, add_raster, require_project_venv, wait_until
 
 DATES = ("2016", "2018", "2021")
 #: What the rasters' metadata says (TIFFTAG_DATETIME): the dialog's dates, and the command's.
 LABELS = ("2016-06-15", "2018-06-15", "2021-06-15")
 TILES = [f"r{r}_c{c}" for r in range(3) for c in range(3)]
-
-
-class Feedback:
-    """A headless run's feedback."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def isCanceled(self) -> bool:  # noqa: N802
-        return False
-
-    def setProgress(self, percent: float) -> None:  # noqa: N802
-        pass
-
-    def pushInfo(self, text: str) -> None:  # noqa: N802
-        self.messages.append(text)
 
 
 def at(day: str) -> QDateTime:
