@@ -95,11 +95,6 @@ class Request(NamedTuple):
     #: Intervals per tile of a series request; 0 for pairs.
     intervals: int = 0
 
-    @property
-    def pairs(self) -> int:
-        """How many captions it asks for."""
-        return self.tiles * max(1, self.intervals)
-
 
 def pairs_body(pairs: Sequence[EncodedPair], tile_ids: Sequence[str]) -> Request:
     """A captions request: ``before``/``after`` per pair, then ``tile_ids``."""

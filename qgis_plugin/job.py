@@ -363,8 +363,7 @@ def plan_job(job: Job, timed: BackendClient | None = None, backends: int = 1) ->
             return plan
         reader.fit_stretch(tiles, job.value_range)
         size = _tiles_per_batch(min(job.batch_size, timed.limits.max_pairs_per_request), job.intervals)
-        prepared = _prepare(reader, pending[:size], needed, job.max_nodata, timed.compress,
-                            job.intervals > 1 and timed.takes_series)
+        prepared = _prepare(reader, pending[:size], needed, job.max_nodata, timed.compress, _as_series(job, [timed]))
     if not prepared.requests:  # every pair of those tiles is skipped for nodata: nothing to time
         return plan
     start = time.monotonic()
@@ -377,6 +376,11 @@ def plan_job(job: Job, timed: BackendClient | None = None, backends: int = 1) ->
         f"one request of {pairs} pair{'s' * (pairs != 1)} took {seconds:.1f} s"
         + (f", shared by {backends} backends" if backends > 1 else ""),
     )
+
+
+def _as_series(job: Job, clients: Sequence[BackendClient]) -> bool:
+    """Whether the job's tiles go in series requests: three or more dates, and every backend takes them."""
+    return job.intervals > 1 and all(client.takes_series for client in clients)
 
 
 def _tiles_per_batch(pairs_per_request: int, intervals: int) -> int:
@@ -465,8 +469,7 @@ class _Backends:
         pairs = self.tiles_per_batch * job.intervals
         self.in_flight = sum(job.in_flight or inflight.default_in_flight(info, pairs) for info in self.infos)
         self.compress = any(client.compress for client in self.clients)
-        #: Whether tiles of a series go in series requests: where every backend takes them.
-        self.series = job.intervals > 1 and all(info.get("series") for info in self.infos)
+        self.series = _as_series(job, self.clients)
         self.budget_s = job.retry_budget_s
         #: What the failover said from its threads, for the run's thread to log (feedback is not thread-safe).
         self.notes: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -512,7 +515,7 @@ class _Prepared:
 
 def _prepare(
     reader: RasterSeriesReader, tiles: Sequence[tiling.Tile], needed: Mapping[str, Sequence[int]], max_nodata: float,
-    compress: bool, as_series: bool = False,
+    compress: bool, as_series: bool,
 ) -> _Prepared:
     """Read every date of each tile once, skip the intervals with too much nodata in either of their dates, and
     encode each date's image once: ``as_series``, the tiles that need every interval in one series request, the
