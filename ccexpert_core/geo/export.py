@@ -45,6 +45,7 @@ from ccexpert_core.geo.gpkg import timestamp
 from ccexpert_core.geo.grid import Tile, TileGrid, run_options
 from ccexpert_core.geo.raster import RasterSeries, open_raster
 from ccexpert_core.geo.report import thumbnail
+from ccexpert_core.geo.run_files import roll_back_for_reading
 
 #: What the export writes in its folder.
 PAIRS_JSON = "pairs.json"
@@ -110,6 +111,10 @@ def _read_layer(path: Path, layer: str) -> _Layer:
     """The layer's run options, features and thumbnails, read only."""
     if not Path(path).is_file():
         raise CCExpertError(f"--captions {path}: no such file")
+    try:  # a writer killed mid-commit leaves what read-only reading cannot undo
+        roll_back_for_reading(Path(path), "ccexpert export-dataset")
+    except ValueError as error:
+        raise CCExpertError(f"--captions {error}") from None
     try:
         connection = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
     except sqlite3.Error as error:

@@ -1,8 +1,9 @@
-"""The files a run writes: never one of its inputs or each other, and never written by two runs at once.
+"""The files a run writes: never one of its inputs or each other, never written by two runs at once, and never
+left half-written for the next run.
 
 Standard library only, so that the QGIS plugin can bundle it beside ``grid.py``. Errors are ``ValueError`` (bad
-paths, a lock file that cannot be made) and :class:`OutputBusy` (another run holds the output), with messages
-meant for a user.
+paths, a lock file that cannot be made, a file with several names) and :class:`OutputBusy` (another run holds the
+output), with messages meant for a user.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-#: The lock file sits beside the output, named after it.
+#: The lock file sits beside the output's real file, named after it.
 LOCK_SUFFIX = ".lock"
+#: What SQLite keeps beside a database while a transaction writes it (rollback journal mode); a "hot" one, left by
+#: a process that died mid-commit, holds the pages to put back.
+JOURNAL_SUFFIX = "-journal"
 
 
 def same_file(first: Path, second: Path) -> bool:
@@ -59,22 +64,84 @@ class OutputBusy(Exception):
     """Another run is writing the output."""
 
 
+def roll_back_unfinished(path: Path) -> None:
+    """Put the SQLite file ``path`` back as its last commit left it, where a writer died mid-commit (a hot journal
+    beside it): opening it read-write does that, as in any SQLite client, while a read-only reader cannot and would
+    take the file for something else. Call it holding the output's lock; raises ``ValueError`` where it cannot."""
+    real = Path(path).resolve()
+    if not (real.is_file() and real.with_name(real.name + JOURNAL_SUFFIX).exists()):
+        return
+    try:
+        connection = sqlite3.connect(real, timeout=30)
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the first read rolls it back
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise ValueError(
+            f"{path}: a run stopped while writing it, and the file could not be opened to undo its last unfinished "
+            f"write ({error}): give this user write access to the file and its folder, then run again"
+        ) from None
+
+
+def roll_back_for_reading(path: Path, command: str = "") -> None:
+    """For a reader of a run's output: :func:`roll_back_unfinished` under the output's lock, unless a run holds it
+    (that run rolled back what was left when it started, and the transaction it has under way is no one else's to
+    undo). Raises ``ValueError`` where it cannot."""
+    real = Path(path).resolve()
+    if not real.with_name(real.name + JOURNAL_SUFFIX).exists():
+        return
+    lock = OutputLock(path, command)
+    try:
+        lock.acquire()
+    except OutputBusy:
+        return
+    lock.release()
+
+
 class OutputLock:
     """An exclusive advisory lock on ``OUTPUT.lock``, held while a run writes ``OUTPUT``.
 
-    The operating system releases it when the process ends, however it ends (kill -9 included), so a stale lock
-    never blocks a later run; the file itself is removed on a normal release. The file records who holds it, for
-    the message a second run gets.
+    The lock follows the file, not the name given: it sits beside the file's real path (symlinks and other spellings
+    resolved), where every path to the file meets it; and a file with several names (hard links) is refused, since
+    SQLite finds what a stopped run left (its journal) only under the name the file was opened by. Once taken, a
+    transaction a killed run left unfinished is rolled back (:func:`roll_back_unfinished`). The operating system
+    releases the lock when the process ends, however it ends (kill -9 included), so a stale lock never blocks a
+    later run; the lock file is removed on a normal release. It records who holds it, for the message a second run
+    gets.
     """
 
     def __init__(self, output: Path, command: str = "") -> None:
         self.output = Path(output)
-        self.path = self.output.with_name(self.output.name + LOCK_SUFFIX)
+        real = self.output.resolve()
+        self.path = real.with_name(real.name + LOCK_SUFFIX)
         self.command = command
         self._file: TextIO | None = None
 
     def acquire(self) -> None:
-        """Take the lock, or raise :class:`OutputBusy` naming the run that holds it."""
+        """Take the lock and roll back what a killed run left, or raise :class:`OutputBusy` naming the run that
+        holds it (``ValueError`` for a file of several names, or one that cannot be rolled back)."""
+        self._lock()
+        try:
+            self._check_one_name()
+            roll_back_unfinished(self.output)
+        except BaseException:
+            self.release()
+            raise
+
+    def _check_one_name(self) -> None:
+        try:
+            names = os.stat(self.output).st_nlink
+        except FileNotFoundError:  # a new output: it gets one name
+            return
+        if names > 1:
+            raise ValueError(
+                f"{self.output} has {names} names (hard links): SQLite finds what a stopped run left only under the "
+                "name it wrote by, so a file written under several names can be damaged for good: write to a copy "
+                "with one name of its own, or remove its other names"
+            )
+
+    def _lock(self) -> None:
         while True:
             try:
                 handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held open as long as the lock)
