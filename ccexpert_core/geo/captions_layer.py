@@ -3,11 +3,12 @@ caption, status and thumbnails; and, for models with a change-map head, the ``ch
 tile and interval around the changed places.
 
 The fields, key, migration and default style are :mod:`ccexpert_core.geo.schema`'s (the QGIS plugin's writer
-builds its layer from the same module). Resumable: (``tile_id``, ``interval``) is unique, a batch is written in one
-transaction, a rerun skips the features already captioned or skipped (failed ones are tried again), and a feature
-written again is updated in place, so the analyst's review survives. The options that decide which pixels a tile
-holds and who captions it are stored with the layer, and a rerun with other options is refused rather than mixed
-in. Files written before this schema are migrated on resume (the fields they lack are added).
+builds its layer from the same module). Resumable: (``tile_id``, ``interval``) is unique, a batch (its features,
+their change areas and, for a series, its tiles' history) is written in one transaction, a rerun skips the features
+already captioned or skipped (failed ones are tried again), and a feature written again is updated in place, so the
+analyst's review survives. The options that decide which pixels a tile holds and who captions it are stored with the
+layer, and a rerun with other options is refused rather than mixed in. Files written before this schema are migrated
+on resume (the fields they lack are added).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ COLUMNS: tuple[tuple[str, str], ...] = tuple((field.name, field.sql()) for field
 _KEY_COLUMNS = (("tile_id", "TEXT NOT NULL"), ("interval", "INTEGER NOT NULL DEFAULT 0"))
 _THUMBNAIL_COLUMNS = (*_KEY_COLUMNS, ("before_png", "BLOB"), ("after_png", "BLOB"))
 _CHANGES_COLUMNS = tuple((field.name, field.sql()) for field in schema.CHANGES_FIELDS)
+_HISTORY_COLUMNS = tuple((field.name, field.sql()) for field in schema.HISTORY_FIELDS)
 
 _RUN_NAMES = [field.name for field in schema.RUN_FIELDS]
 _VALUE_NAMES = [name for name in _RUN_NAMES if name not in schema.KEY]
@@ -88,6 +90,14 @@ class TileRecord:
     #: The interval's two rasters, where they are not the layer's (a series compares other dates per interval).
     before_source: str | None = None
     after_source: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesHistory:
+    """What a series' ``history`` layer is written from: the run's grid and its intervals (date index pairs)."""
+
+    grid: TileGrid
+    intervals: Sequence[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -192,10 +202,13 @@ class CaptionsLayer:
         self.package = GeoPackage(path)
         self.before_source, self.after_source, self.model_id = before_source, after_source, model_id
         try:
-            with self.package.connection:
+            with self.package.transaction():
                 self.srs_id = self.package.srs_id(srs)
             self.package.create_feature_table(LAYER, COLUMNS, self.srs_id, "POLYGON", schema.layer_description())
             self._keyed(LAYER, COLUMNS)
+            for companion, add in ((CHANGES_LAYER, self._add_changes_layer), (HISTORY_LAYER, self._add_history_layer)):
+                if self.package.table_exists(companion):
+                    add()  # a file a full disk or an earlier version left without their GeoPackage rows is repaired
             #: Files written before date series keep ``tile_id`` unique on its own: one interval per tile.
             self.one_interval_per_tile = _unique_alone(self.package.connection, LAYER, "tile_id")
             self.package.create_attribute_table(
@@ -218,7 +231,7 @@ class CaptionsLayer:
     def _keyed(self, table: str, columns: Sequence[tuple[str, str]]) -> None:
         """Add the columns an older ``table`` lacks, and the unique index of the feature key."""
         present = set(self.package.columns(table))
-        with self.package.connection as connection:
+        with self.package.transaction() as connection:
             for name, sql_type in columns:
                 if name not in present:
                     connection.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
@@ -226,10 +239,9 @@ class CaptionsLayer:
 
     def _store_options(self, options: Mapping[str, str]) -> None:
         """Record the run's options where the layer has no tiles yet (check_output compared them otherwise)."""
-        connection = self.package.connection
-        if connection.execute(f"SELECT 1 FROM {LAYER} LIMIT 1").fetchone() is not None:
-            return
-        with connection:
+        with self.package.transaction() as connection:
+            if connection.execute(f"SELECT 1 FROM {LAYER} LIMIT 1").fetchone() is not None:
+                return
             connection.execute(f"DELETE FROM {OPTIONS_TABLE}")
             connection.executemany(f"INSERT INTO {OPTIONS_TABLE} (key, value) VALUES (?, ?)", options.items())
 
@@ -245,16 +257,30 @@ class CaptionsLayer:
         """Ids of the tiles whose first interval (a two-date run's only one) is already captioned or skipped."""
         return {tile_id for tile_id, interval in self.finished_keys() if interval == 0}
 
-    def write(self, records: Sequence[TileRecord]) -> None:
-        """Write a batch in one transaction: a feature written before is updated (its review kept), never
-        duplicated."""
+    def write(self, records: Sequence[TileRecord], history: SeriesHistory | None = None) -> None:
+        """Write a batch in one transaction: its features (a feature written before is updated, its review kept,
+        never duplicated), their change areas and, with ``history``, the history of each of their tiles; a run
+        killed or a disk filled anywhere in it leaves all of the batch or none of it."""
         if self.one_interval_per_tile and any(record.interval != 0 for record in records):
             raise CCExpertError(
                 f"{self.package.path} was written before date series and holds one interval per tile: write a series "
                 "of more than two dates to a new file"
             )
         now = timestamp()
-        rows, thumbnails = [], []
+        try:
+            with self.package.transaction():
+                self._write_features(records, now)
+                mapped = [record for record in records if record.changes is not None]
+                if mapped:
+                    self._write_changes(mapped, now)
+                if history is not None:
+                    tiles = list({record.tile.tile_id: record.tile for record in records}.values())
+                    self._write_history(tiles, history, now)
+        except sqlite3.Error as error:
+            raise CCExpertError(f"cannot write to {self.package.path}: {error}") from None
+
+    def _write_features(self, records: Sequence[TileRecord], now: str) -> None:
+        connection = self.package.connection
         for record in records:
             result = record.result
             values = {
@@ -267,65 +293,63 @@ class CaptionsLayer:
                 "after_source": record.after_source or self.after_source,
                 "model_id": self.model_id, "created_at": now,
             }
-            rows.append((polygon_blob(record.footprint, self.srs_id), values))
-            if record.thumbnails is not None:
-                thumbnails.append((record.tile.tile_id, record.interval, *record.thumbnails))
-        xs = [x for record in records for x, _ in record.footprint]
-        ys = [y for record in records for _, y in record.footprint]
-        mapped = [record for record in records if record.changes is not None]
-        try:
-            with self.package.connection as connection:
-                for geom, values in rows:
-                    key = tuple(values[name] for name in schema.KEY)
-                    if connection.execute(_UPDATE, (geom, *(values[n] for n in _VALUE_NAMES), *key)).rowcount == 0:
-                        connection.execute(_INSERT, (geom, *(values[n] for n in _RUN_NAMES)))
-                connection.executemany(
-                    f'INSERT OR REPLACE INTO {THUMBNAILS_TABLE} (tile_id, "interval", before_png, after_png) '
-                    "VALUES (?, ?, ?, ?)",
-                    thumbnails,
-                )
-                if records:
-                    self.package.extend_extent(LAYER, (min(xs), min(ys), max(xs), max(ys)))
-            if mapped:
-                self._write_changes(mapped, now)
-        except sqlite3.Error as error:
-            raise CCExpertError(f"cannot write to {self.package.path}: {error}") from None
+            geom = polygon_blob(record.footprint, self.srs_id)
+            key = tuple(values[name] for name in schema.KEY)
+            if connection.execute(_UPDATE, (geom, *(values[n] for n in _VALUE_NAMES), *key)).rowcount == 0:
+                connection.execute(_INSERT, (geom, *(values[n] for n in _RUN_NAMES)))
+        connection.executemany(
+            f'INSERT OR REPLACE INTO {THUMBNAILS_TABLE} (tile_id, "interval", before_png, after_png) '
+            "VALUES (?, ?, ?, ?)",
+            [(r.tile.tile_id, r.interval, *r.thumbnails) for r in records if r.thumbnails is not None],
+        )
+        if records:
+            xs = [x for record in records for x, _ in record.footprint]
+            ys = [y for record in records for _, y in record.footprint]
+            self.package.extend_extent(LAYER, (min(xs), min(ys), max(xs), max(ys)))
 
-    def _write_changes(self, records: Sequence[TileRecord], now: str) -> None:
-        # Made on first use, so that outputs of models without a change-map head have no empty layer.
+    def _add_changes_layer(self) -> None:
+        """The ``changes`` layer with its key, made where missing, repaired where a write cut short left it so."""
         self.package.create_feature_table(
             CHANGES_LAYER, _CHANGES_COLUMNS, self.srs_id, "MULTIPOLYGON", schema.CHANGES_DESCRIPTION,
         )
         self._keyed(CHANGES_LAYER, _CHANGES_COLUMNS)
-        with self.package.connection as connection:
-            for record in records:
-                key = (record.tile.tile_id, record.interval)
-                connection.execute(f'DELETE FROM {CHANGES_LAYER} WHERE tile_id = ? AND "interval" = ?', key)
-                if record.changes:
-                    connection.execute(
-                        f'INSERT INTO {CHANGES_LAYER} (geom, tile_id, "interval", model_id, created_at) '
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (multipolygon_blob(record.changes, self.srs_id), *key, self.model_id, now),
-                    )
-                    points = [p for polygon in record.changes for p in polygon[0]]
-                    xs, ys = [p[0] for p in points], [p[1] for p in points]
-                    self.package.extend_extent(CHANGES_LAYER, (min(xs), min(ys), max(xs), max(ys)))
 
-    def write_history(self, tiles: Sequence[Tile], grid: TileGrid, intervals: Sequence[tuple[int, int]]) -> None:
-        """Write the ``history`` feature of each of ``tiles`` from what the layer holds of its consecutive
-        intervals (in one transaction; a tile's history is replaced)."""
-        columns = [(field.name, field.sql()) for field in schema.HISTORY_FIELDS]
+    def _add_history_layer(self) -> None:
+        """The ``history`` layer keyed by tile, made where missing, repaired where a write cut short left it so."""
+        self.package.create_feature_table(
+            HISTORY_LAYER, _HISTORY_COLUMNS, self.srs_id, "POLYGON", schema.HISTORY_DESCRIPTION
+        )
+        with self.package.transaction() as connection:
+            index = quote(HISTORY_LAYER + "_key")
+            connection.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {quote(HISTORY_LAYER)} (tile_id)")
+
+    def _write_changes(self, records: Sequence[TileRecord], now: str) -> None:
+        # Made on first use, so that outputs of models without a change-map head have no empty layer.
+        self._add_changes_layer()
+        connection = self.package.connection
+        for record in records:
+            key = (record.tile.tile_id, record.interval)
+            connection.execute(f'DELETE FROM {CHANGES_LAYER} WHERE tile_id = ? AND "interval" = ?', key)
+            if record.changes:
+                connection.execute(
+                    f'INSERT INTO {CHANGES_LAYER} (geom, tile_id, "interval", model_id, created_at) '
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (multipolygon_blob(record.changes, self.srs_id), *key, self.model_id, now),
+                )
+                points = [p for polygon in record.changes for p in polygon[0]]
+                xs, ys = [p[0] for p in points], [p[1] for p in points]
+                self.package.extend_extent(CHANGES_LAYER, (min(xs), min(ys), max(xs), max(ys)))
+
+    def _write_history(self, tiles: Sequence[Tile], history: SeriesHistory, now: str) -> None:
+        """The ``history`` feature of each of ``tiles`` from what the layer holds of its consecutive intervals (a
+        tile's history is replaced)."""
         if not self.package.table_exists(HISTORY_LAYER):
-            self.package.create_feature_table(
-                HISTORY_LAYER, columns, self.srs_id, "POLYGON", schema.HISTORY_DESCRIPTION
-            )
-            with self.package.connection as connection:
-                index = quote(HISTORY_LAYER + "_key")
-                connection.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {quote(HISTORY_LAYER)} (tile_id)")
-        consecutive = {k: (i, j) for k, (i, j) in enumerate(intervals) if j == i + 1}
+            self._add_history_layer()
+        consecutive = {k: (i, j) for k, (i, j) in enumerate(history.intervals) if j == i + 1}
         ids = [tile.tile_id for tile in tiles]
         marks = ", ".join("?" * len(ids))
-        rows = self.package.connection.execute(
+        connection = self.package.connection
+        rows = connection.execute(
             f'SELECT tile_id, "interval", date_before, date_after, status, '
             f"coalesce(nullif(reviewed_caption, ''), caption), change_detected FROM {quote(LAYER)} "
             f"WHERE tile_id IN ({marks})", ids,
@@ -338,23 +362,18 @@ class CaptionsLayer:
                     before or f"date {i + 1}", after or f"date {j + 1}", status, caption,
                     None if changed is None else bool(changed),
                 )
-        now = timestamp()
         names = [field.name for field in schema.HISTORY_FIELDS]
         insert = (f"INSERT INTO {quote(HISTORY_LAYER)} (geom, {', '.join(quote(n) for n in names)}) "
                   f"VALUES ({', '.join('?' * (len(names) + 1))})")
-        try:
-            with self.package.connection as connection:
-                for tile in tiles:
-                    told = [entries[tile.tile_id][k] for k in sorted(entries[tile.tile_id])]
-                    values = {"tile_id": tile.tile_id, "row": tile.row, "col": tile.col, **schema.history(told),
-                              "model_id": self.model_id, "created_at": now}
-                    footprint = grid.footprint(tile)
-                    connection.execute(f"DELETE FROM {quote(HISTORY_LAYER)} WHERE tile_id = ?", (tile.tile_id,))
-                    connection.execute(insert, (polygon_blob(footprint, self.srs_id), *(values[n] for n in names)))
-                    xs, ys = [x for x, _ in footprint], [y for _, y in footprint]
-                    self.package.extend_extent(HISTORY_LAYER, (min(xs), min(ys), max(xs), max(ys)))
-        except sqlite3.Error as error:
-            raise CCExpertError(f"cannot write to {self.package.path}: {error}") from None
+        for tile in tiles:
+            told = [entries[tile.tile_id][k] for k in sorted(entries[tile.tile_id])]
+            values = {"tile_id": tile.tile_id, "row": tile.row, "col": tile.col, **schema.history(told),
+                      "model_id": self.model_id, "created_at": now}
+            footprint = history.grid.footprint(tile)
+            connection.execute(f"DELETE FROM {quote(HISTORY_LAYER)} WHERE tile_id = ?", (tile.tile_id,))
+            connection.execute(insert, (polygon_blob(footprint, self.srs_id), *(values[n] for n in names)))
+            xs, ys = [x for x, _ in footprint], [y for _, y in footprint]
+            self.package.extend_extent(HISTORY_LAYER, (min(xs), min(ys), max(xs), max(ys)))
 
     def close(self) -> None:
         """Close the GeoPackage."""

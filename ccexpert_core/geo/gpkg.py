@@ -3,14 +3,16 @@ QGIS open, written in transactions.
 
 Standard library only. Feature tables get the GeoPackage R-tree spatial index (extension ``gpkg_rtree_index``),
 kept by the standard triggers; their ``ST_*`` functions are registered on each connection here, as GDAL does on its
-own, so that this writer and GDAL/QGIS can both go on writing the same file.
+own, so that this writer and GDAL/QGIS can both go on writing the same file. A table is created in one transaction
+with its rows in the GeoPackage's own tables and its R-tree, and reopening a file repairs a table that lacks them.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,12 +202,35 @@ class GeoPackage:
         has_tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
         if has_tables and application_id != APPLICATION_ID:
             raise CCExpertError(f"{self.path} exists and is not a GeoPackage: choose another output file")
-        # Take the write lock now, so that a read-only file fails before any work is done.
+        # BEGIN IMMEDIATE takes the write lock now, so that a read-only file fails before any work is done; the
+        # header and the mandatory tables are one transaction (a full disk leaves all of them or none).
+        try:
+            connection.executescript(
+                f"BEGIN IMMEDIATE; PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {USER_VERSION};"
+                f"{_CORE_SCHEMA} COMMIT;"
+            )
+        except BaseException:
+            if connection.in_transaction:
+                connection.rollback()
+            raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction around the body, creating tables included, rolled back where the body or the commit
+        fails; inside another transaction, part of it. (Python's sqlite3 runs a CREATE outside any transaction unless
+        one was begun: a full disk could then leave a table without its ``gpkg_contents`` row.)"""
+        connection = self.connection
+        if connection.in_transaction:
+            yield connection
+            return
         connection.execute("BEGIN IMMEDIATE")
-        connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        connection.execute(f"PRAGMA user_version = {USER_VERSION}")
-        connection.executescript(_CORE_SCHEMA)  # executescript commits the transaction first, then runs
-        connection.commit()
+        try:
+            yield connection
+            connection.commit()
+        except BaseException:
+            if connection.in_transaction:
+                connection.rollback()
+            raise
 
     def close(self) -> None:
         """Close the file."""
@@ -242,19 +267,47 @@ class GeoPackage:
     def create_feature_table(
         self, name: str, columns: Sequence[tuple[str, str]], srs_id: int, geometry_type: str, description: str = ""
     ) -> None:
-        """Add a feature table (``fid``, ``geom`` and ``columns`` as (name, SQL type)) unless it exists, and its
-        spatial index unless it has one (files written without one get it here)."""
-        with self.connection:
+        """Add a feature table (``fid``, ``geom`` and ``columns`` as (name, SQL type)) with its rows in the
+        GeoPackage's own tables and its spatial index, in one transaction; a table that exists gets whichever of
+        those it lacks (files left so by a full disk, or written without an index, are repaired here)."""
+        with self.transaction() as connection:
             if not self.table_exists(name):
                 self._create_table(name, [("geom", geometry_type), *columns])
-                self._register(name, "features", description, srs_id)
-                self.connection.execute(
-                    "INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', ?, ?, 0, 0)", (name, geometry_type, srs_id)
-                )
-            if not self.table_exists(f"rtree_{name}_geom"):
+            registered = self._register(name, "features", description, srs_id)
+            connection.execute(
+                "INSERT OR IGNORE INTO gpkg_geometry_columns VALUES (?, 'geom', ?, ?, 0, 0)",
+                (name, geometry_type, srs_id),
+            )
+            if not self._has_spatial_index(name, "geom"):
                 self._add_spatial_index(name, "geom")
+            if registered:  # a repaired row: its extent is that of the features already there
+                bounds = connection.execute(
+                    "SELECT min(ST_MinX(geom)), min(ST_MinY(geom)), max(ST_MaxX(geom)), max(ST_MaxY(geom)) "
+                    f"FROM {quote(name)} WHERE geom NOT NULL AND NOT ST_IsEmpty(geom)"
+                ).fetchone()
+                if bounds[0] is not None:
+                    self.extend_extent(name, bounds)
+
+    def _has_spatial_index(self, table: str, column: str) -> bool:
+        """Whether the R-tree of ``table.column`` is there with the triggers that keep it (an index without them,
+        as a write cut short could leave, would miss every later feature)."""
+        prefix = f"rtree_{table}_{column}"
+        names = {row[0] for row in self.connection.execute(
+            "SELECT name FROM sqlite_master WHERE name = ?1 OR (type = 'trigger' AND name IN (?1 || '_insert', "
+            "?1 || '_delete'))", (prefix,),
+        )}
+        return names == {prefix, f"{prefix}_insert", f"{prefix}_delete"}
 
     def _add_spatial_index(self, table: str, column: str) -> None:
+        """The R-tree of ``table.column``, built anew (what a cut-short write left of one is dropped first)."""
+        prefix = f"rtree_{table}_{column}"
+        triggers = self.connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? AND substr(name, 1, ?) = ?",
+            (table, len(prefix) + 1, prefix + "_"),
+        ).fetchall()
+        for (trigger,) in triggers:
+            self.connection.execute(f"DROP TRIGGER {quote(trigger)}")
+        self.connection.execute(f"DROP TABLE IF EXISTS {quote(prefix)}")
         for statement in _rtree_sql(table, column):
             self.connection.execute(statement)
         self.connection.execute(
@@ -265,11 +318,11 @@ class GeoPackage:
     def create_attribute_table(
         self, name: str, columns: Sequence[tuple[str, str]], description: str = "", fid: str = "fid"
     ) -> None:
-        """Add a table without geometry (``fid`` and ``columns``) unless it exists."""
-        if self.table_exists(name):
-            return
-        with self.connection:
-            self._create_table(name, columns, fid)
+        """Add a table without geometry (``fid`` and ``columns``) and its ``gpkg_contents`` row, in one
+        transaction; a table that exists gets the row where it lacks it."""
+        with self.transaction():
+            if not self.table_exists(name):
+                self._create_table(name, columns, fid)
             self._register(name, "attributes", description, None)
 
     def _create_table(self, name: str, columns: Sequence[tuple[str, str]], fid: str = "fid") -> None:
@@ -285,8 +338,8 @@ class GeoPackage:
     def add_style(self, style: Mapping[str, object]) -> None:
         """Add a row (column → value) to QGIS's ``layer_styles``, made as QGIS makes it where missing, unless the
         table it styles (``f_table_name``) has a style there already: a style someone saved is never replaced."""
-        self.create_attribute_table(STYLES_TABLE, [(f.name, f.sql()) for f in STYLES_FIELDS], fid=STYLES_FID)
-        with self.connection:
+        with self.transaction():
+            self.create_attribute_table(STYLES_TABLE, [(f.name, f.sql()) for f in STYLES_FIELDS], fid=STYLES_FID)
             styled = self.connection.execute(
                 f"SELECT 1 FROM {quote(STYLES_TABLE)} WHERE f_table_name = ? LIMIT 1", (style["f_table_name"],)
             )
@@ -299,12 +352,14 @@ class GeoPackage:
                 tuple(row.values()),
             )
 
-    def _register(self, name: str, data_type: str, description: str, srs_id: int | None) -> None:
-        self.connection.execute(
-            "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change, srs_id) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+    def _register(self, name: str, data_type: str, description: str, srs_id: int | None) -> bool:
+        """The table's ``gpkg_contents`` row, where it has none; whether it was added."""
+        added = self.connection.execute(
+            "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, description, last_change, "
+            "srs_id) VALUES (?, ?, ?, ?, ?, ?)",
             (name, data_type, name, description, timestamp(), srs_id),
         )
+        return added.rowcount > 0
 
     def extend_extent(self, name: str, bounds: Bounds) -> None:
         """Grow a table's extent in ``gpkg_contents`` to cover ``bounds`` (call inside a transaction)."""

@@ -25,6 +25,7 @@ from ccexpert_core.geo.captions_layer import (
     FAILED,
     SKIPPED_NODATA,
     CaptionsLayer,
+    SeriesHistory,
     TileRecord,
     check_output,
     read_tiles,
@@ -142,7 +143,8 @@ class _Writer:
         self.failed_batches = 0
 
     def write(self, outcome: BatchOutcome) -> int:
-        """Write a batch in one transaction; returns its number of tiles."""
+        """Write a batch (its features, change areas and, for a series, its tiles' history) in one transaction;
+        returns its number of tiles."""
         records = []
         for tile in outcome.tiles:
             changes = None
@@ -153,10 +155,8 @@ class _Writer:
                 interval=tile.interval, change_kind=None if tile.result is None else tile.result.change_kind,
                 **self.dating.of(tile.interval),
             ))
-        self.layer.write(records)
+        self.layer.write(records, SeriesHistory(self.grid, self.dating.intervals) if self.history else None)
         tiles = {record.tile: None for record in records}
-        if self.history:
-            self.layer.write_history(list(tiles), self.grid, self.dating.intervals)
         for record in records:
             self.summary.counts[record.status] += 1
         self._check(outcome)
