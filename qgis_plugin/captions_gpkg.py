@@ -1,9 +1,10 @@
 """The captions layer of a GeoPackage, written with OGR batch by batch: ``caption-region``'s layer, built from the
 same schema (``ccexpert_core/geo/schema.py``, bundled), so that either tool resumes the other's file.
 
-A feature is one tile and one interval, (``tile_id``, ``interval``) is unique, a batch is written in one
-transaction, a rerun skips features already captioned or skipped (failed ones are tried again) and updates a
-feature written before in place, so the analyst's review fields are never touched. The options that decide a tile's
+A feature is one tile and one interval, (``tile_id``, ``interval``) is unique, a batch (its features, their change
+areas and, for a series, its tiles' histories) is written in one transaction, a rerun skips features already
+captioned or skipped (failed ones are tried again) and updates a feature written before in place, so the analyst's
+review fields are never touched. The options that decide a tile's
 pixels are stored beside the layer so that a rerun with other options is refused rather than mixed in. A layer
 written before this schema gets the fields it lacks; the default style goes into ``layer_styles`` as QGIS keeps it.
 Beside it, as the command writes them: for a series of three or more dates the ``history`` layer (one polygon per
@@ -131,17 +132,20 @@ class CaptionsGeoPackage:
         srs = osr.SpatialReference()
         srs.ImportFromWkt(srs_wkt)
         # With GDAL's R-tree: the command's own writer registers the functions its triggers call, so it can resume.
-        layer = self.dataset.CreateLayer(
-            self.layer_name, srs, ogr.wkbPolygon,
-            options=[
-                "FID=fid", f"GEOMETRY_NAME={schema.GEOMETRY_COLUMN}", "SPATIAL_INDEX=YES",
-                f"DESCRIPTION={schema.layer_description()}",
-            ],
-        )
-        if layer is None:
-            raise CaptionRunError(f"cannot add the layer {self.layer_name} to {self.path}: {gdal.GetLastErrorMsg()}")
-        for field in schema.FIELDS:
-            layer.CreateField(field_definition(field))
+        # One transaction: the table with its rows in the GeoPackage's own tables, or none of them (a full disk).
+        with self._transaction():
+            layer = self.dataset.CreateLayer(
+                self.layer_name, srs, ogr.wkbPolygon,
+                options=[
+                    "FID=fid", f"GEOMETRY_NAME={schema.GEOMETRY_COLUMN}", "SPATIAL_INDEX=YES",
+                    f"DESCRIPTION={schema.layer_description()}",
+                ],
+            )
+            if layer is None:
+                raise CaptionRunError(f"cannot add the layer {self.layer_name} to {self.path}: "
+                                      f"{gdal.GetLastErrorMsg()}")
+            for field in schema.FIELDS:
+                layer.CreateField(field_definition(field))
         return layer
 
     def _field_names(self) -> set[str]:
@@ -247,38 +251,52 @@ class CaptionsGeoPackage:
         finally:
             self.layer.SetAttributeFilter(None)
 
-    def write(self, records: Sequence[TileRecord]) -> None:
-        """Write a batch in one transaction: a feature written before is updated (its review kept), never
-        duplicated."""
+    def write(self, records: Sequence[TileRecord], series_intervals: int = 0) -> None:
+        """Write a batch in one transaction: its features (a feature written before is updated, its review kept,
+        never duplicated), their change areas and, with ``series_intervals`` (a series' consecutive intervals), the
+        history of each of its tiles; a kill or a full disk anywhere in it leaves all of the batch or none of it."""
         if not records:
             return
         now = _now()
-        before_source, after_source, model_id = self.sources
+        mapped = [record for record in records if record.changes is not None]
+        # Layers are made before the batch's transaction (each in one of its own): GDAL cannot take a layer it made
+        # back with a rollback.
+        changes = self._companion(
+            "changes", ogr.wkbMultiPolygon, schema.CHANGES_FIELDS, schema.CHANGES_DESCRIPTION, schema.KEY
+        ) if mapped else None
+        history = self._companion(
+            "history", ogr.wkbPolygon, schema.HISTORY_FIELDS, schema.HISTORY_DESCRIPTION, ("tile_id",)
+        ) if series_intervals else None
         written = self._written(records)
         with self._transaction():
-            for record in records:
-                key = (record.tile.tile_id, record.interval)
-                fid = written.get(key)
-                feature = ogr.Feature(self.layer.GetLayerDefn()) if fid is None else self.layer.GetFeature(fid)
-                feature.SetGeometryDirectly(_polygon(record.footprint))
-                values = {
-                    "tile_id": record.tile.tile_id, "interval": record.interval, "row": record.tile.row,
-                    "col": record.tile.col, "date_before": record.date_before, "date_after": record.date_after,
-                    "caption": record.caption,
-                    "change_detected": None if record.change_detected is None else int(record.change_detected),
-                    "change_kind": record.change_kind, "confidence": record.confidence, "status": record.status,
-                    "before_source": record.before_source or before_source,
-                    "after_source": record.after_source or after_source, "model_id": model_id,
-                    "created_at": now,
-                }
-                _set_fields(feature, schema.RUN_FIELDS, values)
-                done = self.layer.CreateFeature(feature) if fid is None else self.layer.SetFeature(feature)
-                if done != ogr.OGRERR_NONE:
-                    raise CaptionRunError(f"cannot write tile {record.tile.tile_id} to {self.path}: "
-                                          f"{gdal.GetLastErrorMsg()}")
-        mapped = [record for record in records if record.changes is not None]
-        if mapped:
-            self._write_changes(mapped, now)
+            self._write_features(records, written, now)
+            if changes is not None:
+                self._write_changes(changes, mapped, now)
+            if history is not None:
+                self._write_history(history, records, series_intervals, now)
+
+    def _write_features(self, records: Sequence[TileRecord], written: Mapping[tuple[str, int], int], now: str) -> None:
+        before_source, after_source, model_id = self.sources
+        for record in records:
+            key = (record.tile.tile_id, record.interval)
+            fid = written.get(key)
+            feature = ogr.Feature(self.layer.GetLayerDefn()) if fid is None else self.layer.GetFeature(fid)
+            feature.SetGeometryDirectly(_polygon(record.footprint))
+            values = {
+                "tile_id": record.tile.tile_id, "interval": record.interval, "row": record.tile.row,
+                "col": record.tile.col, "date_before": record.date_before, "date_after": record.date_after,
+                "caption": record.caption,
+                "change_detected": None if record.change_detected is None else int(record.change_detected),
+                "change_kind": record.change_kind, "confidence": record.confidence, "status": record.status,
+                "before_source": record.before_source or before_source,
+                "after_source": record.after_source or after_source, "model_id": model_id,
+                "created_at": now,
+            }
+            _set_fields(feature, schema.RUN_FIELDS, values)
+            done = self.layer.CreateFeature(feature) if fid is None else self.layer.SetFeature(feature)
+            if done != ogr.OGRERR_NONE:
+                raise CaptionRunError(f"cannot write tile {record.tile.tile_id} to {self.path}: "
+                                      f"{gdal.GetLastErrorMsg()}")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -300,57 +318,51 @@ class CaptionsGeoPackage:
         layer = self.dataset.GetLayerByName(name)
         if layer is not None:
             return layer
-        layer = self.dataset.CreateLayer(
-            name, self.layer.GetSpatialRef(), geometry_type,
-            options=["FID=fid", f"GEOMETRY_NAME={schema.GEOMETRY_COLUMN}", "SPATIAL_INDEX=YES",
-                     f"DESCRIPTION={description}"],
-        )
-        if layer is None:
-            raise CaptionRunError(f"cannot add the layer {name} to {self.path}: {gdal.GetLastErrorMsg()}")
-        for field in fields:
-            layer.CreateField(field_definition(field))
-        columns = ", ".join(schema.quote(column) for column in key)
-        self.dataset.ExecuteSQL(
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {schema.quote(name + '_key')} ON {schema.quote(name)} ({columns})"
-        )
+        with self._transaction():  # the table with its rows in the GeoPackage's own tables, or none of them
+            layer = self.dataset.CreateLayer(
+                name, self.layer.GetSpatialRef(), geometry_type,
+                options=["FID=fid", f"GEOMETRY_NAME={schema.GEOMETRY_COLUMN}", "SPATIAL_INDEX=YES",
+                         f"DESCRIPTION={description}"],
+            )
+            if layer is None:
+                raise CaptionRunError(f"cannot add the layer {name} to {self.path}: {gdal.GetLastErrorMsg()}")
+            for field in fields:
+                layer.CreateField(field_definition(field))
+            columns = ", ".join(schema.quote(column) for column in key)
+            self.dataset.ExecuteSQL(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS {schema.quote(name + '_key')} ON {schema.quote(name)} ({columns})"
+            )
         return layer
 
-    def _write_changes(self, records: Sequence[TileRecord], now: str) -> None:
+    def _write_changes(self, layer: ogr.Layer, records: Sequence[TileRecord], now: str) -> None:
         """Each record's changed places replace what the ``changes`` layer held for its tile and interval (nothing
         where its change map shows no change)."""
-        layer = self._companion(
-            "changes", ogr.wkbMultiPolygon, schema.CHANGES_FIELDS, schema.CHANGES_DESCRIPTION, schema.KEY
-        )
         model_id = self.sources[2]
-        with self._transaction():
-            for record in records:
-                layer.SetAttributeFilter(f"tile_id = {_literal(record.tile.tile_id)} AND \"interval\" = "
-                                         f"{record.interval}")
-                for fid in [feature.GetFID() for feature in layer]:
-                    layer.DeleteFeature(fid)
-                layer.SetAttributeFilter(None)
-                if not record.changes:
-                    continue
-                feature = ogr.Feature(layer.GetLayerDefn())
-                feature.SetGeometryDirectly(_multipolygon(record.changes))
-                for name, value in (("tile_id", record.tile.tile_id), ("interval", record.interval),
-                                    ("model_id", model_id), ("created_at", now)):
-                    feature.SetField(name, value)
-                if layer.CreateFeature(feature) != ogr.OGRERR_NONE:
-                    raise CaptionRunError(f"cannot write the changes of tile {record.tile.tile_id} to {self.path}: "
-                                          f"{gdal.GetLastErrorMsg()}")
+        for record in records:
+            layer.SetAttributeFilter(f"tile_id = {_literal(record.tile.tile_id)} AND \"interval\" = "
+                                     f"{record.interval}")
+            for fid in [feature.GetFID() for feature in layer]:
+                layer.DeleteFeature(fid)
+            layer.SetAttributeFilter(None)
+            if not record.changes:
+                continue
+            feature = ogr.Feature(layer.GetLayerDefn())
+            feature.SetGeometryDirectly(_multipolygon(record.changes))
+            for name, value in (("tile_id", record.tile.tile_id), ("interval", record.interval),
+                                ("model_id", model_id), ("created_at", now)):
+                feature.SetField(name, value)
+            if layer.CreateFeature(feature) != ogr.OGRERR_NONE:
+                raise CaptionRunError(f"cannot write the changes of tile {record.tile.tile_id} to {self.path}: "
+                                      f"{gdal.GetLastErrorMsg()}")
 
-    def write_history(self, tiles: Sequence[tiling.Tile], footprints: Mapping[str, Sequence[tiling.Point]],
-                      intervals: int) -> None:
-        """Write the ``history`` feature of each of ``tiles`` from what the captions layer holds of its
-        ``intervals`` consecutive intervals (the analyst's caption where one was given), in one transaction; a
-        tile's history is replaced."""
-        layer = self._companion(
-            "history", ogr.wkbPolygon, schema.HISTORY_FIELDS, schema.HISTORY_DESCRIPTION, ("tile_id",)
-        )
-        ids = {tile.tile_id for tile in tiles}
-        entries: dict[str, dict[int, schema.IntervalEntry]] = {tile_id: {} for tile_id in ids}
-        self.layer.SetAttributeFilter(f"tile_id IN ({', '.join(_literal(tile_id) for tile_id in sorted(ids))})")
+    def _write_history(self, layer: ogr.Layer, records: Sequence[TileRecord], intervals: int, now: str) -> None:
+        """The ``history`` feature of each tile of ``records`` from what the captions layer holds of its
+        ``intervals`` consecutive intervals (the analyst's caption where one was given); a tile's history is
+        replaced."""
+        footprints = {record.tile.tile_id: (record.tile, record.footprint) for record in records}
+        ids = ", ".join(_literal(tile_id) for tile_id in sorted(footprints))
+        entries: dict[str, dict[int, schema.IntervalEntry]] = {tile_id: {} for tile_id in footprints}
+        self.layer.SetAttributeFilter(f"tile_id IN ({ids})")
         self.layer.SetIgnoredFields(["OGR_GEOMETRY"])
         try:
             for feature in self.layer:
@@ -367,23 +379,21 @@ class CaptionsGeoPackage:
         finally:
             self.layer.SetAttributeFilter(None)
             self.layer.SetIgnoredFields([])
-        now = _now()
         model_id = self.sources[2]
-        with self._transaction():
-            layer.SetAttributeFilter(f"tile_id IN ({', '.join(_literal(tile_id) for tile_id in sorted(ids))})")
-            for fid in [feature.GetFID() for feature in layer]:
-                layer.DeleteFeature(fid)
-            layer.SetAttributeFilter(None)
-            for tile in tiles:
-                told = [entries[tile.tile_id][k] for k in sorted(entries[tile.tile_id])]
-                values = {"tile_id": tile.tile_id, "row": tile.row, "col": tile.col, **schema.history(told),
-                          "model_id": model_id, "created_at": now}
-                feature = ogr.Feature(layer.GetLayerDefn())
-                feature.SetGeometryDirectly(_polygon(footprints[tile.tile_id]))
-                _set_fields(feature, schema.HISTORY_FIELDS, values)
-                if layer.CreateFeature(feature) != ogr.OGRERR_NONE:
-                    raise CaptionRunError(f"cannot write the history of tile {tile.tile_id} to {self.path}: "
-                                          f"{gdal.GetLastErrorMsg()}")
+        layer.SetAttributeFilter(f"tile_id IN ({ids})")
+        for fid in [feature.GetFID() for feature in layer]:
+            layer.DeleteFeature(fid)
+        layer.SetAttributeFilter(None)
+        for tile_id, (tile, footprint) in footprints.items():
+            told = [entries[tile_id][k] for k in sorted(entries[tile_id])]
+            values = {"tile_id": tile_id, "row": tile.row, "col": tile.col, **schema.history(told),
+                      "model_id": model_id, "created_at": now}
+            feature = ogr.Feature(layer.GetLayerDefn())
+            feature.SetGeometryDirectly(_polygon(footprint))
+            _set_fields(feature, schema.HISTORY_FIELDS, values)
+            if layer.CreateFeature(feature) != ogr.OGRERR_NONE:
+                raise CaptionRunError(f"cannot write the history of tile {tile_id} to {self.path}: "
+                                      f"{gdal.GetLastErrorMsg()}")
 
     def close(self) -> None:
         """Close the file (OGR writes the layer's extent then)."""

@@ -301,6 +301,10 @@ def _finished_keys(output: str, layer_name: str) -> set[tuple[str, int]]:
     """(tile_id, interval) already captioned or skipped in an existing output, read only (nothing is created)."""
     if not Path(output).is_file():
         return set()
+    try:  # a writer killed mid-commit leaves what read-only reading cannot undo
+        run_files.roll_back_for_reading(Path(output), "the CCExpert QGIS plugin")
+    except ValueError as error:
+        raise CaptionRunError(str(error)) from None
     dataset = gdal.OpenEx(output, gdal.OF_VECTOR | gdal.OF_READONLY, allowed_drivers=["GPKG"])
     layer = dataset.GetLayerByName(layer_name) if dataset is not None else None
     if layer is None:
@@ -672,10 +676,7 @@ def _caption_in_flight(
                 raise error  # a bug, not the backend's answer: the task logs its traceback
             url, results = batch.result if error is None and batch.result is not None else ("", None)
             records = _records(grid, batch.prepared, results, dating)
-            output.write(records)
-            if history:
-                output.write_history(batch.prepared.tiles, {t.tile_id: grid.footprint(t) for t in batch.prepared.tiles},
-                                     job.intervals)
+            output.write(records, job.intervals if history else 0)
             categories.update(records)
             for record in records:
                 summary.counts[record.status] += 1

@@ -1,19 +1,29 @@
 """The plugin's run keeps the command's promises about its output: the lock follows the file (a symlink, another
-spelling or a hard link to a GeoPackage a run holds is refused; a file of several names is never written)."""
+spelling or a hard link to a GeoPackage a run holds is refused; a file of several names is never written), and a run
+killed anywhere in a batch (in a process of its own: tests/qgis/killed_run.py) resumes to the file an uninterrupted
+run writes: a batch's captions, change areas and histories are one transaction."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
+import sqlite3
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from qgis_plugin.job import Job, RasterInput, run_job
-from qgis_plugin.shared_modules import run_files
+from qgis_plugin.job import Job, RasterInput, plan_job, run_job
+from qgis_plugin.shared_modules import protocol, run_files
 
 from conftest import Feedback
-from rasters import write_pair
+from rasters import scene_pair, write_geotiff, write_pair
 from standin import start_standin
 
 SIZE, TILE = 128, 64
@@ -61,3 +71,112 @@ def test_a_run_through_another_path_to_a_held_file_is_refused(qgis_app, scene, w
     summary = run_job(job(scene, written), Feedback())  # released, but still two names: refused
     assert summary.error and "has 2 names (hard links)" in summary.error, summary.error
     assert written.read_bytes() == before and not list(folder.glob(f"*{run_files.LOCK_SUFFIX}"))
+
+
+class _Answering(ThreadingHTTPServer):
+    """A backend of pairs requests that captions each tile by its id, with a change map (a changed corner)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _AnsweringHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _AnsweringHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    CHANGE_MAP = [[0.9, 0.9, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1], [0.1] * 4, [0.1] * 4]
+
+    def _send(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send({"api_version": protocol.API_VERSION, "model_id": "answering",
+                    "limits": protocol.Limits().to_dict()})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        ids = re.findall(rb'name="tile_ids"\r\n\r\n([^\r]*)\r\n', body)
+        self._send({"model_id": "answering", "results": [
+            {"caption": f"buildings appeared in {i.decode()}", "change_detected": True, "confidence": 0.5,
+             "tile_id": i.decode(), "change_map": self.CHANGE_MAP} for i in ids
+        ]})
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture(scope="module")
+def answering() -> Iterator[_Answering]:
+    server = _Answering()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three dates of 128 px: 4 tiles of 64 px, 2 intervals each."""
+    folder = tmp_path_factory.mktemp("series")
+    first, second = scene_pair(SIZE, seed=1)
+    third, _ = scene_pair(SIZE, seed=2)
+    return [write_geotiff(folder / f"{year}.tif", image) for year, image in zip((2016, 2018, 2021), (first, second,
+                                                                                                      third))]
+
+
+def series_job(series: list[Path], output: Path, url: str) -> Job:
+    return Job(rasters=tuple(RasterInput.from_source(str(path)) for path in series), output=str(output),
+               backend_urls=(url,), tile_size=TILE, batch_size=2, retry_budget_s=0.0)
+
+
+def stored_run(output: Path) -> dict[str, list[tuple]]:
+    """The run's captions, histories and change areas, timestamps left out."""
+    with sqlite3.connect(output) as connection:
+        return {
+            "captions": connection.execute('SELECT tile_id, "interval", status, caption, change_detected FROM captions '
+                                           'ORDER BY tile_id, "interval"').fetchall(),
+            "history": connection.execute("SELECT tile_id, timeline, changes, first_change, intervals, geom FROM "
+                                          "history ORDER BY tile_id").fetchall(),
+            "changes": connection.execute('SELECT tile_id, "interval", geom FROM changes ORDER BY tile_id, "interval"')
+            .fetchall(),
+        }
+
+
+@pytest.mark.parametrize("kill_at", [1, 3, 5, 8])
+def test_a_run_killed_anywhere_in_a_batch_resumes_to_the_file_of_an_uninterrupted_run(
+    qgis_app, series: list[Path], answering: _Answering, tmp_path: Path, kill_at: int
+) -> None:
+    # Batches of one tile of three dates: its two captions (new features 1-2), two change areas (3-4), history (5).
+    reference = tmp_path / "uninterrupted.gpkg"
+    summary = run_job(series_job(series, reference, answering.url), Feedback())
+    assert summary.error is None and summary.counts["captioned"] == 8, summary
+    wanted = stored_run(reference)
+    assert len(wanted["history"]) == 4 and len(wanted["changes"]) == 8
+    output = tmp_path / "killed.gpkg"
+    killed = subprocess.run([sys.executable, str(Path(__file__).with_name("killed_run.py")), str(kill_at),
+                             str(output), answering.url, *map(str, series)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    summary = run_job(series_job(series, output, answering.url), Feedback())
+    assert summary.error is None, summary.error
+    assert stored_run(output) == wanted
+
+
+def test_the_plan_of_a_resume_reads_a_file_a_killed_run_left(
+    qgis_app, series: list[Path], answering: _Answering, tmp_path: Path
+) -> None:
+    output = tmp_path / "killed.gpkg"
+    # Killed in the second batch, its pages in the file: the first tile is done, the journal is hot.
+    killed = subprocess.run([sys.executable, str(Path(__file__).with_name("killed_run.py")), "6", str(output),
+                             answering.url, *map(str, series)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    journal = output.with_name(output.name + run_files.JOURNAL_SUFFIX)
+    assert journal.read_bytes()[:8] == bytes.fromhex("d9d505f920a163d7")  # hot: a commit's header
+    plan = plan_job(series_job(series, output, answering.url))
+    assert (plan.tiles, plan.already_done, plan.pairs) == (4, 1, 6)
+    assert not journal.exists()
