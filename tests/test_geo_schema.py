@@ -30,7 +30,7 @@ def test_the_fields_in_order_with_their_types_constraints_and_descriptions() -> 
     assert schema.FIELD_NAMES == (
         "tile_id", "interval", "row", "col", "date_before", "date_after", "caption", "change_detected", "change_kind",
         "confidence", "status", "before_source", "after_source", "model_id", "created_at", "review_status",
-        "reviewed_caption", "reviewed_at",
+        "reviewed_caption", "reviewed_at", "p_right",
     )
     sql = {field.name: field.sql() for field in schema.FIELDS}
     assert sql["tile_id"] == "TEXT NOT NULL" and sql["interval"] == "INTEGER NOT NULL DEFAULT 0"
@@ -38,6 +38,9 @@ def test_the_fields_in_order_with_their_types_constraints_and_descriptions() -> 
     assert all(field.description and "\n" not in field.description for field in schema.FIELDS)
     assert [field.name for field in schema.REVIEW_FIELDS] == ["review_status", "reviewed_caption", "reviewed_at"]
     assert not set(schema.REVIEW_FIELDS) & set(schema.RUN_FIELDS)
+    # p_right is the calibration's (made from the reviews): a run never writes it either.
+    assert [field.name for field in schema.CALIBRATED_FIELDS] == ["p_right"] and sql["p_right"] == "REAL"
+    assert not set(schema.CALIBRATED_FIELDS) & set(schema.RUN_FIELDS)
     assert schema.REQUIRED_FIELDS == ("tile_id", "row", "col", "caption", "change_detected", "confidence", "status")
     # A field that is NOT NULL and not required must have a default: ALTER TABLE adds it to rows already there.
     assert all(f.default is not None for f in schema.FIELDS if f.not_null and not f.required)
@@ -53,6 +56,7 @@ def test_the_key_and_the_migration_rules() -> None:
     assert schema.missing_required(old) is None
     assert [f.name for f in schema.fields_to_add(old)] == [
         "interval", "date_before", "date_after", "change_kind", "review_status", "reviewed_caption", "reviewed_at",
+        "p_right",
     ]
     assert schema.missing_required([name for name in old if name != "caption"]) == "caption"
     assert schema.fields_to_add(schema.FIELD_NAMES) == ()

@@ -8,7 +8,8 @@ Rules both writers follow:
 
 - A feature is one tile and one interval of a date series: its key is (``tile_id``, ``interval``), a unique index
   (:func:`key_index_sql`); two-date runs write interval 0 only.
-- A run writes the :data:`RUN_FIELDS` and nothing else: the analyst's :data:`REVIEW_FIELDS` survive every rerun
+- A run writes the :data:`RUN_FIELDS` and nothing else: the analyst's :data:`REVIEW_FIELDS` and the
+  :data:`CALIBRATED_FIELDS` made from them (``p_right``, written by ``geo/calibration.py``'s rule) survive every rerun
   and resume (a tile written again is updated in place, never deleted and inserted).
 - Migration: a ``captions`` table that lacks any of the :data:`REQUIRED_FIELDS` is not a CCExpert layer and is
   refused; every other field it lacks is added (``ALTER TABLE … ADD COLUMN``, so ``interval`` reads 0 on the
@@ -37,6 +38,8 @@ CHANGES_LAYER = "changes"
 HISTORY_LAYER = "history"
 THUMBNAILS_TABLE = "ccexpert_thumbnails"
 OPTIONS_TABLE = "ccexpert_run_options"
+#: The fitted map from confidence to ``p_right``, per interval (see :func:`calibration_table`).
+CALIBRATION_TABLE = "ccexpert_calibration"
 #: Every internal table's name starts so (a GeoPackage's other tables belong to another tool).
 TABLE_PREFIX = "ccexpert_"
 #: QGIS's (and GDAL's) table of layer styles in a GeoPackage.
@@ -80,6 +83,8 @@ class Field:
     required: bool = False
     #: The analyst's: never written by a run.
     review: bool = False
+    #: Made from the analyst's reviews (the calibration): never written by a run either.
+    calibrated: bool = False
 
     def sql(self) -> str:
         """The column's type and constraints in a GeoPackage's ``CREATE TABLE``, as GDAL writes them."""
@@ -115,12 +120,16 @@ FIELDS: tuple[Field, ...] = (
     Field("review_status", TEXT, "the analyst's review: accepted or corrected; empty if not reviewed", review=True),
     Field("reviewed_caption", TEXT, "the analyst's caption, where the model's was corrected", review=True),
     Field("reviewed_at", DATETIME, "when the analyst reviewed the feature (UTC)", review=True),
+    Field("p_right", REAL, "the probability that the caption is right, fitted on this layer's reviews (empty until "
+          "enough tiles are reviewed; see ccexpert calibrate)", calibrated=True),
 )
 FIELD_NAMES = tuple(field.name for field in FIELDS)
 #: What a run writes.
-RUN_FIELDS = tuple(field for field in FIELDS if not field.review)
+RUN_FIELDS = tuple(field for field in FIELDS if not (field.review or field.calibrated))
 #: What only the analyst writes.
 REVIEW_FIELDS = tuple(field for field in FIELDS if field.review)
+#: What the calibration writes from the analyst's reviews.
+CALIBRATED_FIELDS = tuple(field for field in FIELDS if field.calibrated)
 REQUIRED_FIELDS = tuple(field.name for field in FIELDS if field.required)
 #: A feature's key: one tile, one interval.
 KEY = ("tile_id", "interval")
@@ -148,6 +157,24 @@ HISTORY_FIELDS: tuple[Field, ...] = (
     Field("model_id", TEXT, "the model that wrote the captions"),
     Field("created_at", DATETIME, "when the history was last written (UTC)"),
 )
+
+
+#: The calibration table: one row per interval of a captions layer, the map from the model's confidence (and change
+#: flag) to ``p_right`` that the layer's reviews fitted (``geo/calibration.py``), rewritten at each fit.
+CALIBRATION_FIELDS: tuple[Field, ...] = (
+    Field("interval", INTEGER, "which interval of the date series the map is for", not_null=True, default="0"),
+    Field("date_before", TEXT, "the interval's first date, empty if unknown"),
+    Field("date_after", TEXT, "the interval's second date, empty if unknown"),
+    Field("reviews", INTEGER, "the interval's reviewed tiles the map was fitted on"),
+    Field("wrong", INTEGER, "of them, how many the analyst corrected"),
+    Field("layer_reviews", INTEGER, "the whole layer's reviewed tiles (their fit is the interval's prior)"),
+    Field("intercept", REAL, "the map: logit p_right = intercept + slope × logit confidence + changed_shift × changed"),
+    Field("slope", REAL, "the map's slope on the logit of the confidence (never below 0: a monotone map)"),
+    Field("changed_shift", REAL, "what a changed tile adds to the logit of p_right"),
+    Field("method", TEXT, "how the map was fitted, its prior and the reviews it needs"),
+    Field("fitted_at", DATETIME, "when the map was fitted (UTC)"),
+)
+CALIBRATION_DESCRIPTION = "ccexpert: the map from confidence to p_right that the analyst's reviews fitted"
 
 
 @dataclass(frozen=True)
@@ -214,6 +241,11 @@ def style_row(layer_name: str) -> dict[str, object]:
 def options_table(layer_name: str) -> str:
     """Where a layer's run options live: :data:`OPTIONS_TABLE` for ``captions``, one per layer name otherwise."""
     return OPTIONS_TABLE if layer_name == CAPTIONS_LAYER else f"{OPTIONS_TABLE}_{layer_name}"
+
+
+def calibration_table(layer_name: str) -> str:
+    """Where a layer's calibration lives: :data:`CALIBRATION_TABLE` for ``captions``, one per layer name otherwise."""
+    return CALIBRATION_TABLE if layer_name == CAPTIONS_LAYER else f"{CALIBRATION_TABLE}_{layer_name}"
 
 
 def layer_description() -> str:
@@ -294,6 +326,7 @@ LABEL_EXPRESSION = (
 MAP_TIP = (
     f"<b>[% {SHOWN_CAPTION} %]</b><br>[% \"tile_id\" %] · [% \"status\" %] · "
     "confidence [% format_number(\"confidence\", 2) %]"
+    "[% CASE WHEN \"p_right\" IS NOT NULL THEN ' · p_right ' || format_number(\"p_right\", 2) END %]"
     "[% CASE WHEN \"change_kind\" IS NOT NULL THEN ' · ' || \"change_kind\" END %]"
     "[% CASE WHEN \"date_before\" <> '' OR \"date_after\" <> '' THEN '<br>' || coalesce(\"date_before\", '?') "
     "|| ' → ' || coalesce(\"date_after\", '?') END %]"
