@@ -42,8 +42,8 @@ CHANGE_KINDS = ("buildings", "demolition", "roads", "vegetation", "water", "bare
 
 # Words that name each kind's subject, and the verbs that make a building's change a demolition. Matched on whole
 # words of the normalised caption, first by where they stand (the caption's subject comes first), so that "a road
-# has been built beside the houses" is roads.
-_SUBJECTS = {
+# has been built beside the houses" is roads. Search (geo/search.py) reads them as each kind's synonyms.
+SUBJECT_WORDS = {
     # LEVIR-CC's annotators often wrote "vitals" for villas.
     "buildings": (
         "building", "buildings", "house", "houses", "villa", "villas", "vital", "vitals", "residence", "residences",
@@ -57,8 +57,8 @@ _SUBJECTS = {
     "water": ("water", "river", "rivers", "pond", "ponds", "lake", "lakes", "pool", "pools", "reservoir"),
     "bare land": ("bareland", "bare", "soil", "dirt", "desert", "sand", "ground"),
 }
-_DEMOLITION = ("demolished", "removed", "disappeared", "torn", "destroyed", "gone", "razed", "vanished")
-_WORD_KIND = {word: kind for kind, words in _SUBJECTS.items() for word in words}
+DEMOLITION_WORDS = ("demolished", "removed", "disappeared", "torn", "destroyed", "gone", "razed", "vanished")
+_WORD_KIND = {word: kind for kind, words in SUBJECT_WORDS.items() for word in words}
 #: The demo model's own kinds (its change-summary head, ``change_types``) in the analysts' words.
 MODEL_KINDS = {
     "buildings_built": "buildings", "buildings_demolished": "demolition", "road_built": "roads",
@@ -79,7 +79,7 @@ def change_kind(caption: str) -> str | None:
         kind = _WORD_KIND.get(word)
         if kind is None:
             continue
-        if kind == "buildings" and any(verb in words for verb in _DEMOLITION):
+        if kind == "buildings" and any(verb in words for verb in DEMOLITION_WORDS):
             return "demolition"
         return kind
     return None
