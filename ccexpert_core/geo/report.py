@@ -1,8 +1,9 @@
 """The region report: one self-contained HTML page (inline CSS, base64 JPEG images, no external assets).
 
-An overview of the region with each tile coloured by what was found (each linking to its card), then a card per
-tile with the before and after thumbnails — for a series, every date in a row with the captions between —, the
-caption and the status (changed tiles first, most confident first).
+An overview of the region with each tile coloured by what was found (each linking to its card), where the analyst
+reviewed tiles a reliability diagram (how often the captions were right against the model's confidence and against
+``p_right``), then a card per tile with the before and after thumbnails — for a series, every date in a row with the
+captions between —, the caption and the status (changed tiles first, most confident first).
 """
 
 from __future__ import annotations
@@ -19,9 +20,20 @@ import numpy as np
 from PIL import Image
 
 from ccexpert_core.errors import CCExpertError
+from ccexpert_core.geo import calibration
 from ccexpert_core.geo.captions_layer import StoredTile
 from ccexpert_core.geo.gpkg import Bounds
-from ccexpert_core.geo.schema import CATEGORIES, CHANGED, FAILED, SKIPPED_NODATA, UNCHANGED, category
+from ccexpert_core.geo.schema import (
+    ACCEPTED,
+    CAPTIONED,
+    CATEGORIES,
+    CHANGED,
+    FAILED,
+    REVIEW_STATUSES,
+    SKIPPED_NODATA,
+    UNCHANGED,
+    category,
+)
 
 THUMBNAIL_SIZE = 128
 THUMBNAIL_QUALITY = 80
@@ -51,7 +63,14 @@ h1 { font-size: 1.4em; margin-bottom: .2em; } .meta { color: #555; margin: .1em 
 .series + .small { margin-top: .3em; } .card:has(.series) { width: auto; }
 .step { width: 130px; font-size: .85em; border-top: 3px solid; padding-top: .2em; }
 .step .when { display: block; color: #666; }
+.reliability { display: flex; gap: 1.5em; align-items: flex-start; margin: 1em 0; }
+.reliability svg { width: 320px; height: 320px; background: #fff; border: 1px solid #ccc; }
+.reliability table { border-collapse: collapse; font-size: .9em; }
+.reliability td, .reliability th { padding: .15em .6em; text-align: right; border-bottom: 1px solid #eee; }
 """
+#: The reliability diagram's two series: the model's confidence and the calibrated p_right.
+_RAW_COLOUR, _CALIBRATED_COLOUR = "#969696", "#2b8cbe"
+_PLOT = 300  # the diagram's square, in SVG units, inside a 10-unit margin
 
 
 @dataclass(frozen=True)
@@ -184,6 +203,69 @@ def _card_order(card: _TileCard) -> tuple[int, float, int, int]:
     return rank, -card.confidence, first.row, first.col
 
 
+def _reviewed(tiles: Iterable[StoredTile]) -> list[calibration.Sample]:
+    """The reviewed captioned tiles, as the calibration learns from them."""
+    return [
+        calibration.Sample(tile.confidence, bool(tile.change_detected), tile.interval, tile.review_status == ACCEPTED)
+        for tile in tiles
+        if tile.status == CAPTIONED and tile.confidence is not None and tile.review_status in REVIEW_STATUSES
+    ]
+
+
+def _series_svg(bins: list[calibration.Bin], colour: str) -> str:
+    def point(value: float) -> float:
+        return round(10 + value * _PLOT, 1)
+
+    points = [(point(b.predicted), point(1 - b.right), b) for b in bins]
+    line = " ".join(f"{x},{y}" for x, y, _ in points)
+    dots = "".join(
+        f'<circle cx="{x}" cy="{y}" r="{min(9.0, 2.5 + b.count ** 0.5):.1f}" fill="{colour}" fill-opacity="0.8">'
+        f"<title>{b.count} tiles, mean {b.predicted:.2f}, right {b.right:.0%}</title></circle>"
+        for x, y, b in points
+    )
+    return f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>{dots}'
+
+
+def _reliability_html(tiles: list[StoredTile]) -> str:
+    """The reliability diagram of the reviewed tiles: the share right per bin of the model's confidence and of
+    p_right (each reviewed tile's p_right fitted without it: cross-validated), with the calibration errors."""
+    samples = _reviewed(tiles)
+    if not samples:
+        return ""
+    right = [sample.right for sample in samples]
+    raw = [sample.confidence for sample in samples]
+    series = [("the model's confidence", _RAW_COLOUR, raw)]
+    if len(samples) >= calibration.MIN_REVIEWS:
+        series.append(("p_right (cross-validated)", _CALIBRATED_COLOUR, list(calibration.cross_validated(samples))))
+    axes = (
+        f'<rect x="10" y="10" width="{_PLOT}" height="{_PLOT}" fill="none" stroke="#ccc"/>'
+        f'<line x1="10" y1="{10 + _PLOT}" x2="{10 + _PLOT}" y2="10" stroke="#555" stroke-dasharray="4 4"/>'
+        + "".join(f'<line x1="{10 + k * _PLOT / 10}" y1="{10 + _PLOT}" x2="{10 + k * _PLOT / 10}" '
+                  f'y2="{6 + _PLOT}" stroke="#999"/>' for k in range(11))
+    )
+    plots = "".join(_series_svg(calibration.reliability(values, right), colour) for _, colour, values in series)
+    rows = "".join(
+        f'<tr><td style="text-align: left"><i style="display: inline-block; width: .8em; height: .8em; '
+        f'background: {colour}"></i> {html.escape(name)}</td>'
+        f"<td>{calibration.calibration_error(values, right):.3f}</td></tr>"
+        for name, colour, values in series
+    )
+    wrong = sum(not value for value in right)
+    waiting = "" if len(series) > 1 else (
+        f"<p>p_right is fitted once {calibration.MIN_REVIEWS} tiles are reviewed.</p>")
+    return (
+        "<h2>How far to trust the captions</h2>"
+        f'<div class="reliability"><svg viewBox="0 0 {_PLOT + 20} {_PLOT + 20}" role="img">'
+        f"<title>reliability diagram</title>{axes}{plots}</svg><div>"
+        f"<p>{len(samples)} reviewed tiles: {len(samples) - wrong} accepted (right), {wrong} corrected (wrong).</p>"
+        "<p>Each dot: the reviewed tiles in a tenth of the scale (0–0.1 … 0.9–1), at their mean value (across) and "
+        "the share of them that was right (up); on the dashed diagonal a value is the probability of being right. "
+        "The dot's size grows with its tiles.</p>"
+        f"<table><tr><th style=\"text-align: left\">series</th><th>calibration error</th></tr>{rows}</table>"
+        f"{waiting}</div></div>"
+    )
+
+
 def write_report(
     path: Path, tiles: Iterable[StoredTile], overview: Overview | None, facts: Mapping[str, str], note: str = ""
 ) -> Path:
@@ -209,6 +291,7 @@ def write_report(
         f'<div class="note">{html.escape(note)}</div>' if note else "",
         f'<p class="legend">{legend}</p>',
         _overview_html(cards, overview, {c.tile_id for c in shown}) if overview is not None and cards else "",
+        _reliability_html(tiles),
         f'<p class="meta">{reading} Click a tile on the map to see its card.</p>',
         '<div class="cards">', *(_card_html(card) for card in shown), "</div>",
         f"<p class=\"meta\">{hidden} more tiles are in the GeoPackage.</p>" if hidden > 0 else "",
