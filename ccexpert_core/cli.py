@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module under :mod:`ccexpert_core.commands` with a ``register(subparsers)``
 function; heavy imports happen inside the command's handler, so ``ccexpert --help`` stays fast.
-A :class:`~ccexpert_core.errors.CCExpertError` becomes one line on stderr and exit code 2.
+A :class:`~ccexpert_core.errors.CCExpertError` becomes one line on stderr and its exit code (2; 3 for a run that
+ended with failed tiles).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except CCExpertError as error:
         print(f"ccexpert {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return error.exit_code
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): nothing left to say to it.
         sys.stderr.close()

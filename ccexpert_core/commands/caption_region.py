@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "polygon per tile and interval to the 'captions' layer of a GeoPackage. Running again with the same "
             "output resumes where the last run stopped."
         ),
+        epilog=(
+            "exit status: 0 when every tile asked for is captioned or skipped (no data); 3 when tiles failed (the "
+            "engine or backend failed them, or kept failing and the run stopped): they are kept as 'failed' and the "
+            "same command run again captions them; 2 for bad input or an output that cannot be written (nothing "
+            "written, or the work done kept); 130 when interrupted (the work done kept)."
+        ),
     )
     parser.add_argument("--before", type=Path, help="the earlier raster (any format GDAL reads)")
     parser.add_argument("--after", type=Path, help="the later raster")
@@ -145,7 +151,7 @@ def _dates(args: argparse.Namespace) -> list:  # -> list[DateInput]
 def run(args: argparse.Namespace) -> int:
     """Load the engine, caption the region, say where the results are."""
     from ccexpert_core.defaults import default_model, print_model_note
-    from ccexpert_core.errors import CCExpertError
+    from ccexpert_core.errors import CCExpertError, FailedTilesError
     from ccexpert_core.geo.engine import CaptionEngine, load_backend_engine, load_model_engine
     from ccexpert_core.geo.progress import ProgressBar
     from ccexpert_core.geo.region import RegionOptions, caption_dates, log_to_stderr
@@ -196,6 +202,12 @@ def run(args: argparse.Namespace) -> int:
         print(summary.engine_note)
     if summary.report is not None:
         print(f"report: {summary.report}")
+    if summary.unfinished:
+        what = "tiles" if len(dates) == 2 else "tile intervals"
+        raise FailedTilesError(
+            f"{summary.unfinished} of the area's {summary.asked} {what} failed (kept as 'failed' in {summary.out}): "
+            "run the same command again to caption them"
+        )
     return 0
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccexpert_core.errors import CCExpertError
+from ccexpert_core.errors import CCExpertError, FailedTilesError
 from ccexpert_core.geo.area_file import read_area_file
 from ccexpert_core.geo.captions_layer import (
     CAPTIONED,
@@ -112,6 +112,10 @@ class RegionSummary:
     stopped_early: bool = False
     #: What the engine has to say about the run (e.g. how many batches each backend answered).
     engine_note: str | None = None
+    #: (tile, interval) pairs of the area the run was asked for and the file does not hold as captioned or skipped
+    #: once it ends (failed ones, or ones a stopped run never reached), and how many pairs it was asked for.
+    unfinished: int = 0
+    asked: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ class _Writer:
         ids = [t.tile.tile_id for t in outcome.tiles]
         self.log(f"warning: captioning tiles {ids[0]}..{ids[-1]} failed: {outcome.error}")
         if self.failed_batches >= MAX_FAILED_BATCHES:
-            raise CCExpertError(
+            raise FailedTilesError(
                 f"{self.failed_batches} batches in a row failed (last: {outcome.error}); the work done so far is "
                 "kept in the GeoPackage: rerun the same command to resume"
             )
@@ -375,6 +379,9 @@ def caption_dates(
             writer = _Writer(grid, layer, summary, log, _Dating(labels, names, intervals), history=not paired)
             _caption_batches(runner, batches, writer, progress, partial or None)
             summary.engine_note = engine.describe()
+            kept = layer.finished_keys()
+            summary.asked = len(tiles) * len(intervals)
+            summary.unfinished = sum((t.tile_id, k) not in kept for t in tiles for k in range(len(intervals)))
         if options.report is not None:
             summary.report = _write_report(series, grid, tiles, Path(out), options.report, engine)
     return summary

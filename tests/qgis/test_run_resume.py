@@ -1,7 +1,8 @@
 """The plugin's run keeps the command's promises about its output: the lock follows the file (a symlink, another
 spelling or a hard link to a GeoPackage a run holds is refused; a file of several names is never written), and a run
 killed anywhere in a batch (in a process of its own: tests/qgis/killed_run.py) resumes to the file an uninterrupted
-run writes: a batch's captions, change areas and histories are one transaction."""
+run writes: a batch's captions, change areas and histories are one transaction; Processing fails (an exception,
+not a result) when tiles failed, saying how to resume."""
 
 from __future__ import annotations
 
@@ -74,10 +75,12 @@ def test_a_run_through_another_path_to_a_held_file_is_refused(qgis_app, scene, w
 
 
 class _Answering(ThreadingHTTPServer):
-    """A backend of pairs requests that captions each tile by its id, with a change map (a changed corner)."""
+    """A backend of pairs requests that captions each tile by its id, with a change map (a changed corner); with
+    ``answers``, it fails every captions request after that many (500)."""
 
-    def __init__(self) -> None:
+    def __init__(self, answers: int | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _AnsweringHandler)
+        self.answers = answers
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -103,6 +106,11 @@ class _AnsweringHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.server.answers is not None:
+            if self.server.answers <= 0:
+                self.send_error(500, "the model failed")
+                return
+            self.server.answers -= 1
         ids = re.findall(rb'name="tile_ids"\r\n\r\n([^\r]*)\r\n', body)
         self._send({"model_id": "answering", "results": [
             {"caption": f"buildings appeared in {i.decode()}", "change_detected": True, "confidence": 0.5,
@@ -180,3 +188,31 @@ def test_the_plan_of_a_resume_reads_a_file_a_killed_run_left(
     plan = plan_job(series_job(series, output, answering.url))
     assert (plan.tiles, plan.already_done, plan.pairs) == (4, 1, 6)
     assert not journal.exists()
+
+
+def test_processing_fails_when_tiles_failed_and_says_how_to_resume(
+    qgis_iface, qgis_processing, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from qgis_plugin import classFactory
+
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    failing = _Answering(answers=1)  # the first batch is captioned, the second fails
+    output = tmp_path / "failed.gpkg"
+    try:
+        with pytest.raises(QgsProcessingException) as raised:
+            processing.run("ccexpert:captionchanges", {
+                "LAYERS": [str(scene[0]), str(scene[1])], "DATES": "", "TILE_SIZE": TILE, "BATCH_SIZE": 1,
+                "IN_FLIGHT": 1, "RETRY_BUDGET": 0, "BACKEND_URL": failing.url, "OUTPUT": str(output),
+            })
+    finally:
+        failing.shutdown()
+        plugin.unload()
+    message = str(raised.value)
+    assert "1 captioned, 1 failed" in message and "run again to resume" in message, message
+    with sqlite3.connect(output) as connection:
+        assert dict(connection.execute("SELECT status, count(*) FROM captions GROUP BY status").fetchall()) == \
+            {"captioned": 1, "failed": 1}
