@@ -150,16 +150,44 @@ def train(*args: str) -> int:
         (["--data", "{data}", "--out", "{out}", "trainable=[dim, language]"], "trains through its adapters"),
         (["--merge", "{out}", "--out", "{out}", "--data", "{data}"], "nothing else: not --data"),
         (["--merge", "{out}", "--out", "{out}2"], "not a LoRA adapter folder"),
+        # KEY=VALUE overrides are checked like every other value: their type, finite, in range.
+        (["--data", "{data}", "--out", "{out}", "learning_rate=abc"],
+         "learning_rate must be a finite number, not 'abc' (override learning_rate=abc)"),
+        (["--data", "{data}", "--out", "{out}", "learning_rate=nan"], "learning_rate must be a finite number, not 'nan'"),
+        (["--data", "{data}", "--out", "{out}", "learning_rate=.inf"], "learning_rate must be a finite number, not inf"),
+        (["--data", "{data}", "--out", "{out}", "max_steps=1e400"], "max_steps must be a whole number, not '1e400'"),
+        (["--data", "{data}", "--out", "{out}", "max_steps=2.5"], "max_steps must be a whole number, not 2.5"),
+        (["--data", "{data}", "--out", "{out}", "max_steps=0"], "max_steps must be -1 (run the epochs) or at least 1"),
+        (["--data", "{data}", "--out", "{out}", "epochs=-1"], "epochs must be above 0"),
+        (["--data", "{data}", "--out", "{out}", "warmup_ratio=2"], "warmup_ratio must be from 0 to 1"),
+        (["--data", "{data}", "--out", "{out}", "merge_lora=maybe"], "merge_lora must be true or false, not 'maybe'"),
+        (["--data", "{data}", "--out", "{out}", "lora_rank=true"], "lora_rank must be a whole number, not True"),
+        (["--data", "{data}", "--out", "{out}", "trainable=dim"], "trainable must be a list of names ([a, b]), not 'dim'"),
+        (["--data", "{data}", "--out", "{out}", "lr_scheduler=[a]"], "lr_scheduler must be text, not ['a']"),
+        (["--data", "{data}", "--out", "{out}", "learning_rate="], "learning_rate must be a finite number, not None"),
     ],
 )
 @needs_demo_model
 def test_bad_input_is_refused_in_one_line(export: Path, tmp_path: Path, extra: list[str], message: str,
-                                          capsys) -> None:
+                                          capsys, monkeypatch) -> None:
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the fine-tune started: a model was loaded")
+
+    monkeypatch.setattr("ccexpert_core.training.finetune.run_stage", no_training)
     out = tmp_path / "model"
     assert train(*(part.format(out=out, data=export, folder=export.parent) for part in extra)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists() or not any(out.iterdir())
+
+
+@needs_demo_model
+def test_numbers_written_as_yaml_1_1_reads_them_are_numbers(export: Path, tmp_path: Path) -> None:
+    from ccexpert_core.training.finetune import finetune_config
+
+    config = finetune_config(str(DEMO_MODEL_DIR), export, tmp_path / "m", overrides=["learning_rate=2e-3",
+                                                                                      "max_steps=1e3"])
+    assert config.learning_rate == 2e-3 and config.max_steps == 1000 and isinstance(config.max_steps, int)
 
 
 def captions_of(model: Path, pairs) -> list[str]:

@@ -7,7 +7,10 @@ learning rates, caption handling, epochs); every other key overrides a default. 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,15 +120,69 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise CCExpertError(f"override {text!r} should be KEY=VALUE (e.g. max_steps=100)")
     key, value = text.split("=", 1)
-    parsed = yaml.safe_load(value)
-    # YAML 1.1 reads 2e-3 (no dot) as text: a number written so on a command line is still a number.
-    if isinstance(parsed, str) and _EXPONENT.fullmatch(parsed.strip()):
-        return key.strip(), float(parsed)
-    return key.strip(), parsed
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise CCExpertError(f"override {text!r}: the value is not YAML (e.g. max_steps=100, trainable=[dim])") from None
 
 
-def build_stage_config(values: dict[str, Any], base_dir: Path, where: str) -> StageConfig:
-    """A StageConfig from parsed values: the stage's defaults, then ``values``; paths resolved against base_dir."""
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str | list | dict) or value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a number: YAML's numbers, and the text YAML 1.1 leaves of some (2e-3 without a dot, 1e400,
+    nan); None where it is no number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (_EXPONENT.fullmatch(value.strip()) or value.strip().lower() in _NOT_FINITE):
+        return float(value)
+    return None
+
+
+_NOT_FINITE = ("nan", "inf", "+inf", "-inf")
+#: What a value of each type a field can have must be, in words.
+_WORDS: dict[Any, str] = {
+    bool: "true or false", int: "a whole number", float: "a finite number", str: "text", Path: "a path",
+    list: "a list of names ([a, b])", dict: "a mapping (e.g. {dim_enabled: false})",
+}
+_NOT_ONE = object()
+
+
+def _as(kind: Any, value: Any) -> Any:
+    """``value`` as a ``kind`` (numbers finite, whole for an int), or ``_NOT_ONE``."""
+    if kind in (int, float):
+        number = _number(value)
+        if number is None or not math.isfinite(number) or (kind is int and number != int(number)):
+            return _NOT_ONE
+        return kind(number)
+    accepted = {bool: bool, str: str, Path: str | Path, list: list, dict: dict}.get(kind, object)
+    if not isinstance(value, accepted) or (kind is list and not all(isinstance(item, str) for item in value)):
+        return _NOT_ONE
+    return value
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field ``name`` of type ``hint`` takes it, or ValueError saying what it must be."""
+    kinds = [typing.get_origin(member) or member
+             for member in (typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,))]
+    if value is None and type(None) in kinds:
+        return None
+    for kind in (kind for kind in kinds if kind is not type(None)):
+        converted = _as(kind, value)
+        if converted is not _NOT_ONE:
+            return converted
+    words = " or ".join(_WORDS[kind] for kind in kinds if kind is not type(None))
+    raise ValueError(f"{name} must be {words}, not {_shown(value)}")
+
+
+def build_stage_config(
+    values: dict[str, Any], base_dir: Path, where: str, overrides: dict[str, str] | None = None
+) -> StageConfig:
+    """A StageConfig from parsed values: the stage's defaults, then ``values``; paths resolved against base_dir.
+
+    Every value is checked against its field's type (numbers finite, whole where counted) and range before
+    anything is built; ``overrides`` (key → the ``KEY=VALUE`` it came from) names a bad value's origin."""
     if not isinstance(values, dict):
         raise CCExpertError(f"{where}: a stage config is a mapping of keys to values")
     known = {f.name for f in dataclasses.fields(StageConfig)}
@@ -138,7 +195,15 @@ def build_stage_config(values: dict[str, Any], base_dir: Path, where: str) -> St
         if values.get(required) in (None, ""):
             raise CCExpertError(f"{where}: '{required}' is required")
     stage = _parse_stage(values["stage"], where)
-    merged = {**STAGES[stage], **values, "stage": stage}
+    hints = typing.get_type_hints(StageConfig)
+    checked = {}
+    for name, value in values.items():
+        try:
+            checked[name] = value if name == "stage" else _typed(name, value, hints[name])
+        except ValueError as error:
+            origin = (overrides or {}).get(name)
+            raise CCExpertError(f"{error} (override {origin})" if origin else f"{where}: {error}") from None
+    merged = {**STAGES[stage], **checked, "stage": stage}
     for name in _PATH_FIELDS:
         if merged.get(name) is not None:
             merged[name] = (base_dir / str(merged[name])).resolve()
@@ -174,6 +239,16 @@ def _validate(config: StageConfig, where: str) -> None:
                  "corrected_repeats"):
         if getattr(config, name) < 1:
             raise CCExpertError(f"{where}: {name} must be at least 1")
+    if config.max_steps != -1 and config.max_steps < 1:
+        raise CCExpertError(f"{where}: max_steps must be -1 (run the epochs) or at least 1, not {config.max_steps}")
+    for name in ("epochs", "max_grad_norm"):
+        if getattr(config, name) <= 0:
+            raise CCExpertError(f"{where}: {name} must be above 0, not {getattr(config, name)}")
+    for name in ("weight_decay", "change_loss_weight", "dataloader_workers", "lora_rank"):
+        if getattr(config, name) < 0:
+            raise CCExpertError(f"{where}: {name} must be 0 or more, not {getattr(config, name)}")
+    if not 0 <= config.warmup_ratio <= 1:
+        raise CCExpertError(f"{where}: warmup_ratio must be from 0 to 1, not {config.warmup_ratio}")
     adapter_rate = config.lora_learning_rate
     if config.learning_rate <= 0 or config.vision_lr < 0 or (adapter_rate is not None and adapter_rate <= 0):
         raise CCExpertError(f"{where}: learning rates must be positive")
@@ -192,5 +267,8 @@ def load_stage_config(path: str | Path, overrides: list[str] = ()) -> StageConfi
         raise CCExpertError(f"cannot read stage config {path}: {error}") from None
     if not isinstance(values, dict):
         raise CCExpertError(f"{path}: a stage config is a mapping of keys to values")
-    values.update(_parse_override(item) for item in overrides)
-    return build_stage_config(values, path.resolve().parent, str(path))
+    given: dict[str, str] = {}
+    for item in overrides:
+        key, value = _parse_override(item)
+        values[key], given[key] = value, item.strip()
+    return build_stage_config(values, path.resolve().parent, str(path), given)
