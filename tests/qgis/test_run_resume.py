@@ -6,25 +6,22 @@ not a result) when tiles failed, saying how to resume."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from qgis_plugin.job import Job, RasterInput, plan_job, run_job
-from qgis_plugin.shared_modules import protocol, run_files
+from qgis_plugin.shared_modules import run_files
 
 from conftest import Feedback
 from rasters import scene_pair, write_geotiff, write_pair
+from scripted_backend import ScriptedBackend
 from standin import start_standin
 
 SIZE, TILE = 128, 64
@@ -74,56 +71,18 @@ def test_a_run_through_another_path_to_a_held_file_is_refused(qgis_app, scene, w
     assert written.read_bytes() == before and not list(folder.glob(f"*{run_files.LOCK_SUFFIX}"))
 
 
-class _Answering(ThreadingHTTPServer):
-    """A backend of pairs requests that captions each tile by its id, with a change map (a changed corner); with
-    ``answers``, it fails every captions request after that many (500)."""
-
-    def __init__(self, answers: int | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _AnsweringHandler)
-        self.answers = answers
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+CHANGE_MAP = [[0.9, 0.9, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1], [0.1] * 4, [0.1] * 4]
 
 
-class _AnsweringHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    CHANGE_MAP = [[0.9, 0.9, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1], [0.1] * 4, [0.1] * 4]
-
-    def _send(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._send({"api_version": protocol.API_VERSION, "model_id": "answering",
-                    "limits": protocol.Limits().to_dict()})
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.server.answers is not None:
-            if self.server.answers <= 0:
-                self.send_error(500, "the model failed")
-                return
-            self.server.answers -= 1
-        ids = re.findall(rb'name="tile_ids"\r\n\r\n([^\r]*)\r\n', body)
-        self._send({"model_id": "answering", "results": [
-            {"caption": f"buildings appeared in {i.decode()}", "change_detected": True, "confidence": 0.5,
-             "tile_id": i.decode(), "change_map": self.CHANGE_MAP} for i in ids
-        ]})
-
-    def log_message(self, *args: object) -> None:
-        """Quiet."""
+def captioned(tile_ids: list[str]) -> list[dict]:
+    """Each tile captioned by its id, with a change map (a changed corner)."""
+    return [{"caption": f"buildings appeared in {tile_id}", "change_detected": True, "confidence": 0.5,
+             "tile_id": tile_id, "change_map": CHANGE_MAP} for tile_id in tile_ids]
 
 
 @pytest.fixture(scope="module")
-def answering() -> Iterator[_Answering]:
-    server = _Answering()
+def answering() -> Iterator[ScriptedBackend]:
+    server = ScriptedBackend(captioned)
     yield server
     server.shutdown()
 
@@ -158,7 +117,7 @@ def stored_run(output: Path) -> dict[str, list[tuple]]:
 
 @pytest.mark.parametrize("kill_at", [1, 3, 5, 8])
 def test_a_run_killed_anywhere_in_a_batch_resumes_to_the_file_of_an_uninterrupted_run(
-    qgis_app, series: list[Path], answering: _Answering, tmp_path: Path, kill_at: int
+    qgis_app, series: list[Path], answering: ScriptedBackend, tmp_path: Path, kill_at: int
 ) -> None:
     # Batches of one tile of three dates: its two captions (new features 1-2), two change areas (3-4), history (5).
     reference = tmp_path / "uninterrupted.gpkg"
@@ -176,7 +135,7 @@ def test_a_run_killed_anywhere_in_a_batch_resumes_to_the_file_of_an_uninterrupte
 
 
 def test_the_plan_of_a_resume_reads_a_file_a_killed_run_left(
-    qgis_app, series: list[Path], answering: _Answering, tmp_path: Path
+    qgis_app, series: list[Path], answering: ScriptedBackend, tmp_path: Path
 ) -> None:
     output = tmp_path / "killed.gpkg"
     # Killed in the second batch, its pages in the file: the first tile is done, the journal is hot.
@@ -200,7 +159,13 @@ def test_processing_fails_when_tiles_failed_and_says_how_to_resume(
 
     plugin = classFactory(qgis_iface)
     plugin.initGui()
-    failing = _Answering(answers=1)  # the first batch is captioned, the second fails
+    requests: list[list[str]] = []
+
+    def first_only(tile_ids: list[str]) -> list[dict] | None:  # the first batch is captioned, the others fail
+        requests.append(tile_ids)
+        return captioned(tile_ids) if len(requests) == 1 else None
+
+    failing = ScriptedBackend(first_only)
     output = tmp_path / "failed.gpkg"
     try:
         with pytest.raises(QgsProcessingException) as raised:
