@@ -44,10 +44,10 @@ def test_no_review_is_the_prior_and_p_right_waits_for_enough_reviews() -> None:
 
 
 def test_a_handful_of_reviews_moves_the_map_less_than_many_and_many_find_the_truth() -> None:
-    wrong = [Sample(0.9, True, 0, False)]
-    few, many = calibration.fit(wrong * 3), calibration.fit(wrong * 30)
-    assert 0.9 > float(few.probability(0.9, True)) > float(many.probability(0.9, True))
-    assert float(few.probability(0.9, True)) > 0.4 and float(many.probability(0.9, True)) < 0.2
+    wrong, right = [Sample(0.9, True, 0, False)], [Sample(0.9, True, 0, True)]
+    one, few, many = (float(calibration.fit(wrong * n).probability(0.9, True)) for n in (1, 3, 30))
+    assert 0.9 > one > few > many and one > 0.3 and many < 0.1
+    assert float(calibration.fit(wrong * 10 + right * 10).probability(0.9, True)) == pytest.approx(0.5, abs=0.05)
     truth = Platt(-1.0, 2.0, -1.5)
     learned = calibration.fit(drawn(4000, truth, seed=1))
     assert learned.vector() == pytest.approx(truth.vector(), abs=0.25)
@@ -165,3 +165,19 @@ def test_cross_validated_p_right_is_each_reviews_own_held_out_guess() -> None:
     assert not np.allclose(held_out, in_sample)
     first_fold = calibration.fit_layer([s for k, s in enumerate(samples) if k % 5], {})
     assert held_out[0] == pytest.approx(first_fold.p_right(samples[0].confidence, samples[0].changed, 0))
+
+
+def test_the_fit_reaches_the_posteriors_maximum_with_confidences_near_0_and_1() -> None:
+    # Full Newton steps overshoot here (logits of ±10) and ran away to a slope of 150; halved steps do not.
+    rng = np.random.default_rng(5)
+    samples = [Sample(float(c), bool(f), 0, bool(r))
+               for c, f, r in zip(rng.uniform(0, 1, 200), rng.random(200) < 0.5, rng.random(200) < 0.5)]
+    fitted = calibration.fit(samples)
+    logit = np.log(np.clip([s.confidence for s in samples], 1e-6, 1 - 1e-6) / (1 - np.clip(
+        [s.confidence for s in samples], 1e-6, 1 - 1e-6)))
+    design = np.column_stack([np.ones(200), np.clip(logit, -10, 10), [s.changed for s in samples]])
+    right = np.array([s.right for s in samples], dtype=float)
+    p = 1 / (1 + np.exp(-design @ fitted.vector()))
+    gradient = design.T @ (right - p) - (fitted.vector() - calibration.PRIOR.vector()) / np.array(
+        calibration.PRIOR_SD) ** 2
+    assert np.abs(gradient).max() < 1e-6 and abs(fitted.slope) < 1
