@@ -1,5 +1,6 @@
 """The plugin's face in QGIS: a toolbar button and a Raster menu entry that open the dialog, the runs it starts,
-the backend it may start on this machine, and the Processing provider."""
+the backend it may start on this machine, the Processing provider, the review dock and the locator bar's search
+of captions."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .dialog import CaptionDialog
 from .errors import CaptionRunError
 from .job import JobSummary, RunProgress, preflight
 from .local_backend import LocalBackend
+from .locator import CaptionsLocatorFilter
 from .params import CaptionParams, distinct_name, job_from_params, result_title
 from .processing_provider import CCExpertProvider
 from .qgis_compat import processing_registry, project, task_manager
@@ -80,6 +82,7 @@ class CCExpertPlugin:
         self.dialog: CaptionDialog | None = None
         self.tasks: list[CaptionTask] = []
         self.review: ReviewEntry | None = None
+        self.locator_filter: CaptionsLocatorFilter | None = None
         #: A backend started from the dialog on this machine, stopped when the plugin unloads.
         self.local_backend = LocalBackend()
 
@@ -99,6 +102,8 @@ class CCExpertPlugin:
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.review = ReviewEntry(self.iface, MENU)  # "Review captions…" and its dock
+        self.locator_filter = CaptionsLocatorFilter(self.iface, self.open_tile)  # "cc …" in the locator bar
+        self.iface.registerLocatorFilter(self.locator_filter)
 
     def unload(self) -> None:
         """Remove everything initGui added; runs still going are canceled (their finished batches are kept), and a
@@ -115,12 +120,20 @@ class CCExpertPlugin:
             self.iface.removeToolBarIcon(self.action)
             self.action.deleteLater()
             self.action = None
+        if self.locator_filter is not None:
+            self.iface.deregisterLocatorFilter(self.locator_filter)  # QGIS deletes it
+            self.locator_filter = None
         if self.review is not None:
             self.review.unload()
             self.review = None
         if self.provider is not None:
             processing_registry().removeProvider(self.provider)
             self.provider = None
+
+    def open_tile(self, layer: QgsVectorLayer, fid: int) -> None:
+        """Open a tile found in the locator bar in the review dock."""
+        if self.review is not None:
+            self.review.show_panel().show_tile(layer, fid)
 
     def show_dialog(self) -> CaptionDialog:
         """Open the dialog with the choices remembered from last time."""

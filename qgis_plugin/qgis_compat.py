@@ -15,6 +15,7 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsAuthManager,
+    QgsLocatorResult,
     QgsMapLayerProxyModel,
     QgsProcessing,
     QgsProcessingParameterNumber,
@@ -72,3 +73,9 @@ def auth_manager() -> QgsAuthManager:
     manager = QgsApplication.authManager()
     assert manager is not None, "QGIS always has an authentication manager"
     return manager
+
+
+def locator_user_data(result: QgsLocatorResult) -> Any:
+    """A locator result's user data: an attribute on 3.22, ``userData()`` on later QGIS."""
+    value = getattr(result, "userData", None)
+    return value() if callable(value) else value

@@ -4,7 +4,10 @@ with the model's caption and change polygons, and accept, correct or skip the ca
 The images are the very pixels the run captioned (:mod:`.review_pixels` rebuilds its grid and 8-bit mapping from
 the layer's stored run options); the rasters are found among the project's layers by the names the run stored, or
 picked by the analyst. A review is saved at once into the GeoPackage's review fields (:mod:`.review_store`); the
-model's caption stays, and runs never overwrite a review. The map canvas follows the current tile.
+model's caption stays, and runs never overwrite a review. After each review the layer's calibration is fitted again
+(:mod:`.calibration_gpkg`: ``p_right`` for every tile once enough are reviewed), and the panel says how many of the
+unreviewed changed tiles are likely wrong. The search field ranks the tiles for a query in words (the bundled search,
+as QGIS's locator bar and ``ccexpert search`` do). The map canvas follows the current tile.
 
 Keys (while the panel has the focus): A accept, E edit (Enter saves, Escape cancels), N no change, S or → skip,
 ← back.
@@ -45,6 +48,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from .calibration_gpkg import refit
 from .errors import CaptionRunError
 from .job import RasterInput
 from .review_pixels import RunPixels, missing_option
@@ -55,6 +59,7 @@ from .review_store import (
     ReviewItem,
     RunDates,
     Verdict,
+    found,
     has_changes,
     ordered,
     read_items,
@@ -62,6 +67,8 @@ from .review_store import (
     review_of,
     save_review,
     tile_changes,
+    trust_note,
+    with_p_right,
 )
 from .shared_modules import grid as tiling
 from .shared_modules import schema
@@ -78,6 +85,20 @@ NOTE_STYLE = "color: #8a5a00"
 #: How much room the canvas leaves around the current tile, as a share of its size.
 CANVAS_MARGIN = 0.25
 _NOT_FOUND = "(not in the project)"
+
+
+def zoom_to_tile(canvas, project: QgsProject, layer: QgsVectorLayer, extent: QgsRectangle) -> None:
+    """Show a tile (its footprint in the layer's CRS) on the map canvas, with a margin around it."""
+    destination = canvas.mapSettings().destinationCrs()
+    if destination.isValid() and destination != layer.crs():
+        try:
+            extent = QgsCoordinateTransform(layer.crs(), destination, project).transformBoundingBox(extent)
+        except _TransformError:  # a tile the canvas's CRS cannot show: leave the map where it is
+            return
+    margin = max(extent.width(), extent.height()) * CANVAS_MARGIN
+    canvas.setExtent(QgsRectangle(extent.xMinimum() - margin, extent.yMinimum() - margin,
+                                  extent.xMaximum() + margin, extent.yMaximum() + margin))
+    canvas.refresh()
 
 
 def image_of(rgb: np.ndarray) -> QImage:
@@ -191,6 +212,13 @@ class ReviewPanel(QgsDockWidget):
         order_row.addWidget(self.order_combo, 1)
         order_row.addWidget(self.unreviewed_only)
         top.addRow("Order", order_row)
+        self.search_line = QLineEdit()
+        self.search_line.setClearButtonEnabled(True)
+        self.search_line.setPlaceholderText("demolished houses, new roads 2021, trees 2018..2021, unchanged…")
+        self.search_line.setToolTip("Only the tiles that match, best first: words and their variants (houses finds "
+                                    "buildings and villas), dates and ranges, changed / unchanged, corrected…")
+        self.search_line.textChanged.connect(self._reorder)
+        top.addRow("Search", self.search_line)
         layout.addLayout(top)
         self.rasters_group = QGroupBox("Rasters the run read")
         self.rasters_form = QFormLayout(self.rasters_group)
@@ -220,6 +248,11 @@ class ReviewPanel(QgsDockWidget):
         layout.addLayout(self._buttons())
         self.progress = QLabel()
         layout.addWidget(self.progress)
+        self.trust = QLabel()
+        self.trust.setWordWrap(True)
+        self.trust.setToolTip("p_right: the probability that a caption is right, fitted on this layer's reviews "
+                              "(accepted: right, corrected: wrong), per interval; refitted after each review")
+        layout.addWidget(self.trust)
         self.setWidget(body)
         self._shortcuts(body)
 
@@ -322,6 +355,26 @@ class ReviewPanel(QgsDockWidget):
         else:
             self.layer_combo.setCurrentIndex(index)
 
+    def search(self, query: str) -> None:
+        """Step through the tiles that match ``query`` (empty: all, in the chosen order)."""
+        self.search_line.setText(query)
+
+    def show_tile(self, layer: QgsVectorLayer, fid: int) -> None:
+        """Show this feature of ``layer`` (searched for elsewhere: the locator bar): the layer is chosen, and the
+        search and the unreviewed filter are cleared where they hide the feature."""
+        if self._layer is None or layer.id() != self._layer.id():
+            self.set_layer(layer)
+        if not any(item.fid == fid for item in self._items):
+            self.search_line.blockSignals(True)
+            self.search_line.clear()
+            self.search_line.blockSignals(False)
+            self.set_order(self.order_combo.currentData(), unreviewed_only=False)
+        index = next((k for k, item in enumerate(self._items) if item.fid == fid), None)
+        if index is None:
+            raise ValueError(f"{layer.name()} has no feature {fid} (its filter may hide it)")
+        self._index = index
+        self._show()
+
     def set_order(self, order: Order, unreviewed_only: bool = False) -> None:
         """Step through the tiles in this order (from the first)."""
         self.unreviewed_only.blockSignals(True)
@@ -350,10 +403,20 @@ class ReviewPanel(QgsDockWidget):
 
     def _reorder(self) -> None:
         order = self.order_combo.currentData()
-        self._items = ordered(self._all, order if isinstance(order, Order) else Order.LOWEST_CONFIDENCE,
-                              self.unreviewed_only.isChecked())
+        query = self.search_line.text().strip()
+        note = ""
+        if query:
+            try:
+                self._items = found(self._all, query, self.unreviewed_only.isChecked())
+                note = f"{len(self._items)} tiles match “{query}”, best first."
+            except ValueError as error:
+                self._items = []
+                note = str(error)
+        else:
+            self._items = ordered(self._all, order if isinstance(order, Order) else Order.MOST_UNCERTAIN,
+                                  self.unreviewed_only.isChecked())
         self._index = 0
-        self._show()
+        self._show(note)
 
     # -- the rasters ----------------------------------------------------------------------------------------------
 
@@ -454,7 +517,7 @@ class ReviewPanel(QgsDockWidget):
             widget.setEnabled(item is not None)
         self.cancel_edit()
         if item is None:
-            self._clear(self._empty_reason())
+            self._clear(" ".join(part for part in (note, self._empty_reason()) if part))
             return
         self.accept_button.setEnabled(bool(item.caption))
         self.previous_button.setEnabled(self._index > 0)
@@ -475,6 +538,8 @@ class ReviewPanel(QgsDockWidget):
         facts = ["changed" if item.change_detected else "no change"]
         if item.confidence is not None:
             facts.append(f"confidence {item.confidence:.2f}")
+        if item.p_right is not None:
+            facts.append(f"p_right {item.p_right:.2f}")
         if item.change_kind:
             facts.append(item.change_kind)
         return " · ".join(facts)
@@ -496,6 +561,8 @@ class ReviewPanel(QgsDockWidget):
             return "Choose a captions layer."
         if not self._all:
             return f"The layer {self._layer.name()} has no tiles yet."
+        if self.search_line.text().strip():
+            return "No tile matches the search."
         return f"All {len(self._all)} tiles of {self._layer.name()} are reviewed (untick 'Not reviewed yet only')."
 
     def _clear(self, message: str) -> None:
@@ -561,24 +628,13 @@ class ReviewPanel(QgsDockWidget):
         canvas = self.iface.mapCanvas()
         if canvas is None or self._layer is None:
             return
-        extent = item.extent
-        destination = canvas.mapSettings().destinationCrs()
-        if destination.isValid() and destination != self._layer.crs():
-            try:
-                extent = QgsCoordinateTransform(self._layer.crs(), destination, self.project).transformBoundingBox(
-                    item.extent
-                )
-            except _TransformError:  # a tile the canvas's CRS cannot show: leave the map where it is
-                return
-        margin = max(extent.width(), extent.height()) * CANVAS_MARGIN
-        canvas.setExtent(QgsRectangle(extent.xMinimum() - margin, extent.yMinimum() - margin,
-                                      extent.xMaximum() + margin, extent.yMaximum() + margin))
         self._layer.selectByIds([item.fid])
-        canvas.refresh()
+        zoom_to_tile(canvas, self.project, self._layer, item.extent)
 
     def _show_progress(self) -> None:
         reviewed = sum(1 for item in self._all if item.review_status)
         self.progress.setText(f"{reviewed} of {len(self._all)} tiles reviewed" if self._all else "")
+        self.trust.setText(trust_note(self._all) if self._all else "")
 
     def _say(self, text: str, error: bool = False) -> None:
         self.message.setText(text)
@@ -646,15 +702,39 @@ class ReviewPanel(QgsDockWidget):
             return
         self._items[self._index] = saved
         self._all = [saved if other.fid == saved.fid else other for other in self._all]
+        said = f"Saved: {item.tile_id} {status}." + self._refit()
         if self._layer is not None:
             if not self._layer.isEditable():  # the layer reads what another connection wrote once reloaded
                 self._layer.reload()
             self._layer.triggerRepaint()
         if self._index + 1 < len(self._items):
             self._index += 1
-            self._show(f"Saved: {item.tile_id} {status}.")
+            self._show(said)
         else:
-            self._show(f"Saved: {item.tile_id} {status}. That was the last tile.")
+            self._show(f"{said} That was the last tile.")
+
+    def _refit(self) -> str:
+        """Fit p_right again on the layer's reviews (the order stays as it is: choose it again to re-sort); what
+        to add to the message."""
+        if self._file is None or self._layer is None:
+            return ""
+        try:
+            done = refit(self._file)
+        except CaptionRunError as error:
+            return f" {error}"
+        if not done.written:
+            return ""
+        self._all = with_p_right(self._all, done.calibration)
+        by_fid = {item.fid: item for item in self._all}
+        self._items = [by_fid.get(item.fid, item) for item in self._items]
+        if "p_right" not in self._layer.fields().names():  # the fit added the field: QGIS reads it once told
+            provider = self._layer.dataProvider()
+            if provider is not None:
+                provider.reloadData()
+            self._layer.updateFields()
+        if done.calibration is None:
+            return " p_right cleared: too few reviews are left."
+        return f" p_right fitted on {done.reviews} reviews."
 
     def closeEvent(self, event: QCloseEvent | None) -> None:  # noqa: N802 (Qt's name)
         """Let go of the rasters while the panel is closed (they are opened again when it shows a tile)."""

@@ -1,5 +1,5 @@
-"""A captions layer as the review panel reads and writes it: its features in review order, the run's stored options
-and dates, a tile's change polygons, and the analyst's review written back.
+"""A captions layer as the review panel reads and writes it: its features in review order (by p_right too) or as
+search hits, the run's stored options and dates, a tile's change polygons, and the analyst's review written back.
 
 Reading goes through the QGIS layer (so a filter the analyst set on it holds) and OGR (the tables QGIS does not
 show as fields). A review is written with OGR as one ``UPDATE`` of the schema's review fields of one feature, on a
@@ -20,8 +20,8 @@ from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QVariant
 
 from .captions_gpkg import companion_layer
 from .errors import CaptionRunError
+from .shared_modules import calibration, schema, search
 from .shared_modules import grid as tiling
-from .shared_modules import schema
 
 #: What "No change" saves as the analyst's caption: the first of LEVIR-CC's no-change sentences, which the
 #: project's no-change rule (and so ``export-dataset``'s change flag) recognises.
@@ -31,6 +31,8 @@ NO_CHANGE_CAPTION = "there is no difference"
 class Order(enum.Enum):
     """The order the panel steps through a layer's tiles in."""
 
+    #: By p_right, the least likely right first (by confidence while the layer has too few reviews for p_right).
+    MOST_UNCERTAIN = "Most uncertain first"
     LOWEST_CONFIDENCE = "Lowest confidence first"
     CHANGED_FIRST = "Changed first"
     TILE_ID = "By tile id"
@@ -111,6 +113,8 @@ class ReviewItem:
     reviewed_at: str | None
     #: The tile's footprint, in the layer's CRS.
     extent: QgsRectangle
+    #: How likely the caption is right, fitted on the layer's reviews (None before enough reviews).
+    p_right: float | None = None
 
     @property
     def changed(self) -> bool:
@@ -155,6 +159,7 @@ def _item(feature: QgsFeature, names: set[str]) -> ReviewItem:
         date_after=text("date_after"), before_source=text("before_source"), after_source=text("after_source"),
         review_status=text("review_status"), reviewed_caption=text("reviewed_caption"),
         reviewed_at=text("reviewed_at"), extent=feature.geometry().boundingBox(),
+        p_right=None if get("p_right") is None else float(get("p_right")),  # type: ignore[arg-type]  # a real field
     )
 
 
@@ -166,7 +171,8 @@ def read_items(layer: QgsVectorLayer) -> list[ReviewItem]:
 
 def ordered(items: Sequence[ReviewItem], order: Order, unreviewed_only: bool = False) -> list[ReviewItem]:
     """``items`` in ``order``; ties (and the tile id order) by row, column and interval. Lowest confidence puts the
-    tiles without one (skipped, failed) last; changed first puts the doubtful changed tiles first."""
+    tiles without one (skipped, failed) last; changed first puts the doubtful changed tiles first; most uncertain
+    goes by p_right where the layer has one, else as lowest confidence does."""
     kept = [item for item in items if not (unreviewed_only and item.review_status)]
 
     def place(item: ReviewItem) -> tuple[int, int, int]:
@@ -175,11 +181,55 @@ def ordered(items: Sequence[ReviewItem], order: Order, unreviewed_only: bool = F
     def doubt(item: ReviewItem) -> tuple[bool, float]:
         return item.confidence is None, item.confidence or 0.0
 
-    if order is Order.LOWEST_CONFIDENCE:
+    def uncertainty(item: ReviewItem) -> tuple[bool, float]:
+        return item.p_right is None, item.p_right or 0.0
+
+    if order is Order.MOST_UNCERTAIN and any(item.p_right is not None for item in kept):
+        return sorted(kept, key=lambda item: (*uncertainty(item), *doubt(item), *place(item)))
+    if order in (Order.LOWEST_CONFIDENCE, Order.MOST_UNCERTAIN):
         return sorted(kept, key=lambda item: (*doubt(item), *place(item)))
     if order is Order.CHANGED_FIRST:
         return sorted(kept, key=lambda item: (not item.changed, *doubt(item), *place(item)))
     return sorted(kept, key=place)
+
+
+def search_entry(item: ReviewItem) -> search.Entry:
+    """An item as the bundled search ranks it."""
+    return search.Entry(
+        item.fid, item.tile_id, item.row, item.col, item.interval, item.status, item.caption, item.change_detected,
+        item.change_kind, item.confidence, item.date_before, item.date_after, item.review_status,
+        item.reviewed_caption, item.p_right,
+    )
+
+
+def found(items: Sequence[ReviewItem], query: str, unreviewed_only: bool = False) -> list[ReviewItem]:
+    """The items that match a query in words, best first; a bad query raises ``ValueError`` saying why."""
+    by_fid = {item.fid: item for item in items if not (unreviewed_only and item.review_status)}
+    hits = search.SearchIndex([search_entry(item) for item in by_fid.values()]).search(query)
+    return [by_fid[hit.entry.fid] for hit in hits]
+
+
+def with_p_right(items: Sequence[ReviewItem], fitted: calibration.Calibration | None) -> list[ReviewItem]:
+    """The items with the p_right the file now holds (what the calibration's SQL wrote)."""
+    def value(item: ReviewItem) -> float | None:
+        if fitted is None or item.status != schema.CAPTIONED:
+            return None
+        return fitted.p_right(item.confidence, item.change_detected, item.interval)
+
+    return [replace(item, p_right=value(item)) for item in items]
+
+
+def trust_note(items: Sequence[ReviewItem]) -> str:
+    """What p_right says of the tiles nobody reviewed, or how many reviews it waits for."""
+    reviewed = sum(1 for item in items if item.review_status in schema.REVIEW_STATUSES
+                   and item.status == schema.CAPTIONED and item.confidence is not None)
+    waiting = [item for item in items if item.changed and not item.review_status]
+    known = [item.p_right for item in waiting if item.p_right is not None]
+    if not known:
+        return (f"p_right (how likely a caption is right) comes once {calibration.MIN_REVIEWS} tiles are reviewed: "
+                f"{reviewed} so far.")
+    return (f"Of the {len(waiting)} unreviewed changed tiles, about {round(calibration.expected_wrong(known))} are "
+            f"likely wrong (p_right from {reviewed} reviews).")
 
 
 def review_of(item: ReviewItem, verdict: Verdict, text: str = "") -> tuple[str, str | None]:

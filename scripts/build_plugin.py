@@ -3,10 +3,12 @@
 The zip holds one folder, ``ccexpert_qgis/``, with the plugin's modules, ``metadata.txt``, ``icon.png``, ``LICENSE``
 and ``bundled/`` — copies of ``ccexpert_core/geo/grid.py``, ``ccexpert_core/geo/pixels.py``,
 ``ccexpert_core/geo/schema.py``, ``ccexpert_core/protocol.py``, ``ccexpert_core/inflight.py``,
-``ccexpert_core/geo/run_files.py``, ``ccexpert_core/geo/dates.py`` and ``ccexpert_core/captions.py``, which the
-plugin imports from there (one tiler, one set of pixel rules, one captions layer schema and style, one wire format,
-one scheduler of batches in flight, one set of checks on a run's files, one reading of dates, one change kind from
-a caption's words; nothing to install in QGIS's Python).
+``ccexpert_core/geo/run_files.py``, ``ccexpert_core/geo/dates.py``, ``ccexpert_core/captions.py``,
+``ccexpert_core/geo/search.py`` and ``ccexpert_core/geo/calibration.py``, which the plugin imports from there (one
+tiler, one set of pixel rules, one captions layer schema and style, one wire format, one scheduler of batches in
+flight, one set of checks on a run's files, one reading of dates, one change kind from a caption's words, one
+ranking of tiles for a query, one calibration of p_right; nothing to install in QGIS's Python). They sit side by side
+in bundled/, so a module may import another bundled one relatively (``from . import schema``).
 
 Usage: python3 scripts/build_plugin.py [--out DIR]   → DIR/ccexpert_qgis-VERSION.zip (default DIR: dist)
 """
@@ -36,6 +38,8 @@ BUNDLED = {
     "run_files.py": REPO / "ccexpert_core" / "geo" / "run_files.py",
     "dates.py": REPO / "ccexpert_core" / "geo" / "dates.py",
     "captions.py": REPO / "ccexpert_core" / "captions.py",
+    "search.py": REPO / "ccexpert_core" / "geo" / "search.py",
+    "calibration.py": REPO / "ccexpert_core" / "geo" / "calibration.py",
 }
 BUNDLED_INIT = '"""Copies of the project\'s pure modules (ccexpert_core), made by `make plugin`: do not edit here."""\n'
 REQUIRED_METADATA = (
@@ -57,9 +61,14 @@ def read_metadata() -> configparser.SectionProxy:
 
 
 def check_bundled(name: str, text: str) -> None:
-    """A bundled module must stand alone: an import of the project would fail inside QGIS."""
+    """A bundled module must stand alone: an import of the project would fail inside QGIS, and so would a relative
+    import of a module that is not bundled beside it."""
     if re.search(r"^\s*(from|import)\s+(ccexpert_core|backend)\b", text, re.MULTILINE):
         sys.exit(f"{BUNDLED[name]} imports from the project: it cannot be bundled into the plugin as it is")
+    for imported in re.findall(r"^\s*from \. import ([\w, ]+)$", text, re.MULTILINE):
+        missing = [module for module in imported.replace(" ", "").split(",") if f"{module}.py" not in BUNDLED]
+        if missing:
+            sys.exit(f"{BUNDLED[name]} imports {', '.join(missing)}, which the plugin does not bundle")
 
 
 def build(out_dir: Path) -> Path:

@@ -42,7 +42,8 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
         assert all(name.startswith("ccexpert_qgis/") for name in names)
         for source in ("ccexpert_core/geo/grid.py", "ccexpert_core/geo/pixels.py", "ccexpert_core/geo/schema.py",
                        "ccexpert_core/protocol.py", "ccexpert_core/inflight.py", "ccexpert_core/geo/run_files.py",
-                       "ccexpert_core/geo/dates.py", "ccexpert_core/captions.py"):
+                       "ccexpert_core/geo/dates.py", "ccexpert_core/captions.py", "ccexpert_core/geo/search.py",
+                       "ccexpert_core/geo/calibration.py"):
             assert zipped.read(f"ccexpert_qgis/bundled/{Path(source).name}") == (REPO / source).read_bytes()
         plugins = tmp_path / "plugins"
         zipped.extractall(plugins)  # what QGIS's "Install from ZIP" does, into the profile's plugins folder
@@ -61,8 +62,11 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
         assert qgis.utils.pluginMetadata("ccexpert_qgis", "name") == "CCExpert"
         assert qgis.utils.loadPlugin("ccexpert_qgis") and qgis.utils.startPlugin("ccexpert_qgis")
         shared = sys.modules["ccexpert_qgis.shared_modules"]
-        for module in (shared.grid, shared.pixels, shared.protocol, shared.schema, shared.dates, shared.captions):
+        for module in (shared.grid, shared.pixels, shared.protocol, shared.schema, shared.dates, shared.captions,
+                       shared.search, shared.calibration):
             assert Path(module.__file__).parent == plugins / "ccexpert_qgis" / "bundled"
+        # The bundled search reads the bundled vocabulary and dates (its neighbours), not the project's.
+        assert shared.search.captions is shared.captions and shared.search.dates is shared.dates
         assert registry_has_algorithm()
         assert qgis.utils.unloadPlugin("ccexpert_qgis")
         assert not registry_has_algorithm()
