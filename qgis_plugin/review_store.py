@@ -10,6 +10,7 @@ waits a moment at most, and the run's own fields are never touched, as the run n
 from __future__ import annotations
 
 import enum
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -36,6 +37,9 @@ class Order(enum.Enum):
     LOWEST_CONFIDENCE = "Lowest confidence first"
     CHANGED_FIRST = "Changed first"
     TILE_ID = "By tile id"
+    #: A fixed shuffle: reviews in this order are a fair sample of the layer, which p_right learns best from (the
+    #: lowest-confidence tiles alone tell it little of the others: bench/RESULTS.md).
+    RANDOM = "Random (a fair sample for p_right)"
 
 
 class Verdict(enum.Enum):
@@ -172,7 +176,7 @@ def read_items(layer: QgsVectorLayer) -> list[ReviewItem]:
 def ordered(items: Sequence[ReviewItem], order: Order, unreviewed_only: bool = False) -> list[ReviewItem]:
     """``items`` in ``order``; ties (and the tile id order) by row, column and interval. Lowest confidence puts the
     tiles without one (skipped, failed) last; changed first puts the doubtful changed tiles first; most uncertain
-    goes by p_right where the layer has one, else as lowest confidence does."""
+    goes by p_right where the layer has one, else as lowest confidence does; random is a fixed shuffle."""
     kept = [item for item in items if not (unreviewed_only and item.review_status)]
 
     def place(item: ReviewItem) -> tuple[int, int, int]:
@@ -188,6 +192,8 @@ def ordered(items: Sequence[ReviewItem], order: Order, unreviewed_only: bool = F
         return sorted(kept, key=lambda item: (*uncertainty(item), *doubt(item), *place(item)))
     if order in (Order.LOWEST_CONFIDENCE, Order.MOST_UNCERTAIN):
         return sorted(kept, key=lambda item: (*doubt(item), *place(item)))
+    if order is Order.RANDOM:  # the same shuffle every time, so that the analyst can stop and come back
+        return sorted(kept, key=lambda item: (zlib.crc32(f"{item.tile_id}/{item.interval}".encode()), *place(item)))
     if order is Order.CHANGED_FIRST:
         return sorted(kept, key=lambda item: (not item.changed, *doubt(item), *place(item)))
     return sorted(kept, key=place)

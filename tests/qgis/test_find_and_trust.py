@@ -200,6 +200,19 @@ def test_the_docks_search_field_steps_through_the_hits(panel: ReviewPanel, proje
     assert len(panel.items()) == 2 * SIDE * SIDE
 
 
+def test_the_random_order_is_a_fixed_shuffle_of_every_tile(panel: ReviewPanel, project: QgsProject, tmp_path: Path):
+    panel.set_layer(open_layer(project, write_series(tmp_path / "town.gpkg")))
+    panel.set_order(Order.RANDOM)
+    shuffled = [(item.tile_id, item.interval) for item in panel.items()]
+    panel.set_order(Order.TILE_ID)
+    by_id = [(item.tile_id, item.interval) for item in panel.items()]
+    panel.set_order(Order.RANDOM)
+    assert [(item.tile_id, item.interval) for item in panel.items()] == shuffled  # the same every time
+    assert sorted(shuffled) == sorted(by_id) and shuffled != by_id
+    changed = [item.changed for item in panel.items()[:20]]
+    assert 0 < sum(changed) < 20  # a mix, not the changed tiles first
+
+
 def test_p_right_comes_with_the_tenth_review_and_follows_the_reviews(
     panel: ReviewPanel, project: QgsProject, tmp_path: Path
 ) -> None:
