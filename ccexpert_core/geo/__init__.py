@@ -7,6 +7,9 @@
 - :mod:`~ccexpert_core.geo.gpkg` and :mod:`~ccexpert_core.geo.captions_layer`: the GeoPackage output (sqlite3).
 - :mod:`~ccexpert_core.geo.region`: the streaming pipeline behind ``ccexpert caption-region``.
 - :mod:`~ccexpert_core.geo.report`: the self-contained HTML report.
+- :mod:`~ccexpert_core.geo.search`: a captions layer's tiles ranked for a query in words, and
+  :mod:`~ccexpert_core.geo.calibration`: ``p_right`` fitted on the analyst's reviews (both bundled in the plugin);
+  :mod:`~ccexpert_core.geo.search_entries` and :mod:`~ccexpert_core.geo.calibrate` read and write them (sqlite3).
 
 Nothing is imported here, so that importing one module (e.g. ``grid`` in QGIS) does not pull in rasterio.
 """

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -157,7 +158,12 @@ class IntervalMap:
 
     def knots(self, changed: bool) -> np.ndarray:
         """``p_right`` at each of :data:`KNOTS`."""
-        return self.platt.probability(np.array(KNOTS), changed)
+        return self._knots[changed]
+
+    @cached_property
+    def _knots(self) -> dict[bool, np.ndarray]:
+        # Worked out once: the dock and the locator ask a map for thousands of tiles.
+        return {changed: self.platt.probability(np.array(KNOTS), changed) for changed in (False, True)}
 
     def p_right(self, confidence: np.ndarray | float, changed: np.ndarray | bool) -> np.ndarray:
         """``p_right`` as the file holds it: the knots, interpolated linearly (clamped outside them)."""
