@@ -11,6 +11,7 @@ from ccexpert_core.defaults import DEMO_MODEL_DIR
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.inference import Captioner
 from ccexpert_core.model import build_tiny_model
+from ccexpert_core.series import TileWork
 
 INTERVALS = [(0, 1), (1, 2), (2, 3)]
 
@@ -91,19 +92,29 @@ def test_small_batches_split_by_tile(captioner: Captioner, series: list) -> None
 
 
 def test_images_no_interval_uses_are_not_encoded(captioner: Captioner, series: list) -> None:
-    prepared = captioner.prepare_series(series, intervals=[(0, 3)])
-    assert prepared.pixel_values.shape[0] == 4 and prepared.tiles == 2
+    prepared = captioner.prepare([TileWork(tuple(tile), ((0, 3),)) for tile in series])
+    assert prepared.pixel_values.shape[0] == 4 and prepared.per_tile == (1, 1)
     assert prepared.before.tolist() == [0, 2] and prepared.after.tolist() == [1, 3]
+
+
+def test_tiles_asking_for_different_intervals_share_one_model_call(captioner: Captioner, series: list) -> None:
+    # What a resumed series or a date covering part of the area sends: tiles of one batch with other intervals.
+    work = [TileWork(tuple(series[0]), ((0, 1), (1, 2))), TileWork(tuple(series[1]), ((0, 1),))]
+    with TowerCounter(captioner) as counter:
+        results = captioner.caption_work(work, batch_size=8)
+    assert counter.images == [5]
+    assert [len(tile) for tile in results] == [2, 1]
+    assert [r.caption for r in results[1]] == [captioner.caption([(series[1][0], series[1][1])])[0].caption]
 
 
 @pytest.mark.parametrize(
     ("tiles", "intervals", "message"),
     [
-        ([["a", "b"], ["a", "b", "c"]], None, "same number of dates"),
-        ([["a"]], None, "at least two dates"),
-        ([["a", "b", "c"]], [(1, 1)], "0 <= i < j < 3"),
-        ([["a", "b", "c"]], [(0, 3)], "0 <= i < j < 3"),
-        ([["a", "b", "c"]], [], "0 <= i < j < 3"),
+        ([["a", "b"], ["a", "b", "c"]], [(1, 2)], "not two dates of 2"),
+        ([["a"]], None, "two or more dates"),
+        ([["a", "b", "c"]], [(1, 1)], "0 ≤ i < j < 3"),
+        ([["a", "b", "c"]], [(0, 3)], "0 ≤ i < j < 3"),
+        ([["a", "b", "c"]], [(0, 1), (0, 1)], "repeated"),
     ],
 )
 def test_bad_series_are_refused(captioner: Captioner, tiles: list, intervals: list | None, message: str) -> None:

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForImageTextToText, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
 from ccexpert_core.model import CCExpertForConditionalGeneration, build_tiny_model, load_model, save_model
+from ccexpert_core.model.processing_ccexpert import normalize_pixels
 
 
 def random_pairs(count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -33,7 +34,8 @@ def test_dim_off_is_bit_for_bit_the_stock_vision_tower_and_projector() -> None:
     pixels = processor.pixel_values([image for pair in random_pairs(2) for image in pair])
     with torch.no_grad():
         ours = torch.stack(model.model.get_image_features(pixels).pooler_output)
-        hidden = stock.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
+        # The stock tower takes normalised floats: CCExpert normalises the processor's uint8 pixels itself.
+        hidden = stock.model.vision_tower(normalize_pixels(pixels, torch.float32), output_hidden_states=True).hidden_states[-1]
         expected = stock.model.multi_modal_projector(hidden)
     assert torch.equal(ours, expected)
     assert ours.shape == (4, model.config.tokens_per_image, model.config.text_config.hidden_size)
@@ -45,7 +47,8 @@ def test_dim_on_changes_the_features_of_each_image() -> None:
     pixels = processor.pixel_values([image for pair in random_pairs(1) for image in pair])
     with torch.no_grad():
         out = model.model.get_image_features(pixels)
-        plain = stock.model.multi_modal_projector(stock.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1])
+        floats = normalize_pixels(pixels, torch.float32)
+        plain = stock.model.multi_modal_projector(stock.model.vision_tower(floats, output_hidden_states=True).hidden_states[-1])
     assert not torch.allclose(torch.stack(out.pooler_output), plain)
     assert out.level_weights.shape == (4, 1)
     assert out.change_features.shape[:2] == (4, 1)

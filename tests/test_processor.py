@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ccexpert_core.errors import CCExpertError
-from ccexpert_core.model.processing_ccexpert import PairProcessor, load_rgb
+from ccexpert_core.model.processing_ccexpert import IMAGE_MEAN, IMAGE_STD, PairProcessor, load_rgb, normalize_pixels
 from ccexpert_core.model.tokenizer import build_word_tokenizer
 
 
@@ -37,14 +37,18 @@ def test_each_image_gets_729_consecutive_tokens_and_no_newline_token(processor: 
     assert runs[0][-1] + 1 < runs[1][0]  # the text between the images separates the two runs
 
 
-def test_pixels_are_bicubic_384_with_siglip_normalisation(processor: PairProcessor, levircc_pair) -> None:
+def test_pixels_are_bicubic_384_uint8_and_normalised_as_siglip_wants(processor: PairProcessor, levircc_pair) -> None:
     before, _ = levircc_pair
     pixels = processor.pixel_values([before])
-    assert pixels.shape == (1, 3, 384, 384)
-    resized = np.asarray(Image.open(before).convert("RGB").resize((384, 384), Image.Resampling.BICUBIC), np.float32)
-    expected = torch.from_numpy(resized).permute(2, 0, 1) / 255.0 * 2 - 1
-    torch.testing.assert_close(pixels[0], expected)
-    assert pixels.min() >= -1 and pixels.max() <= 1
+    assert pixels.shape == (1, 3, 384, 384) and pixels.dtype == torch.uint8
+    resized = np.array(Image.open(before).convert("RGB").resize((384, 384), Image.Resampling.BICUBIC))
+    assert torch.equal(pixels[0], torch.from_numpy(resized).permute(2, 0, 1))
+    # The normalisation the model applies on its device is, value for value, the float32 one the CPU used to do.
+    as_float = torch.from_numpy(resized.astype(np.float32)).permute(2, 0, 1)[None]
+    assert torch.equal(normalize_pixels(pixels, torch.float32), (as_float / 255.0 - IMAGE_MEAN) / IMAGE_STD)
+    assert normalize_pixels(pixels, torch.bfloat16).dtype == torch.bfloat16
+    normalised = normalize_pixels(pixels, torch.float32)
+    assert normalised.min() >= -1 and normalised.max() <= 1
 
 
 def test_paths_pil_images_and_arrays_give_the_same_pixels(processor: PairProcessor, levircc_pair) -> None:

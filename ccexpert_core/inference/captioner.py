@@ -1,10 +1,10 @@
 """The Captioner: load a model once, caption pairs of images, or series of dates, in batches.
 
-Each batch is two steps, so a caller can prepare batch N+1 while the model runs batch N: ``prepare`` is the
-processor's CPU work (read, resize, normalise, tokenise; thread-safe, no model) and ``caption_prepared`` the model
-(one call at a time). ``caption`` is the two in turn, batch by batch; ``prepare_series`` /
-``caption_series_prepared`` / ``caption_series`` do the same for tiles seen at T dates, each image through the vision
-tower once.
+One path for every caller (``ccexpert serve`` and its Ray replicas, in-process regions, Ray Data actors, training's
+evaluation): tiles of work (:class:`~ccexpert_core.series.TileWork`, a pair being a series of two) go through
+``prepare`` (CPU), ``generate`` (the model, and only the model) and ``finish`` (CPU), so that callers can keep the
+model busy by preparing the next batch and finishing the last one on other threads. Each image goes through the
+vision tower once, whatever the number of intervals it belongs to.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -25,11 +23,9 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.model import CCExpertForConditionalGeneration, PairProcessor, load_model
 from ccexpert_core.model.processing_ccexpert import ImageInput, PairInput
 from ccexpert_core.model_card import ModelCard, describe_model
+from ccexpert_core.series import Interval, TileWork, consecutive_intervals
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-#: (i, j): the indices of two dates of a series, i < j.
-Interval = tuple[int, int]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -45,41 +41,53 @@ class CaptionError(CCExpertError):
 
 
 @dataclass(frozen=True)
-class PreparedBatch:
-    """A batch of pairs ready for the model, made on the CPU by :meth:`Captioner.prepare`.
+class PreparedWork:
+    """Tiles ready for the model, made on the CPU by :meth:`Captioner.prepare` (P pairs in all).
 
-    input_ids, attention_mask: (B, S) prompts, left-padded. pixel_values: (2B, 3, H, W) float32, each pair's
-    before and after images interleaved.
+    pixel_values: (n, 3, H, W) uint8, each image an interval uses once, tile by tile (page-locked for a GPU).
+    before, after: (P,) the rows of ``pixel_values`` that each pair compares, tile by tile, interval by interval.
+    input_ids, attention_mask: (P, S) the prompt, one row per pair. per_tile: how many of the P pairs each tile has.
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    pixel_values: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-
-@dataclass(frozen=True)
-class PreparedSeries:
-    """Tiles seen at T dates, ready for the model, made on the CPU by :meth:`Captioner.prepare_series`.
-
-    pixel_values: (n, 3, H, W) float32, each image used by an interval once, tile by tile. input_ids,
-    attention_mask: (tiles · len(intervals), S), one prompt per tile and interval, tile-major. before, after: (same,)
-    the rows of ``pixel_values`` that each of those pairs compares.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
     pixel_values: torch.Tensor
     before: torch.Tensor
     after: torch.Tensor
-    intervals: tuple[Interval, ...]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    per_tile: tuple[int, ...]
 
     @property
-    def tiles(self) -> int:
-        """How many tiles the batch holds."""
-        return self.input_ids.shape[0] // len(self.intervals)
+    def pairs(self) -> int:
+        """How many pairs (tile × interval) the batch holds."""
+        return len(self.before)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What the model answered for a prepared batch, on the CPU: :meth:`Captioner.finish` makes results of it.
+
+    sequences: (P, L) the generated token ids. log_probs: (P, L) each chosen token's log-probability.
+    change_maps: (P, g²) per image token the probability that its place changed, None without a change-map head.
+    change_kinds: (P,) the change summary's kind (0: none, k: ``change_types[k - 1]``), None without kinds.
+    """
+
+    sequences: torch.Tensor
+    log_probs: torch.Tensor
+    change_maps: torch.Tensor | None
+    change_kinds: torch.Tensor | None
+    per_tile: tuple[int, ...]
+
+
+class _NeverGenerate(LogitsProcessor):
+    """Takes ``banned`` ids (a bool mask over the output layer's rows) out of every step's choice: rows beyond the
+    tokenizer (a checkpoint's padding: nothing decodes them) and the image/video placeholders, as the reference
+    implementation, whose embeddings are resized to the tokenizer, never generates them."""
+
+    def __init__(self, banned: torch.Tensor) -> None:
+        self.banned = banned
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores.masked_fill(self.banned, float("-inf"))
 
 
 class _ChosenLogProbs(LogitsProcessor):
@@ -105,11 +113,16 @@ class _ChosenLogProbs(LogitsProcessor):
 
 
 class Captioner:
-    """Captions pairs of images with one loaded CCExpert (greedy decoding, batches left-padded).
+    """Captions pairs of images, or tiles seen at several dates, with one loaded CCExpert (greedy decoding).
 
-    ``caption(pairs)`` returns, per pair in order, a :class:`~ccexpert_core.captions.CaptionResult`: the caption,
-    ``change_detected`` (false for a no-change sentence) and ``confidence`` (geometric-mean probability of the
-    generated tokens). An empty answer, or one from scores that are not finite, raises :class:`CaptionError`.
+    Every way of captioning goes through the same three steps, so that a server or a pipeline can run them on
+    different threads and keep the model busy: :meth:`prepare` (CPU, thread-safe: images to uint8 tensors, the prompt
+    repeated), :meth:`generate` (the model only, one call at a time) and :meth:`finish` (CPU: tokens to captions).
+    :meth:`caption_work`, :meth:`caption` and :meth:`caption_series` are the three in turn, batch by batch.
+
+    A result (:class:`~ccexpert_core.captions.CaptionResult`) holds the caption, ``change_detected`` (false for a
+    no-change sentence) and ``confidence`` (geometric-mean probability of the generated tokens). An empty answer,
+    or one from scores that are not finite, raises :class:`CaptionError`.
     """
 
     def __init__(
@@ -135,11 +148,8 @@ class Captioner:
         self.allow_empty = allow_empty
         self.max_new_tokens = max_new_tokens
         self._model_lock = threading.Lock()
-        # Every prompt is the same text (the images only fill its image tokens): a series' prompts repeat this row,
-        # so no image is read twice to make them.
-        blank = np.zeros((processor.image_size, processor.image_size, 3), dtype=np.uint8)
-        row = processor([(blank, blank)])
-        self._prompt_row = (row["input_ids"], row["attention_mask"])
+        #: Output rows generation never chooses (bool mask): beyond the tokenizer, and the image/video placeholders.
+        self.never_generated = self._undecodable_ids()
 
     @classmethod
     def load(
@@ -175,34 +185,12 @@ class Captioner:
         """The prompt the model is asked, in ChatML."""
         return self.processor.prompt
 
-    # ----- pairs -----
+    # ----- in one call -----
     def caption(self, pairs: Sequence[PairInput], batch_size: int = 8) -> list[CaptionResult]:
-        """Caption (before, after) pairs: images as paths, PIL images or H×W×3 uint8 arrays, any size.
+        """Caption (before, after) pairs: images as paths, PIL images or H×W×3 uint8 arrays, any size."""
+        work = [TileWork.pair(before, after) for before, after in pairs]
+        return [results[0] for results in self.caption_work(work, batch_size)]
 
-        Batch by batch, :meth:`prepare` then :meth:`caption_prepared`.
-        """
-        results: list[CaptionResult] = []
-        for start in range(0, len(pairs), batch_size):
-            results.extend(self.caption_prepared(self.prepare(pairs[start : start + batch_size])))
-        return results
-
-    def prepare(self, pairs: Sequence[PairInput]) -> PreparedBatch:
-        """The processor's work for one batch of pairs, on the CPU: read, resize, normalise, tokenise.
-
-        Thread-safe and never touches the model, so the next batch can be prepared while one is captioned.
-        Raises CCExpertError for no pairs or an unreadable image.
-        """
-        inputs = self.processor(pairs)
-        return PreparedBatch(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"])
-
-    def caption_prepared(self, prepared: PreparedBatch) -> list[CaptionResult]:
-        """Caption a prepared batch with the model, one result per pair in order (one call at a time: concurrent
-        callers wait for each other)."""
-        with self._model_lock, self._capture_change_maps() as change_maps:
-            pixel_values = prepared.pixel_values.to(device=self.device, dtype=self.dtype)
-            return self._generate(prepared.input_ids, prepared.attention_mask, change_maps, pixel_values=pixel_values)
-
-    # ----- series of dates -----
     def caption_series(
         self,
         series: Sequence[Sequence[ImageInput]],
@@ -213,84 +201,85 @@ class Captioner:
         ``intervals`` (by default the consecutive ones, (0, 1), (1, 2), …).
 
         Each interval's result is what ``caption([(tile[i], tile[j])])`` gives, but each image goes through the
-        vision tower once, whatever the number of intervals it belongs to. ``batch_size`` counts pairs (tile ×
-        interval) per model call, as in :meth:`caption`; a call holds at least one tile.
+        vision tower once, whatever the number of intervals it belongs to.
         """
-        if not series:
-            return []
-        intervals = _checked_intervals(series, intervals)
-        tiles_per_batch = max(1, batch_size // len(intervals))
+        try:
+            work = [TileWork(tuple(tile), tuple(intervals or consecutive_intervals(len(tile)))) for tile in series]
+        except ValueError as error:
+            raise CCExpertError(str(error)) from None
+        return self.caption_work(work, batch_size)
+
+    def caption_work(self, work: Sequence[TileWork], batch_size: int = 8) -> list[list[CaptionResult]]:
+        """Per tile, one result per interval: :meth:`prepare`, :meth:`generate` and :meth:`finish` over batches of
+        about ``batch_size`` pairs (a batch holds at least one tile)."""
         results: list[list[CaptionResult]] = []
-        for start in range(0, len(series), tiles_per_batch):
-            prepared = self.prepare_series(series[start : start + tiles_per_batch], intervals)
-            results.extend(self.caption_series_prepared(prepared))
+        for batch in batches_of_pairs(work, batch_size):
+            results.extend(self.finish(self.generate(self.prepare(batch))))
         return results
 
-    def prepare_series(
-        self, series: Sequence[Sequence[ImageInput]], intervals: Sequence[Interval] | None = None
-    ) -> PreparedSeries:
-        """The processor's work for one batch of tiles at T dates, on the CPU (thread-safe, no model): each image
-        that an interval uses is read and normalised once. Raises CCExpertError for no tiles, tiles of different
-        or too few dates, bad intervals or an unreadable image."""
-        if not series:
-            raise CCExpertError("no series of images given")
-        intervals = _checked_intervals(series, intervals)
-        used = sorted({date for interval in intervals for date in interval})
-        row_of = {date: position for position, date in enumerate(used)}
-        pixel_values = self.processor.pixel_values([tile[date] for tile in series for date in used])
-        before = torch.tensor([t * len(used) + row_of[i] for t in range(len(series)) for i, _ in intervals])
-        after = torch.tensor([t * len(used) + row_of[j] for t in range(len(series)) for _, j in intervals])
-        input_ids, attention_mask = (part.expand(len(before), -1).clone() for part in self._prompt_row)
-        return PreparedSeries(input_ids, attention_mask, pixel_values, before, after, tuple(intervals))
+    # ----- the three steps -----
+    def prepare(self, work: Sequence[TileWork]) -> PreparedWork:
+        """The processor's work for one batch of tiles, on the CPU (thread-safe, no model): each image an interval
+        uses read once into a uint8 tensor, the prompt repeated. Raises CCExpertError for no tiles or an unreadable
+        image."""
+        if not work:
+            raise CCExpertError("no images given")
+        images, before, after = [], [], []
+        for tile in work:
+            row_of = {date: len(images) + position for position, date in enumerate(tile.used_dates())}
+            images.extend(tile.images[date] for date in tile.used_dates())
+            before.extend(row_of[i] for i, _ in tile.intervals)
+            after.extend(row_of[j] for _, j in tile.intervals)
+        pin = self.device.type == "cuda"  # page-locked, so the copy to the GPU does not hold the model's thread
+        pixel_values = self.processor.pixel_values(images, pin_memory=pin)
+        input_ids, attention_mask = self.processor.prompt_ids(len(before))
+        return PreparedWork(pixel_values, torch.tensor(before), torch.tensor(after), input_ids, attention_mask,
+                            tuple(tile.pairs for tile in work))
 
-    def caption_series_prepared(self, prepared: PreparedSeries) -> list[list[CaptionResult]]:
-        """Caption a prepared series batch: one vision-tower call over all its images, then the DIM and the
-        projector per pair and one generation over all its pairs. Per tile, one result per interval."""
+    def generate(self, prepared: PreparedWork) -> Generated:
+        """The model's work for a prepared batch, and nothing else (one call at a time: concurrent callers wait for
+        each other): pixels to the device and normalised there, one vision-tower call over every image, the DIM
+        and the projector per pair, one greedy generation over every pair."""
         inner = self.model.model
-        with self._model_lock, self._capture_change_maps() as change_maps, torch.inference_mode():
-            pixel_values = prepared.pixel_values.to(device=self.device, dtype=self.dtype)
+        with self._model_lock, torch.inference_mode():
+            pixel_values = prepared.pixel_values.to(self.device, non_blocking=True)
             vision = inner.encode_images(pixel_values)
-            before, after = prepared.before.to(self.device), prepared.after.to(self.device)
-            features = inner.pair_image_features(vision, before, after)
-            del vision  # the tower's hidden states are done with: free them before the language model runs
-            # generate takes ready image features as transformers' pre-encoded multimodal outputs.
-            flat = self._generate(
-                prepared.input_ids, prepared.attention_mask, change_maps, mm_encoder_outputs={"image": features}
+            features = inner.pair_image_features(
+                vision, prepared.before.to(self.device), prepared.after.to(self.device)
             )
-        per_tile = len(prepared.intervals)
-        return [flat[start : start + per_tile] for start in range(0, len(flat), per_tile)]
+            del vision  # the tower's hidden states are done with: free them before the language model runs
+            change_maps, change_kinds = self._change_maps(features)
+            recorder = _ChosenLogProbs()
+            sequences = self.model.generate(
+                input_ids=prepared.input_ids.to(self.device),
+                attention_mask=prepared.attention_mask.to(self.device),
+                # generate takes ready image features as transformers' pre-encoded multimodal outputs.
+                mm_encoder_outputs={"image": features},
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=self.processor.end_of_turn_id,
+                pad_token_id=self.processor.tokenizer.pad_token_id,
+                logits_processor=LogitsProcessorList([_NeverGenerate(self.never_generated), recorder]),
+            )
+            return Generated(
+                sequences[:, prepared.input_ids.shape[1] :].cpu(), recorder.log_probs(),
+                None if change_maps is None else change_maps.cpu(),
+                None if change_kinds is None else change_kinds.cpu(), prepared.per_tile,
+            )
 
-    # ----- the model -----
-    @torch.inference_mode()
-    def _generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        change_maps: list,
-        **image_inputs: object,
-    ) -> list[CaptionResult]:
-        """Greedy generation for prompts whose images are ``pixel_values`` or ready ``mm_encoder_outputs``;
-        ``change_maps`` is the list that :meth:`_capture_change_maps` fills (by the end of generation)."""
+    def finish(self, generated: Generated) -> list[list[CaptionResult]]:
+        """The results of :meth:`generate`'s answer, on the CPU: per tile, one per interval."""
         end_of_turn = self.processor.end_of_turn_id
-        recorder = _ChosenLogProbs()
-        sequences = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            **image_inputs,
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=self.max_new_tokens,
-            eos_token_id=end_of_turn,
-            pad_token_id=self.processor.tokenizer.pad_token_id,
-            logits_processor=LogitsProcessorList([recorder]),
-        )
-        generated = sequences[:, input_ids.shape[1] :].tolist()
-        chosen = recorder.log_probs()
-        results = []
-        for row, tokens in enumerate(generated):
+        kinds = list(self.model.config.change_types or [])
+        maps = None if generated.change_maps is None else generated.change_maps.tolist()
+        told = None if generated.change_kinds is None else generated.change_kinds.tolist()
+        grid = 0 if maps is None else math.isqrt(len(maps[0]))
+        flat = []
+        for row, tokens in enumerate(generated.sequences.tolist()):
             # The answer runs to the first end-of-turn token (included: it is the model's decision to stop).
             length = tokens.index(end_of_turn) + 1 if end_of_turn in tokens else len(tokens)
-            scores = chosen[row, :length]
+            scores = generated.log_probs[row, :length]
             if not torch.isfinite(scores).all():
                 step = int((~torch.isfinite(scores)).nonzero()[0])
                 raise CaptionError(
@@ -299,61 +288,67 @@ class Captioner:
                 )
             caption = self.processor.decode(tokens[:length])
             if not caption and self.allow_empty:
-                results.append(CaptionResult("", False, 0.0))
+                flat.append(CaptionResult("", False, 0.0))
                 continue
             if not caption:
                 raise CaptionError(
                     f"the model's answer for pair {row} of this batch is empty (token ids {tokens[:length][:8]}): "
                     "it gave no caption"
                 )
-            confidence = math.exp(scores.mean().item())
-            change_map, kind = change_maps[row] if change_maps else (None, None)
-            results.append(CaptionResult.from_caption(caption, confidence, change_map, model_kind=kind))
-        return results
+            change_map = None
+            if maps is not None:
+                change_map = tuple(tuple(maps[row][r * grid : (r + 1) * grid]) for r in range(grid))
+            kind = kinds[told[row] - 1] if kinds and told is not None and told[row] else None
+            flat.append(CaptionResult.from_caption(caption, math.exp(scores.mean().item()), change_map, kind))
+        return regroup(flat, generated.per_tile)
 
-    @contextmanager
-    def _capture_change_maps(self) -> Iterator[list]:
-        """Yield a list that forward passes through the DIM fill with one (g×g change map, kind of change or None)
-        per pair, for models with a change-map head (it stays empty otherwise). Only the prompt's pass sees images."""
-        maps: list = []
+    # ----- the model's helpers -----
+    def _change_maps(self, features: object) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per pair, the change-map head's probabilities (P, g²) and the change summary's kind (P,), where the
+        model has them (on the device)."""
         inner = self.model.model
-        if inner.change_head is None:
-            yield maps
-            return
+        change = getattr(features, "change_features", None)
+        if inner.change_head is None or change is None:
+            return None, None
+        probabilities = torch.sigmoid(inner.change_head(change)[0].float())
+        scores = getattr(features, "change_type_score", None)
+        kinds = scores.argmax(-1) if self.model.config.change_types and scores is not None else None
+        return probabilities, kinds
 
-        kinds = list(self.model.config.change_types or [])
-
-        def capture(_module, _inputs, output) -> None:
-            probabilities = torch.sigmoid(inner.change_head(output.change)[0].float())
-            grid = math.isqrt(probabilities.shape[1])
-            rows = [tuple(tuple(values) for values in row) for row in probabilities.view(-1, grid, grid).tolist()]
-            # A model that tells kinds apart says which one (index 0 of its summary's kinds is "no change").
-            told = [None] * len(rows)
-            if kinds and output.change_type_score is not None:
-                told = [kinds[i - 1] if i else None for i in output.change_type_score.argmax(-1).tolist()]
-            maps.extend(zip(rows, told))
-
-        handle = inner.dim.register_forward_hook(capture)
-        try:
-            yield maps
-        finally:
-            handle.remove()
+    def _undecodable_ids(self) -> torch.Tensor:
+        """A mask over the output layer's rows: True for what generation must never choose (rows at or beyond the
+        tokenizer's length, the image and video placeholders)."""
+        rows = self.model.get_output_embeddings().out_features
+        banned = torch.zeros(rows, dtype=torch.bool)
+        banned[len(self.processor.tokenizer) :] = True
+        config = self.model.config
+        for token in (self.processor.image_token_id, getattr(config, "image_token_id", None),
+                      getattr(config, "video_token_id", None)):
+            if token is not None and 0 <= token < rows:
+                banned[token] = True
+        return banned.to(self.device)
 
 
-def _checked_intervals(series: Sequence[Sequence[ImageInput]], intervals: Sequence[Interval] | None) -> list[Interval]:
-    """The intervals to caption in every tile, checked against the tiles' number of dates."""
-    dates = {len(tile) for tile in series}
-    if len(dates) != 1:
-        raise CCExpertError(f"every tile of a series needs the same number of dates, got {sorted(dates)}")
-    (count,) = dates
-    if count < 2:
-        raise CCExpertError(f"a series needs at least two dates per tile, got {count}")
-    if intervals is None:
-        return [(i, i + 1) for i in range(count - 1)]
-    checked = [(int(i), int(j)) for i, j in intervals]
-    bad = [(i, j) for i, j in checked if not 0 <= i < j < count]
-    if not checked or bad:
-        raise CCExpertError(
-            f"intervals must be (i, j) date indices with 0 <= i < j < {count}; got {list(intervals)}"
-        )
-    return checked
+def batches_of_pairs(work: Sequence[TileWork], pairs: int) -> Iterator[list[TileWork]]:
+    """Consecutive tiles in batches of at most ``pairs`` pairs (a tile with more goes alone)."""
+    batch: list[TileWork] = []
+    size = 0
+    for tile in work:
+        if batch and size + tile.pairs > pairs:
+            yield batch
+            batch, size = [], 0
+        batch.append(tile)
+        size += tile.pairs
+    if batch:
+        yield batch
+
+
+def regroup(flat: Sequence[CaptionResult], per_tile: Sequence[int]) -> list[list[CaptionResult]]:
+    """Results of consecutive pairs back into per tile, ``per_tile[k]`` for tile k."""
+    if len(flat) != sum(per_tile):
+        raise RuntimeError(f"{len(flat)} results for {sum(per_tile)} pairs")
+    grouped, start = [], 0
+    for count in per_tile:
+        grouped.append(list(flat[start : start + count]))
+        start += count
+    return grouped

@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from ccexpert_core.model.configuration_ccexpert import BASE_MODEL_TYPE, CCExpertConfig
 from ccexpert_core.model.dim import ChangeAwareLayer, ChangeMapHead, DifferenceAwareIntegration, DimLinear
+from ccexpert_core.model.processing_ccexpert import normalize_pixels
 
 
 @dataclass
@@ -116,7 +117,9 @@ class CCExpertModel(LlavaOnevisionModel):
         self, pixel_values: torch.Tensor, vision_feature_layer: int | None = None, **kwargs
     ) -> CCExpertVisionOutput:
         """pixel_values (n, 3, H, W), any n images → the hidden states their features are built from, in one
-        vision-tower call."""
+        vision-tower call. uint8 pixels (the processor's) are normalised here, on the model's device."""
+        if pixel_values.dtype == torch.uint8:
+            pixel_values = normalize_pixels(pixel_values, self.vision_tower.dtype)
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         if not isinstance(layer, int):
             raise ValueError("CCExpert selects one vision feature layer (an int); the DIM picks its own levels")
