@@ -10,7 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from backend.auth import DOCS_ASSETS_PATH, TokenChecker, TokenGuard
 from backend.batching import DynamicBatcher
-from backend.captioning import Work
+from backend.captioning import captioner_stages
 from backend.errors import install_error_handlers
 from backend.limits import BodySizeLimit, api_body_rule
 from backend.memory import release_free_memory
@@ -18,8 +18,6 @@ from backend.routers import captions, series, status
 from backend.schemas import document_limits
 from backend.state import BackendState, ServerSettings
 from ccexpert_core import __version__, protocol
-from ccexpert_core.captions import CaptionResult
-from ccexpert_core.geo.engine import PAIR_INTERVALS, InProcessEngine
 from ccexpert_core.inference import Captioner
 
 DESCRIPTION = """Plain-language change captions for pairs of co-registered images.
@@ -36,16 +34,8 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     Process-wide settings are the caller's: ``ccexpert serve`` also calls :func:`backend.limits.guard_pillow`.
     """
     settings = settings or ServerSettings()
-    def run_batch(work: list[Work]) -> list[list[CaptionResult]]:
-        # Pairs go to the model in one forward pass; series through the in-process engine, each image encoded once.
-        if all(item.intervals == PAIR_INTERVALS for item in work):
-            return [[result] for result in captioner.caption([item.images for item in work], settings.max_batch)]
-        engine = InProcessEngine(captioner)
-        images, intervals = [item.images for item in work], [item.intervals for item in work]
-        return engine.caption_prepared(engine.prepare(images, intervals, [""] * len(work)))
-
     batcher = DynamicBatcher(
-        run_batch,
+        captioner_stages(captioner),
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         max_queued=settings.limits.max_queued_pairs,

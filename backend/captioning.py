@@ -1,42 +1,42 @@
 """From uploaded bytes to results: decode with limits (off the event loop), then through the batcher, with a timeout.
 
 The REST routes and the Gradio UI all caption through here, so they share every check. The batcher's unit is a
-tile's :class:`Work` (a pair, or a series of dates with its intervals).
+tile's :class:`~ccexpert_core.series.TileWork` (a pair, or a series of dates with its intervals), checked before it
+joins a batch; :func:`captioner_stages` gives the batcher the Captioner's three steps.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from PIL import Image
 
-from backend.batching import DeadlineMissed, QueueFull
+from backend.batching import DeadlineMissed, ModelStages, QueueFull
 from backend.errors import ApiError
 from backend.limits import decode_image
 from backend.state import BackendState
 from ccexpert_core import protocol
 from ccexpert_core.captions import CaptionResult
+from ccexpert_core.inference import Captioner
+from ccexpert_core.series import Interval, TileWork
 
 #: Reads one upload's bytes (called in a worker thread, so one image at a time is in memory as bytes).
 Loader = Callable[[], bytes]
 
 
-@dataclass(frozen=True)
-class Work:
-    """One tile for the model: its decoded images (two for a pair) and the intervals (i, j) to caption."""
-
-    images: tuple[Image.Image, ...]
-    intervals: tuple[tuple[int, int], ...] = ((0, 1),)
+def captioner_stages(captioner: Captioner) -> ModelStages[TileWork, list[CaptionResult]]:
+    """The Captioner's prepare / generate / finish as the batcher's stages; a tile weighs its intervals."""
+    return ModelStages(captioner.prepare, captioner.generate, captioner.finish, weight=lambda tile: tile.pairs)
 
 
 def _decode(state: BackendState, uploads: Sequence[Loader], fields: Sequence[str]) -> list[Image.Image]:
     limits, tile = state.settings.limits, state.captioner.tile_size
-    return [decode_image(load(), limits, tile, field) for load, field in zip(uploads, fields, strict=True)]
+    with state.batcher.clock.measure("decode"):
+        return [decode_image(load(), limits, tile, field) for load, field in zip(uploads, fields, strict=True)]
 
 
-async def _submit(state: BackendState, work: list[Work]) -> list[list[CaptionResult]]:
+async def _submit(state: BackendState, work: list[TileWork]) -> list[list[CaptionResult]]:
     """Results per tile, per interval, through the batcher; :class:`ApiError` for a full queue or a timeout."""
     timeout = state.settings.limits.request_timeout_s
     # The batcher keeps the deadline itself, so it never starts pairs that would be done after the client is gone.
@@ -63,15 +63,16 @@ async def caption_uploads(state: BackendState, uploads: Sequence[tuple[Loader, L
     names = (protocol.FIELD_BEFORE, protocol.FIELD_AFTER)
     fields = [f"{name}[{index}]" for index in range(len(uploads)) for name in names]
     images = await asyncio.to_thread(_decode, state, loaders, fields)
-    work = [Work((images[2 * k], images[2 * k + 1])) for k in range(len(uploads))]
+    work = [TileWork.pair(images[2 * k], images[2 * k + 1]) for k in range(len(uploads))]
     return [results[0] for results in await _submit(state, work)]
 
 
 async def caption_series_uploads(
-    state: BackendState, uploads: Sequence[Loader], dates: int, intervals: Sequence[tuple[int, int]]
+    state: BackendState, uploads: Sequence[Loader], dates: int, intervals: tuple[Interval, ...]
 ) -> list[list[CaptionResult]]:
-    """Results per tile, per interval, for ``uploads`` holding ``dates`` images per tile, tile after tile."""
+    """Results per tile, per interval, for ``uploads`` holding ``dates`` images per tile, tile after tile;
+    ``intervals`` already checked against ``dates`` (:func:`ccexpert_core.series.check_intervals`)."""
     fields = [f"{protocol.FIELD_IMAGE}[{index}]" for index in range(len(uploads))]
     images = await asyncio.to_thread(_decode, state, uploads, fields)
-    work = [Work(tuple(images[k : k + dates]), tuple(intervals)) for k in range(0, len(images), dates)]
+    work = [TileWork(tuple(images[k : k + dates]), intervals) for k in range(0, len(images), dates)]
     return await _submit(state, work)

@@ -20,6 +20,9 @@ def _translate(hint: Any) -> Any:
         return model_of(hint)
     if typing.get_origin(hint) is list:
         return list[_translate(typing.get_args(hint)[0])]
+    if typing.get_origin(hint) is dict:
+        key, value = typing.get_args(hint)
+        return dict[key, _translate(value)]
     return hint
 
 
@@ -68,8 +71,10 @@ def document_limits(app: FastAPI, limits: protocol.Limits) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
-        _document_images(schema, protocol.SERIES_PATH, (protocol.FIELD_IMAGE,), 2 * limits.max_pairs_per_request,
-                         limits)
+        series = _document_images(schema, protocol.SERIES_PATH, (protocol.FIELD_IMAGE,),
+                                   limits.max_images_per_request, limits)
+        series["properties"][protocol.FIELD_DATES]["maximum"] = limits.max_dates_per_tile
+        schema["paths"][protocol.SERIES_PATH]["post"]["description"] += _series_limits_text(limits)
         operation = schema["paths"][protocol.CAPTIONS_PATH]["post"]
         content = operation["requestBody"]["content"]["multipart/form-data"]
         body = schema["components"]["schemas"][content["schema"]["$ref"].rsplit("/", 1)[1]]
@@ -117,6 +122,15 @@ def _document_images(
     tile_ids.update(array, maxItems=most)
     content["encoding"] = {name: {"contentType": IMAGE_MEDIA_TYPES} for name in fields}
     return body
+
+
+def _series_limits_text(limits: protocol.Limits) -> str:
+    return f"""
+
+**Limits of this backend.** At most {limits.max_images_per_request} images and {limits.max_dates_per_tile} dates per
+tile; `intervals` names each interval of a tile's dates at most once (results come in the order named), and tiles ×
+intervals is at most {limits.max_pairs_per_request} pairs. Over a count: 422 `too_many_pairs`, before any image is read. Images,
+timeouts and the queue as for `POST /v1/captions`."""
 
 
 def _limits_text(limits: protocol.Limits) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -12,9 +11,7 @@ from ccexpert_core.captions import CaptionResult
 from ccexpert_core.inference import Captioner
 from ccexpert_core.model_card import ModelCard
 from ccexpert_core.protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Limits
-
-if TYPE_CHECKING:
-    from backend.captioning import Work  # which imports this module
+from ccexpert_core.series import TileWork
 
 
 @dataclass(frozen=True)
@@ -36,7 +33,7 @@ class BackendState:
 
     captioner: Captioner
     model: ModelCard
-    batcher: DynamicBatcher[Work, list[CaptionResult]]
+    batcher: DynamicBatcher[TileWork, list[CaptionResult]]
     settings: ServerSettings
     internal_errors: int = 0
 

@@ -62,10 +62,15 @@ ERROR_INTERNAL = "internal"
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may hold; the backend rejects more with 413 (sizes) or 422 (counts)."""
+    """What one request may hold; the backend rejects more with 413 (sizes) or 422 (counts), before decoding."""
 
-    #: Pairs in one captions request (clients split longer lists).
+    #: Pairs the model captions for one request: pairs of a captions request, tiles × intervals of a series request
+    #: (clients split longer lists).
     max_pairs_per_request: int = 32
+    #: Images in one request (a series request's tiles × dates).
+    max_images_per_request: int = 64
+    #: Dates of one tile in a series request (a tile asks for each interval of its dates at most once).
+    max_dates_per_tile: int = 64
     #: Encoded bytes of one image.
     max_image_bytes: int = 16 * 1024 * 1024
     #: Decoded pixels (width × height) of one image, checked from the header before decoding.
@@ -77,7 +82,8 @@ class Limits:
 
     def max_body_bytes(self) -> int:
         """The largest multipart body a full request can need (images plus generous room for the framing)."""
-        return self.max_pairs_per_request * 2 * (self.max_image_bytes + 64 * 1024) + 1024 * 1024
+        images = max(self.max_images_per_request, 2 * self.max_pairs_per_request)
+        return images * (self.max_image_bytes + 64 * 1024) + 1024 * 1024
 
     def to_dict(self) -> dict[str, Any]:
         """The limits as JSON-ready values (the ``limits`` of :class:`InfoBody`)."""
@@ -98,6 +104,14 @@ class HealthBody(TypedDict):
     api_version: str
 
 
+class StageStats(TypedDict):
+    """One stage of the backend's work since it started: calls, wall seconds, CPU seconds of its threads."""
+
+    calls: int
+    seconds: float
+    cpu_s: float
+
+
 class BatchingStats(TypedDict):
     """How the dynamic batcher has grouped pairs since the backend started."""
 
@@ -110,6 +124,10 @@ class BatchingStats(TypedDict):
     queued_pairs: int
     #: Pairs taken back before the model ran them: their request timed out, left, or could not be done in time.
     withdrawn_pairs: int
+    #: Batches that failed and were run again request by request, so that only the request at fault failed.
+    isolated_batches: int
+    #: Time spent per stage (decode, prepare, model, finish): what keeps the model waiting, if anything.
+    stages: dict[str, StageStats]
 
 
 class InfoBody(TypedDict):
@@ -175,18 +193,22 @@ def format_intervals(intervals: list[tuple[int, int]]) -> str:
     return ",".join(f"{i}-{j}" for i, j in intervals)
 
 
-def parse_intervals(text: str, dates: int) -> list[tuple[int, int]]:
-    """The :data:`FIELD_INTERVALS` value for tiles of ``dates`` dates; ``ValueError`` saying what is wrong."""
+def parse_intervals(text: str) -> list[tuple[int, int]]:
+    """The :data:`FIELD_INTERVALS` value as (i, j) pairs, or ``ValueError`` saying how it is written (the rules for
+    which intervals a tile may ask are :func:`ccexpert_core.series.check_intervals`)."""
     intervals = []
     for part in text.split(","):
         first, sep, second = part.strip().partition("-")
-        if not sep or not first.isdigit() or not second.isdigit():
-            raise ValueError(f"intervals are written 0-1,1-2 (date indices, earlier first), not '{text}'")
-        i, j = int(first), int(second)
-        if not 0 <= i < j < dates:
-            raise ValueError(f"the interval {i}-{j} is not two dates of {dates} in time order (0 ≤ i < j < {dates})")
-        intervals.append((i, j))
+        if not sep or not _is_index(first) or not _is_index(second):
+            raise ValueError(
+                f"intervals are written 0-1,1-2 (date indices in ASCII digits, earlier first), not '{text[:80]}'"
+            )
+        intervals.append((int(first), int(second)))
     return intervals
+
+
+def _is_index(text: str) -> bool:
+    return 0 < len(text) <= 4 and text.isascii() and text.isdigit()
 
 
 class ErrorBody(TypedDict, total=False):

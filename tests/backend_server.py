@@ -24,7 +24,8 @@ from serve_process import start_serve
 TOKEN = "test-token-1"
 OTHER_TOKEN = "second-token"
 #: Small limits so every limit can be crossed with small test files.
-TEST_LIMITS = protocol.Limits(max_pairs_per_request=8, max_image_bytes=300_000, max_image_pixels=1_000_000)
+TEST_LIMITS = protocol.Limits(max_pairs_per_request=8, max_images_per_request=16, max_image_bytes=300_000,
+                              max_image_pixels=1_000_000)
 START_TIMEOUT_S = 240.0
 
 

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     limits = protocol.Limits(
         max_pairs_per_request=args.max_pairs,
+        max_images_per_request=2 * args.max_pairs,
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
         request_timeout_s=args.request_timeout,
