@@ -1,8 +1,9 @@
 """GPU check: the Captioner at the 0.5B shape, bf16, random weights, the real vocabulary and the real prompt.
 
 Per batch size (1, 8, 32, 64): pairs/s, peak GPU memory, and each batch's time split into preprocessing (the
-processor on the CPU: ``Captioner.prepare``), vision tower, DIM, projector + prefill, decoding and the rest (the
-copy to the GPU, generate's setup). Then one series of 4 dates per tile through ``caption_series`` against its 3
+processor on the CPU: ``Captioner.prepare``, uint8 pixels in page-locked memory), the pixels' preparation on the
+device (copy and normalisation, measured apart), vision tower, DIM, projector + prefill, decoding, the rest
+(generate's setup) and finishing (tokens to captions on the CPU: ``Captioner.finish``). Then one series of 4 dates per tile through ``caption_series`` against its 3
 intervals as pairs. Every answer is ``--answer-tokens`` long: random weights never end their turn.
 
 On a GPU machine run it through bench/gpu_check.sh (its header says how). ``--smoke`` runs the same code with the
@@ -26,7 +27,9 @@ from transformers import PreTrainedTokenizerFast
 
 from ccexpert_core.inference import Captioner
 from ccexpert_core.model import CCExpertForConditionalGeneration, PairProcessor, preset_config
+from ccexpert_core.model.processing_ccexpert import normalize_pixels
 from ccexpert_core.model.tokenizer import IMAGE_TOKEN, build_word_tokenizer
+from ccexpert_core.series import TileWork
 
 #: Qwen2's 151,936 embedding rows plus the image token (llava-hf pads its checkpoints to 152,000: the same cost).
 REAL_VOCABULARY = 151_936 + 1
@@ -118,11 +121,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure_batch(captioner: Captioner, clock: StageClock, pairs: list, repeats: int) -> dict:
-    """pairs/s, peak memory and the mean split of ``repeats`` batches, prepared and captioned one after the other."""
+def device_preparation_s(captioner: Captioner, pixels: torch.Tensor) -> float:
+    """Seconds to copy a prepared batch's uint8 pixels to the model's device and normalise them there (what
+    ``generate`` does first), measured apart (CUDA events on a GPU)."""
     device = captioner.device
+    sync(device)
+    if device.type != "cuda":
+        began = time.perf_counter()
+        normalize_pixels(pixels.to(device), captioner.dtype)
+        return time.perf_counter() - began
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    normalize_pixels(pixels.to(device, non_blocking=True), captioner.dtype)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000
+
+
+def measure_batch(captioner: Captioner, clock: StageClock, pairs: list, repeats: int) -> dict:
+    """pairs/s, peak memory and the mean split of ``repeats`` batches, prepared, generated and finished one after
+    the other."""
+    device = captioner.device
+    work = [TileWork.pair(before, after) for before, after in pairs]
     clock.mark("batch.start")
-    captioner.caption_prepared(captioner.prepare(pairs))  # warm-up
+    captioner.finish(captioner.generate(captioner.prepare(work)))  # warm-up
     clock.mark("batch.end")
     clock.split()
     sync(device)
@@ -132,18 +154,22 @@ def measure_batch(captioner: Captioner, clock: StageClock, pairs: list, repeats:
     start = time.perf_counter()
     for _ in range(repeats):
         began = time.perf_counter()
-        prepared = captioner.prepare(pairs)
+        prepared = captioner.prepare(work)
         preprocessing = time.perf_counter() - began
         clock.mark("batch.start")
-        captioner.caption_prepared(prepared)
+        answer = captioner.generate(prepared)
         clock.mark("batch.end")
-        splits.append({"preprocessing_s": preprocessing, **clock.split()})
+        began = time.perf_counter()
+        captioner.finish(answer)
+        finishing = time.perf_counter() - began
+        splits.append({"preprocessing_s": preprocessing, **clock.split(), "finishing_s": finishing})
     elapsed = time.perf_counter() - start
     mean = {key: round(sum(s[key] for s in splits) / repeats, 4) for key in splits[0]}
-    model_seconds = elapsed / repeats - mean["preprocessing_s"]
+    mean["device_preparation_s"] = round(device_preparation_s(captioner, prepared.pixel_values), 4)
+    model_seconds = elapsed / repeats - mean["preprocessing_s"] - mean["finishing_s"]
     return {
         "pairs_per_s": round(len(pairs) * repeats / elapsed, 2),
-        # What a caller that prepares batch N+1 while batch N runs gets, preprocessing kept off the critical path.
+        # What a caller that prepares batch N+1 and finishes batch N-1 while batch N runs gets (the backend does).
         "pairs_per_s_model_only": round(len(pairs) / model_seconds, 2),
         "seconds_per_batch": round(elapsed / repeats, 4),
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
@@ -211,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     clock = StageClock(captioner.model, device)
     rng = np.random.default_rng(0)
     size = captioner.tile_size
-    prompt_tokens = captioner.prepare([tuple(random_images(rng, 2, size))]).input_ids.shape[1]
+    prompt_tokens = captioner.prepare([TileWork(tuple(random_images(rng, 2, size)))]).input_ids.shape[1]
     results: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "shape": args.shape,

@@ -13,10 +13,11 @@
 #
 # What it prints (and writes to $OUT/gpu_check.json, or bench/gpu_check.json without $OUT): the GPU (nvidia-smi),
 # then per batch size 1, 8, 32, 64: pairs/s (preparing and captioning one batch after the other),
-# pairs_per_s_model_only (preprocessing overlapped, as a pipeline over prepare/caption_prepared does), seconds per
-# batch, peak GPU memory (torch.cuda.max_memory_allocated) and the split of a batch: preprocessing (the processor on
-# the CPU), vision tower, DIM, projector + prefill, decoding (20 tokens) and other (copy to the GPU, generate's
-# setup); then "series": 16 tiles of 4 dates through caption_series against their 48 intervals as pairs, seconds and
+# pairs_per_s_model_only (preprocessing and finishing overlapped, as the backend's pipeline over prepare / generate /
+# finish does), seconds per batch, peak GPU memory (torch.cuda.max_memory_allocated) and the split of a batch:
+# preprocessing (the processor on the CPU, uint8), device_preparation (copy to the GPU and normalisation there,
+# measured apart), vision tower, DIM, projector + prefill, decoding (20 tokens), other (generate's setup) and
+# finishing (tokens to captions on the CPU); then "series": 16 tiles of 4 dates through caption_series against their 48 intervals as pairs, seconds and
 # vision-tower images per tile.
 #
 # Where to record the figures: bench/RESULTS.md, section "GPU check", with the date, the GPU and driver line,

@@ -19,6 +19,7 @@ import torch
 from ccexpert_core.data.synthetic import SceneGenerator
 from ccexpert_core.defaults import DEMO_MODEL_DIR
 from ccexpert_core.inference import Captioner
+from ccexpert_core.series import TileWork, consecutive_intervals
 
 
 class TowerMeter:
@@ -67,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     captioner = Captioner.load(args.model, device="cpu")
     series = scenes(args.tiles, args.dates)
-    intervals = [(i, i + 1) for i in range(args.dates - 1)]
+    intervals = consecutive_intervals(args.dates)
     pairs = [(tile[i], tile[j]) for tile in series for i, j in intervals]
     batch = args.batch_size or len(pairs)
     meter = TowerMeter(captioner)
@@ -100,8 +101,8 @@ def main() -> None:
     ratios = [s / p for s, p in zip(seconds["series"], seconds["pairs"], strict=True)]
     # The processor's share (read and normalise each image, build the prompts) of the same work, on its own.
     preparing = {
-        "series": lambda: captioner.prepare_series(series, intervals),
-        "pairs": lambda: captioner.prepare(pairs),
+        "series": lambda: captioner.prepare([TileWork(tuple(tile), intervals) for tile in series]),
+        "pairs": lambda: captioner.prepare([TileWork.pair(*pair) for pair in pairs]),
     }
     prepare_seconds = {
         name: statistics.median(_timed(run) for _ in range(args.repeats)) for name, run in preparing.items()

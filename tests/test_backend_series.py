@@ -142,8 +142,23 @@ def test_a_partial_series_among_concurrent_pair_requests_fails_no_one(request) -
     assert requests.get(server.url + protocol.INFO_PATH, timeout=30).json()["internal_errors"] == before
 
 
+def _half_width_copy(source: Path, target: Path) -> Path:
+    """``source``'s left half as a GeoTIFF of its own: a date that covers half the area."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(source) as dataset:
+        window = Window(0, 0, dataset.width // 2, dataset.height)
+        profile = {**dataset.profile, "width": window.width, "transform": dataset.window_transform(window)}
+        with rasterio.open(target, "w", **profile) as out:
+            out.write(dataset.read(window=window))
+            out.update_tags(**dataset.tags())
+    return target
+
+
+@pytest.mark.parametrize("last_date", ["whole", "half"])
 def test_caption_region_series_through_a_backend_writes_what_a_local_run_writes(
-    tmp_path: Path, request, capsys
+    tmp_path: Path, request, capsys, last_date: str
 ) -> None:
     from ccexpert_core.geo.synthetic import write_demo_series
 
@@ -151,18 +166,25 @@ def test_caption_region_series_through_a_backend_writes_what_a_local_run_writes(
         pytest.skip("the demo model is not shipped in this checkout")
     server = shared_server(request, "open-demo", ["--no-ui"])
     paths = write_demo_series(tmp_path / "series", ("2016", "2018", "2021"), scenes=2, seed=5)
+    if last_date == "half":
+        # The tiles beyond the last date need interval 0-1 only: sent as 3-date series asking for 0-1 (that request
+        # used to fail its whole model batch with a 500, and the run said "0 captioned").
+        paths[2] = _half_width_copy(paths[2], tmp_path / "series" / "half_2021.tif")
     dates = [f"--date={label}={path}" for label, path in zip(("2016", "2018", "2021"), paths)]
 
     def rows(out: Path) -> list[tuple]:
         with sqlite3.connect(out) as connection:
             return connection.execute(
-                'SELECT tile_id, "interval", caption, round(confidence, 4), date_before, date_after, change_kind, '
-                "model_id FROM captions ORDER BY tile_id, \"interval\"").fetchall()
+                'SELECT tile_id, "interval", status, caption, round(confidence, 4), date_before, date_after, '
+                "change_kind, model_id FROM captions ORDER BY tile_id, \"interval\"").fetchall()
 
     assert cli.main(["caption-region", *dates, "--out", str(tmp_path / "local.gpkg")]) == 0
     assert cli.main(["caption-region", *dates, "--out", str(tmp_path / "remote.gpkg"), "--backend", server.url]) == 0
     capsys.readouterr()
-    assert rows(tmp_path / "remote.gpkg") == rows(tmp_path / "local.gpkg")
-    assert len(rows(tmp_path / "local.gpkg")) == 4 * 2
+    local = rows(tmp_path / "local.gpkg")
+    assert rows(tmp_path / "remote.gpkg") == local
+    assert len(local) == 4 * 2
+    captioned = sum(row[2] == "captioned" for row in local)
+    assert captioned == (8 if last_date == "whole" else 6)  # the right column's 1-2 interval has no last date
     with sqlite3.connect(tmp_path / "remote.gpkg") as connection:
         assert connection.execute("SELECT count(*) FROM history").fetchone()[0] == 4

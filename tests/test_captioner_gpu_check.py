@@ -12,7 +12,8 @@ import torch
 from ccexpert_core.model import CCExpertForConditionalGeneration
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
-STAGES = {"preprocessing_s", "vision_tower_s", "dim_s", "projector_and_prefill_s", "decoding_s", "other_s"}
+STAGES = {"preprocessing_s", "device_preparation_s", "vision_tower_s", "dim_s", "projector_and_prefill_s", "decoding_s",
+          "other_s", "finishing_s"}
 
 
 @pytest.fixture(scope="module")

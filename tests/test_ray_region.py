@@ -28,12 +28,13 @@ from ccexpert_core import cli
 from ccexpert_core.defaults import default_model
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
-from ccexpert_core.geo.engine import PAIR_INTERVALS, load_model_engine
+from ccexpert_core.geo.engine import load_model_engine
 from ccexpert_core.geo.grid import TileGrid
 from ccexpert_core.geo.raster import RasterPair
 from ccexpert_core.geo.ray_runner import RayRegion, RayRunner
 from ccexpert_core.geo.region import RegionOptions, caption_region
 from ccexpert_core.ray_cluster import RayCluster, WorkerPlan
+from ccexpert_core.series import PAIR_INTERVALS
 
 from geo_fixtures import write_pair
 from ray_cluster import Cluster, start_cluster

@@ -9,7 +9,6 @@ once. Tests and simple engines subclass :class:`Engine` and implement :meth:`cap
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +19,13 @@ import numpy as np
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.inflight import Failover, NoEndpointLeft, default_in_flight
+from ccexpert_core.series import PAIR_INTERVALS, Interval, TileWork
 
 if TYPE_CHECKING:
     from ccexpert_core.client import BackendClient
     from ccexpert_core.inference.captioner import Captioner
 
 ImagePair = tuple[np.ndarray, np.ndarray]
-#: Which two dates of a tile's series a caption compares: indices (earlier, later).
-Interval = tuple[int, int]
-PAIR_INTERVALS: tuple[Interval, ...] = ((0, 1),)
 Log = Callable[[str], None]
 
 #: How long a run keeps trying when no backend answers (a restart takes about 20 s).
@@ -128,40 +125,28 @@ class Engine:
 
 
 class InProcessEngine(Engine):
-    """A :class:`~ccexpert_core.inference.captioner.Captioner` in this process: the processor's work runs on the
-    reader threads while the model captions the batch before, one batch at a time."""
+    """A :class:`~ccexpert_core.inference.captioner.Captioner` in this process, through its one path: the
+    processor's work runs on the reader threads, and two batches are open at once, so that one is finished (tokens
+    to captions) while the model generates the other."""
+
+    in_flight = 2
 
     def __init__(self, captioner: "Captioner") -> None:
         self.captioner = captioner
         self.model_id, self.model_note = captioner.model_id, captioner.card.note
         source = captioner.source
         self.former_ids = (source, str(Path(source).resolve())) if not source.startswith("preset:") else ()
-        self._model_lock = threading.Lock()
 
     def prepare(
         self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
     ) -> Any:
-        """Resize, normalise and tokenise (no model); tiles asking for the same intervals share one series call,
-        which encodes each image once."""
-        if all(len(images) == 2 and tuple(wanted) == PAIR_INTERVALS for images, wanted in zip(series, intervals)):
-            return [(None, self.captioner.prepare([tuple(images) for images in series]))]
-        groups: dict[tuple[Interval, ...], list[int]] = {}
-        for index, wanted in enumerate(intervals):
-            groups.setdefault(tuple(map(tuple, wanted)), []).append(index)
-        return [
-            (members, self.captioner.prepare_series([series[i] for i in members], list(wanted)))
-            for wanted, members in groups.items()
-        ]
+        """The Captioner's CPU work for the batch (no model): each image an interval uses, once."""
+        return self.captioner.prepare([TileWork(tuple(images), tuple(map(tuple, wanted)))
+                                       for images, wanted in zip(series, intervals)])
 
     def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
-        """The whole batch in as few forward passes as its interval groups (the pipeline already sized it)."""
-        with self._model_lock:  # torch already uses every core for one batch
-            if prepared[0][0] is None:
-                return [[result] for result in self.captioner.caption_prepared(prepared[0][1])]
-            results: dict[int, list[CaptionResult]] = {}
-            for members, group in prepared:
-                results.update(zip(members, self.captioner.caption_series_prepared(group)))
-        return [results[index] for index in sorted(results)]
+        """The model's generation (one batch at a time), then the results on the calling thread."""
+        return self.captioner.finish(self.captioner.generate(prepared))
 
 
 def load_model_engine(model: str | Path, device: str = "auto") -> InProcessEngine:

@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 
 from ccexpert_core.errors import CCExpertError
-from ccexpert_core.geo.engine import Interval
 from ccexpert_core.geo.grid import Tile
 from ccexpert_core.geo.raster import PairSource, SeriesSource
 from ccexpert_core.geo.runner import BatchOutcome, Needed, ReadBatch, finish_batch, read_batch
 from ccexpert_core.model_card import describe_model
 from ccexpert_core.ray_cluster import CAPTION_MODULES, RayCluster, WorkerPlan, last_line, worker_model
+from ccexpert_core.series import Interval
 
 Log = Callable[[str], None]
 

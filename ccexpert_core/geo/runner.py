@@ -15,11 +15,12 @@ from rasterio.errors import RasterioError
 
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.geo.captions_layer import CAPTIONED, FAILED, SKIPPED_NODATA
-from ccexpert_core.geo.engine import PAIR_INTERVALS, CaptionEngine, Interval
+from ccexpert_core.geo.engine import CaptionEngine
 from ccexpert_core.geo.grid import Tile
 from ccexpert_core.geo.raster import PairSource, RasterSeries, SeriesSource
 from ccexpert_core.geo.report import thumbnail
 from ccexpert_core.inflight import run_in_flight
+from ccexpert_core.series import PAIR_INTERVALS, Interval
 
 Log = Callable[[str], None]
 
