@@ -165,6 +165,7 @@ class DynamicBatcher(Generic[Item, Result]):
         self._ahead_pairs = 0  # formed, not yet on the model
         self._running_until = 0.0  # when the batch on the model should be done, by the estimate
         self._worked_since_idle = False
+        self._open_batches = 0  # formed and not yet done with
         self.batches = 0
         self.pairs = 0
         self.max_batch_size = 0
@@ -287,6 +288,7 @@ class DynamicBatcher(Generic[Item, Result]):
             taken = self._take(loop.time())
             if taken:
                 self._worked_since_idle = True
+                self._open_batches += 1
                 pairs = sum(item.pairs for item in taken)
                 self._ahead_pairs += pairs
                 prepared = loop.run_in_executor(self._preparers, self._prepare, [item.item for item in taken])
@@ -310,9 +312,13 @@ class DynamicBatcher(Generic[Item, Result]):
         while not self._pending:
             if not (self._worked_since_idle and self._on_idle is not None):
                 await self._wait_until(lambda: bool(self._pending))
-            elif not await self._wait_until(lambda: bool(self._pending), self.idle_s):
+                continue
+            # Idle means every batch done with (its results delivered and its tensors freed), then ``idle_s`` with
+            # nothing arriving: only then is memory given back.
+            await self._wait_until(lambda: bool(self._pending) or self._open_batches == 0)
+            if not self._pending and not await self._wait_until(lambda: bool(self._pending), self.idle_s):
                 self._worked_since_idle = False
-                await loop.run_in_executor(self._model, self._on_idle)  # after the model's last batch
+                await loop.run_in_executor(self._model, self._on_idle)
 
     def _ahead_s(self, now: float) -> float:
         """Seconds of model work, by the estimate, before a batch formed now would start."""
@@ -380,36 +386,48 @@ class DynamicBatcher(Generic[Item, Result]):
     async def _feed_model(self) -> None:
         """The model's side: prepared batches in the order they were formed, back to back."""
         assert self._formed is not None
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._formed.get()
             await self._notify()  # room for the collector to form the next batch
-            try:
-                prepared = await batch.prepared
-            except Exception as error:
-                self._ahead_pairs -= batch.pairs
-                await self._failed(batch.items, error)
+            answered = await self._on_model(batch)
+            del batch  # with it its prepared pixels: freed before the next batch's arrive
+            if answered is None:
+                await self._closed()
                 continue
-            self._ahead_pairs -= batch.pairs
-            live = [item for item in batch.items if not item.future.done()]
-            if not live:  # every request of the batch has left: its pairs are computed for nobody
-                self.withdrawn_pairs += batch.pairs
-                continue
-            estimate = (self._seconds_per_pair or 0.0) * batch.pairs
-            self._running_until = loop.time() + estimate
-            started = time.perf_counter()
-            try:
-                answer = await loop.run_in_executor(self._model, self._run, prepared)
-            except Exception as error:
-                await self._failed(batch.items, error)
-                continue
-            finally:
-                self._running_until = 0.0
-            del prepared  # its pixels are on the model's side now: free them before the next batch's arrive
-            self._measured(batch.pairs, time.perf_counter() - started)
-            task = asyncio.create_task(self._deliver(batch.items, answer))
+            task = asyncio.create_task(self._deliver(*answered))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
+
+    async def _on_model(self, batch: _Batch[Item, Result]) -> tuple[list[_Item[Item, Result]], Any] | None:
+        """Run one formed batch on the model: its items and the model's answer, or None where nothing is left to
+        finish (it failed, and its requests were answered, or they had all left)."""
+        loop = asyncio.get_running_loop()
+        try:
+            prepared = await batch.prepared
+        except Exception as error:
+            self._ahead_pairs -= batch.pairs
+            await self._failed(batch.items, error)
+            return None
+        self._ahead_pairs -= batch.pairs
+        if all(item.future.done() for item in batch.items):  # every request has left: computed for nobody
+            self.withdrawn_pairs += batch.pairs
+            return None
+        self._running_until = loop.time() + (self._seconds_per_pair or 0.0) * batch.pairs
+        started = time.perf_counter()
+        try:
+            answer = await loop.run_in_executor(self._model, self._run, prepared)
+        except Exception as error:
+            await self._failed(batch.items, error)
+            return None
+        finally:
+            self._running_until = 0.0
+        self._measured(batch.pairs, time.perf_counter() - started)
+        return batch.items, answer
+
+    async def _closed(self) -> None:
+        """A formed batch is done with (answered, failed or dropped)."""
+        self._open_batches -= 1
+        await self._notify()
 
     def _measured(self, pairs: int, seconds: float) -> None:
         observed = seconds / pairs
@@ -426,8 +444,11 @@ class DynamicBatcher(Generic[Item, Result]):
         try:
             results = await loop.run_in_executor(self._finisher, self._finish, answer, len(items))
         except Exception as error:
+            del answer
             await self._failed(items, error)
             return
+        finally:
+            await self._closed()
         for item, result in zip(items, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)

@@ -8,7 +8,11 @@ hard), then:
    and what its log grew by; then closes them and asks again;
 2. runs ``--clients`` client threads for ``--seconds`` each (one pair of 256×256 PNGs per ``POST /v1/captions``)
    with ``--request-timeout`` on the server; counts statuses, 5xx, internal errors, pairs computed against
-   results delivered, and the server's RSS before (after a warm-up request), at peak and after (idle ``--settle``).
+   results delivered, and the server's RSS before (after a warm-up request), at peak and after (idle ``--settle``);
+   with ``--poison``, one of the clients sends instead a series request that once failed every request batched
+   with it (tiles of 3 dates asking for interval 0-1 only: what caption-region sends for a partial last date);
+3. with ``--repeats N``, sends one series request naming interval 0-1 N times (two 64-px images) while a one-pair
+   request waits behind it: their statuses and seconds.
 
 Prints a Markdown table for bench/RESULTS.md. Traffic goes to the loopback address only, and every loop is bounded.
 
@@ -134,8 +138,16 @@ def png(seed: int, size: int = 256) -> bytes:
     return buffer.getvalue()
 
 
-def load(process: subprocess.Popen, url: str, clients: int, seconds: float, settle_s: float) -> dict[str, object]:
-    """``clients`` threads sending one-pair requests for ``seconds``; statuses, work and memory."""
+def partial_series(images: list[bytes], index: int) -> dict[str, object]:
+    """A request of 2 tiles of 3 dates asking for interval 0-1 only."""
+    files = [(protocol.FIELD_IMAGE, (f"i{k}.png", images[(index + k) % 8])) for k in range(6)]
+    return {"files": files, "data": {protocol.FIELD_DATES: "3", protocol.FIELD_INTERVALS: "0-1"}}
+
+
+def load(process: subprocess.Popen, url: str, clients: int, seconds: float, settle_s: float,
+         poison: bool = False) -> dict[str, object]:
+    """``clients`` threads sending one-pair requests for ``seconds`` (with ``poison``, client 0 sends partial series
+    requests); statuses, work and memory."""
     images = [png(seed) for seed in range(8)]
     files = [(protocol.FIELD_BEFORE, ("b.png", images[0])), (protocol.FIELD_AFTER, ("a.png", images[1]))]
     requests.post(url + protocol.CAPTIONS_PATH, headers=AUTH, files=files, timeout=300).raise_for_status()
@@ -156,10 +168,16 @@ def load(process: subprocess.Popen, url: str, clients: int, seconds: float, sett
                 ]
                 sent += 1
                 try:
-                    response = session.post(url + protocol.CAPTIONS_PATH, headers=AUTH, files=pair, timeout=300)
-                    outcome = str(response.status_code)
+                    if poison and index == 0:
+                        response = session.post(url + protocol.SERIES_PATH, headers=AUTH, timeout=300,
+                                                **partial_series(images, sent))
+                    else:
+                        response = session.post(url + protocol.CAPTIONS_PATH, headers=AUTH, files=pair, timeout=300)
+                    outcome = ("series " if poison and index == 0 else "") + str(response.status_code)
                     if response.status_code != 200:
                         outcome += " " + response.json().get("error", "")
+                except requests.ConnectionError:
+                    outcome = "dropped connection"
                 except requests.RequestException as error:
                     outcome = type(error).__name__
                 with lock:
@@ -184,6 +202,30 @@ def load(process: subprocess.Popen, url: str, clients: int, seconds: float, sett
     }
 
 
+def repeated_interval(url: str, repeats: int) -> dict[str, object]:
+    """One series request naming interval 0-1 ``repeats`` times, and a one-pair request sent just after it."""
+    small = [png(seed, 64) for seed in range(2)]
+    files = [(protocol.FIELD_IMAGE, (f"i{k}.png", small[k])) for k in range(2)]
+    data = {protocol.FIELD_DATES: "2", protocol.FIELD_INTERVALS: ",".join(["0-1"] * repeats)}
+    answers: dict[str, tuple[int, float]] = {}
+
+    def send(name: str, path: str, **body: object) -> None:
+        began = time.perf_counter()
+        try:
+            status = requests.post(url + path, headers=AUTH, timeout=600, **body).status_code
+        except requests.RequestException:
+            status = 0
+        answers[name] = (status, round(time.perf_counter() - began, 3))
+
+    heavy = threading.Thread(target=send, args=("repeated", protocol.SERIES_PATH), kwargs={"files": files, "data": data})
+    heavy.start()
+    time.sleep(0.05)
+    pair = [(protocol.FIELD_BEFORE, ("b.png", small[0])), (protocol.FIELD_AFTER, ("a.png", small[1]))]
+    send("one pair meanwhile", protocol.CAPTIONS_PATH, files=pair)
+    heavy.join()
+    return answers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--half-open", type=int, default=1100)
@@ -192,6 +234,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--request-timeout", type=float, default=2.0)
     parser.add_argument("--settle", type=float, default=5.0, help="idle seconds before RSS is read after the load")
+    parser.add_argument("--poison", action="store_true", help="client 0 sends partial series requests")
+    parser.add_argument("--repeats", type=int, default=0, help="also send interval 0-1 named this many times")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process holds the half-open connections
@@ -200,8 +244,9 @@ def main() -> None:
         try:
             held = half_open(process, url, log, args.half_open, args.hold)
             print(f"half-open: {held}", file=sys.stderr, flush=True)
-            loaded = load(process, url, args.clients, args.seconds, args.settle)
+            loaded = load(process, url, args.clients, args.seconds, args.settle, args.poison)
             print(f"load: {loaded}", file=sys.stderr, flush=True)
+            repeated = repeated_interval(url, args.repeats) if args.repeats else None
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -216,14 +261,18 @@ def main() -> None:
         f"{failures} (after they close: {held['after']}) | – |"
     )
     outcomes = loaded["outcomes"]
-    served = sum(n for outcome, n in outcomes.items() if outcome[:1] in "2345")
-    fivexx = sum(n for outcome, n in outcomes.items() if outcome.startswith("5"))
+    status = {outcome: outcome.removeprefix("series ") for outcome in outcomes}  # the poisoning client's too
+    served = sum(n for outcome, n in outcomes.items() if status[outcome][:1] in "2345")
+    fivexx = sum(n for outcome, n in outcomes.items() if status[outcome].startswith("5"))
     start_mb, peak_mb, after_mb = loaded["rss"]
     print(
         f"| {args.clients} clients × {args.seconds:g} s, --request-timeout {args.request_timeout:g} | "
         f"{args.clients} | {served} | {fivexx} ({', '.join(f'{n} {o}' for o, n in sorted(outcomes.items()))}) | "
         f"{sum(outcomes.values()) - served} | {start_mb:.0f} / {peak_mb:.0f} / {after_mb:.0f} |"
     )
+    if repeated:
+        print(f"\nInterval 0-1 named {args.repeats} times: " + "; ".join(
+            f"{name}: status {status} after {seconds:g} s" for name, (status, seconds) in repeated.items()))
     print(
         f"\nServer descriptors at most {held['descriptors']}; log grew by {held['log_bytes']} bytes "
         f"({held['emfile_lines']} 'Too many open files'). Pairs computed {loaded['computed']}, results delivered "
