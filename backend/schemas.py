@@ -129,8 +129,8 @@ def _series_limits_text(limits: protocol.Limits) -> str:
 
 **Limits of this backend.** At most {limits.max_images_per_request} images and {limits.max_dates_per_tile} dates per
 tile; `intervals` names each interval of a tile's dates at most once (results come in the order named), and tiles ×
-intervals is at most {limits.max_pairs_per_request} pairs. Over a count: 422 `too_many_pairs`, before any image is read. Images,
-timeouts and the queue as for `POST /v1/captions`."""
+intervals is at most {limits.max_pairs_per_request} pairs. Over a count: 422 `too_many_pairs`, before any image is
+read. Images, timeouts and the queue as for `POST /v1/captions`."""
 
 
 def _limits_text(limits: protocol.Limits) -> str:

@@ -1,9 +1,14 @@
-"""The model the ``ccexpert`` commands, the backend and ``make demo`` use when none is given (no torch here)."""
+"""The model the ``ccexpert`` commands, the backend and ``make demo`` use when none is given (torch only when
+:func:`load_captioner` loads one)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ccexpert_core.inference import Captioner
 
 #: The demo model that ships inside the package (rebuilt by ``ccexpert train --recipe demo``).
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
@@ -33,3 +38,15 @@ def print_model_note(model: str | Path) -> None:
     note = model_note(model)
     if note:
         print(note, file=sys.stderr)
+
+
+def load_captioner(model: str | None, device: str = "auto", dtype: str | None = None) -> Captioner:
+    """The Captioner for ``model`` (the default model where None) on ``device``, with :func:`print_model_note`'s
+    note for the demo or a random model; CCExpertError for a device this machine lacks."""
+    from ccexpert_core.inference import Captioner
+    from ccexpert_core.options import check_device
+
+    check_device(device)
+    chosen = model or default_model()
+    print_model_note(chosen)
+    return Captioner.load(chosen, device=device, dtype=dtype)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ccexpert_core.defaults import default_model, print_model_note
-from ccexpert_core.options import check_device, device_value
+from ccexpert_core.defaults import load_captioner
+from ccexpert_core.options import device_value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,18 +18,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on CUDA, else float32")
 
 
-def load_captioner(args: argparse.Namespace):  # -> Captioner (imported lazily: torch)
-    """The Captioner the ``--model/--device/--dtype`` arguments ask for, with a note for demo or random models."""
-    from ccexpert_core.inference import Captioner
-
-    check_device(args.device)
-    model = args.model or default_model()
-    print_model_note(model)
-    return Captioner.load(model, device=args.device, dtype=args.dtype)
-
-
 def _caption_pair(args: argparse.Namespace) -> int:
-    captioner = load_captioner(args)
+    captioner = load_captioner(args.model, args.device, args.dtype)
     result = captioner.caption([(args.before, args.after)])[0]
     if args.json:
         print(json.dumps({"caption": result.caption, "change_detected": result.change_detected,

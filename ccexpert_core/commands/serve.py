@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ccexpert_core import protocol
-from ccexpert_core.commands.model import add_model_arguments, load_captioner
+from ccexpert_core.commands.model import add_model_arguments
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.options import float_in, int_in
 
@@ -91,15 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def check_bind(host: str, has_tokens: bool, insecure_no_auth: bool) -> None:
-    """Refuse to expose an unauthenticated backend beyond this machine unless the operator insists."""
-    if not has_tokens and not insecure_no_auth and not protocol.is_loopback(host):
-        raise CCExpertError(
-            f"refusing to listen on {host} without authentication: give --token-file FILE (one token per line), "
-            "listen on 127.0.0.1, or pass --insecure-no-auth on a network you trust"
-        )
-
-
 def _check_positive(args: argparse.Namespace) -> None:
     for name in (
         "max_batch", "max_pairs", "max_image_bytes", "max_image_pixels", "request_timeout", "header_timeout",
@@ -127,19 +117,9 @@ def _check_ray_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the options, load the model, serve until interrupted."""
+    """Check the options and serve until interrupted (:func:`backend.server.serve`)."""
     _check_positive(args)
-    from backend.memory import limit_malloc_arenas
-
-    limit_malloc_arenas()  # before any thread starts: the model's, the decoders', the server's
-    from backend.auth import read_tokens
-
-    tokens = read_tokens(args.token_file) if args.token_file else None
-    check_bind(args.host, tokens is not None, args.insecure_no_auth)
-
-    from backend.app import create_app
-    from backend.connections import ConnectionLimits, connection_cap, raise_open_file_limit, serve
-    from backend.limits import guard_pillow
+    from backend.server import ServeOptions, serve
     from backend.state import ServerSettings
 
     limits = protocol.Limits(
@@ -151,38 +131,10 @@ def run(args: argparse.Namespace) -> int:
         # The queue must hold at least a couple of full requests, or big requests would always be refused.
         max_queued_pairs=max(_LIMITS.max_queued_pairs, 2 * args.max_pairs),
     )
-    settings = ServerSettings(
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits, tokens=tokens, ui=not args.no_ui
-    )
-    if args.ray is not None:
-        from ccexpert_core.ray_cluster import prepare_ray
-
-        prepare_ray()  # before ray is imported
-        from backend.ray_serve import serve_on_ray
-        from ccexpert_core.defaults import default_model, print_model_note
-
-        model = args.model or default_model()
-        print_model_note(model)
-        auth = f"tokens from {args.token_file}" if tokens else "none"
-        return serve_on_ray(args.ray, model, args.dtype, settings, args.host.strip("[]"), args.port, args.replicas,
-                            args.ray_gpus_per_replica, auth)
-    captioner = load_captioner(args)
-    guard_pillow(limits)
-    app = create_app(captioner, settings)
-    # Counted once the model and the app are loaded: what they hold open is not free for connections.
-    open_files = raise_open_file_limit()
-    connections = ConnectionLimits(
-        max_connections=connection_cap(open_files, args.max_connections),
-        header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout,
-    )
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    auth = f"tokens from {args.token_file}" if tokens else "none"
-    print(
-        f"CCExpert backend: http://{shown}:{args.port}  (API {protocol.API_PREFIX}, docs /docs"
-        f"{'' if args.no_ui else ', UI ' + protocol.UI_PATH + '/'}; auth: {auth}; model {captioner.model_id} "
-        f"on {captioner.device}; at most {connections.max_connections} connections, open-file limit {open_files})",
-        file=sys.stderr,
-    )
-    serve(app, host=args.host.strip("[]"), port=args.port, log_level=args.log_level, limits=connections)
-    return 0
+    settings = ServerSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits, ui=not args.no_ui)
+    return serve(ServeOptions(
+        model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
+        token_file=args.token_file, insecure_no_auth=args.insecure_no_auth, settings=settings,
+        max_connections=args.max_connections, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        log_level=args.log_level, ray=args.ray, replicas=args.replicas, gpus_per_replica=args.ray_gpus_per_replica,
+    ))
