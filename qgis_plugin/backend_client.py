@@ -22,7 +22,7 @@ from qgis.core import QgsBlockingNetworkRequest
 from qgis.PyQt.QtCore import QByteArray, QRunnable, QThreadPool, QUrl
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
-from .errors import BackendUnavailable, CaptionRunError, NotABackend
+from .errors import BackendUnavailable, CaptionRunError, NotABackend, TokenNeeded
 from .shared_modules import protocol
 
 #: Answers that mean "not now" (a proxy without a backend behind it, a busy backend): retried.
@@ -249,7 +249,7 @@ class BackendClient:
                     f"the backend at {self.url} refused the token (401): enter one of the tokens in the backend's "
                     "--token-file"
                 )
-            raise CaptionRunError(f"the backend at {self.url} needs a token (401): enter one in the Backend section")
+            raise TokenNeeded(f"the backend at {self.url} needs a token (401): enter one in the Backend section")
         body = _json_object(answer.content)
         if status >= 400:
             detail = body.get("detail") if body is not None else None

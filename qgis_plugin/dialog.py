@@ -4,20 +4,29 @@ hands it over (the plugin runs it).
 Two or more raster layers, one per date, in time order, with their dates (prefilled from the rasters' metadata or
 names, defaulting to two different layers in date or name order); the area is the rasters' overlap, the map extent,
 a polygon layer (optionally its selection) or a rectangle drawn on the map; the backend token goes to QGIS's
-authentication database. Run first asks the backend (which must answer as a CCExpert backend) and shows the tile
-count and an estimate of the time from the backend's measured speed; Start then runs. Status lines have a fixed
-height, so nothing moves under the analyst's pointer as messages change. A backend on this machine can be started
-from here (:mod:`.local_backend`).
+authentication database once the backend took it (or stays in memory for this session). Run first asks the backend
+(which must answer as a CCExpert backend) and shows the tile count and an estimate of the time from the backend's
+measured speed; Start then runs. The choices are remembered once Run found them working. Status lines have a fixed
+height and scroll, so nothing moves under the analyst's pointer and nothing is cut. A backend on this machine can
+be started from here (:mod:`.local_backend`); Help shows the README's plugin section inside QGIS.
 """
 
 from __future__ import annotations
 
+import enum
+import json
 from dataclasses import dataclass, replace
 
-from qgis.core import QgsMapLayer, QgsRasterLayer, QgsRectangle
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsMapLayer,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsSettings,
+    QgsUnitTypes,
+)
 from qgis.gui import QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent
-from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
-from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QApplication,
     QButtonGroup,
@@ -25,25 +34,29 @@ from qgis.PyQt.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QFormLayout,
+    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QRadioButton,
     QSizePolicy,
     QSpinBox,
+    QTextBrowser,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from .auth import load_token, store_token
+from .auth import is_session_token, keep_for_session, load_token, store_token, unlocked
 from .backend_client import BackendClient
-from .errors import CaptionRunError
+from .errors import CaptionRunError, TokenNeeded
+from .help import help_text
 from .job import RunPlan, model_words, plan_job
-from .layer_dates import in_time_order, layer_date
+from .layer_dates import in_time_order, layer_date, stacking_order
 from .local_backend import LocalBackend, LocalBackendSettings
 from .params import (
     AreaMode,
@@ -54,11 +67,9 @@ from .params import (
     parse_backend_urls,
     parse_bands,
 )
-from .qgis_compat import POLYGON_LAYERS, RASTER_LAYERS, project
+from .qgis_compat import DEGREES, POLYGON_LAYERS, RASTER_LAYERS, project
 from .shared_modules import grid as tiling
 
-#: The README's section on the plugin.
-HELP_URL = "https://github.com/ccexpert/ccexpert#qgis-plugin"
 _AREA_LABELS = {
     AreaMode.OVERLAP: "Where every raster has pixels",
     AreaMode.CANVAS: "The map canvas extent",
@@ -66,26 +77,114 @@ _AREA_LABELS = {
     AreaMode.RECTANGLE: "A rectangle drawn on the map",
 }
 _VALUE_LIMIT = 1e12
-#: Lines a status label holds (longer messages are cut; the tooltip has them whole).
+#: Decimals a number field keeps: enough for any resolution or value range typed (0.125 stays 0.125).
+EXACT_DECIMALS = 9
+#: Lines a status line shows (a longer message scrolls: nothing is cut).
 STATUS_LINES = 3
 _ERROR_STYLE = "color: #b00020"
+#: Where the dates the analyst typed are remembered, by raster source (so they survive a new session's layer ids).
+TYPED_DATES_KEY = "ccexpert/typed_dates"
+NO_TOKEN = "none (a loopback backend without --token-file)"
 
 
-def _status_label() -> QLabel:
-    """A label of :data:`STATUS_LINES` lines whatever it says: the layout never reflows."""
-    label = QLabel()
-    label.setWordWrap(True)
-    label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    label.setFixedHeight(label.fontMetrics().lineSpacing() * STATUS_LINES + 4)
-    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-    return label
+class StatusLine(QTextBrowser):
+    """A status of :data:`STATUS_LINES` lines whatever it says: the layout never reflows, and a longer message
+    scrolls rather than being cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.viewport().setAutoFillBackground(False)
+        self.setFixedHeight(self.fontMetrics().lineSpacing() * STATUS_LINES + 8)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+
+    def text(self) -> str:
+        """What it says."""
+        return self.toPlainText()
+
+    def setText(self, text: str) -> None:  # noqa: N802 (QLabel's name, which it stands in for)
+        """Say ``text`` (plain text, from its first line)."""
+        self.setPlainText(text)
 
 
-def _say(label: QLabel, text: str, error: bool = False) -> None:
-    label.setStyleSheet(_ERROR_STYLE if error else "")
-    label.setText(text)
-    label.setToolTip(text)
+def _say(line: StatusLine, text: str, error: bool = False) -> None:
+    line.setStyleSheet(_ERROR_STYLE if error else "")
+    line.setText(text)
+
+
+class ExactSpinBox(QgsDoubleSpinBox):
+    """A number field that keeps what was typed (up to :data:`EXACT_DECIMALS` decimals) and shows no trailing
+    zeros: 0.125 is shown, saved and used as 0.125, not rounded to 0.13."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setDecimals(EXACT_DECIMALS)
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802 (Qt's name)
+        """The value in the locale's digits, without trailing zeros."""
+        text = self.locale().toString(value, "f", self.decimals())
+        point = self.locale().decimalPoint()
+        return text.rstrip("0").rstrip(point) if point in text else text
+
+
+class KeepToken(enum.Enum):
+    """Where a token the backend took is kept."""
+
+    STORED = "in QGIS's authentication database"
+    SESSION = "for this QGIS session only"
+
+
+def ask_where_to_keep(parent: QWidget) -> KeepToken | None:
+    """Ask, before QGIS asks for its master password, where to keep a token (None: the analyst canceled)."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Keep the backend token")
+    box.setText("The backend took the token. Where should QGIS keep it?")
+    box.setInformativeText(
+        "QGIS keeps passwords and tokens in its authentication database, encrypted with a master password: to "
+        "store the token there, QGIS now asks for that password (the first time, it asks you to choose one). "
+        "Kept for this session only, the token is forgotten when QGIS closes."
+    )
+    stored = box.addButton("Store it", QMessageBox.ButtonRole.AcceptRole)
+    session = box.addButton("This session only", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(stored)
+    box.exec()
+    clicked = box.clickedButton()
+    return KeepToken.STORED if clicked is stored else KeepToken.SESSION if clicked is session else None
+
+
+def _typed_dates(settings: QgsSettings | None = None) -> dict[str, str]:
+    try:
+        remembered = json.loads(str((settings or QgsSettings()).value(TYPED_DATES_KEY, "{}")))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in remembered.items()} if isinstance(remembered, dict) else {}
+
+
+def _source(layer: QgsMapLayer | None) -> str:
+    return layer.source() if isinstance(layer, QgsRasterLayer) else ""
+
+
+class HelpDialog(QDialog):
+    """The README's plugin section, with its screenshots, in QGIS (no browser, no network)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("CCExpert — help")
+        text, folder = help_text()
+        self.browser = QTextBrowser()
+        self.browser.setSearchPaths([str(folder)])
+        self.browser.setOpenExternalLinks(True)
+        self.browser.setMarkdown(text)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.browser)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self.resize(900, 700)
 
 
 @dataclass
@@ -96,7 +195,9 @@ class DateRow:
     date: QLineEdit
     label: QLabel
     remove: QToolButton
-    #: What was prefilled, so that a date the analyst typed is never overwritten.
+    #: The layer the date belongs to (its source): a date goes with its raster, not with the row.
+    source: str = ""
+    #: What that raster says of its date, so that a date the analyst typed is told apart and remembered.
     prefilled: str = ""
 
 
@@ -123,6 +224,12 @@ class CaptionDialog(QDialog):
         self._previous_tool = None
         self._extent_tool: QgsMapToolExtent | None = None
         self._checked: _Checked | None = None
+        #: Dates the analyst typed, by raster source (remembered once a Run worked).
+        self.typed_dates = _typed_dates()
+        #: Asks where to keep a token before QGIS asks for its master password (tests answer it themselves).
+        self.ask_where_to_keep = ask_where_to_keep
+        self.help_dialog: HelpDialog | None = None
+        self._starting: LocalBackendSettings | None = None
         self.local_backend = local_backend or LocalBackend(self)
         self.local_backend.ready.connect(self._local_backend_ready)
         self.local_backend.failed.connect(lambda message: _say(self.connection_label, f"✗ {message}", True))
@@ -139,7 +246,7 @@ class CaptionDialog(QDialog):
         columns.addLayout(right, 1)
         layout = QVBoxLayout(self)
         layout.addLayout(columns)
-        self.status_label = _status_label()
+        self.status_label = StatusLine()
         layout.addWidget(self.status_label)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close | QDialogButtonBox.StandardButton.Help)
         self.run_button = buttons.addButton("Run", QDialogButtonBox.ButtonRole.AcceptRole)
@@ -170,9 +277,11 @@ class CaptionDialog(QDialog):
         return group
 
     def add_date_row(self, layer: QgsMapLayer | None = None) -> DateRow:
-        """A row for one more date (the layer after the last row's, by default)."""
+        """A row for one more date: by default the next raster in time order that no other row has (none where
+        every raster is taken: a row never repeats another's layer)."""
         combo = QgsMapLayerComboBox()
         combo.setFilters(RASTER_LAYERS)
+        combo.setAllowEmptyLayer(True)
         date = QLineEdit()
         date.setPlaceholderText("date: 2016, 2016-05 or 2016-05-12")
         remove = QToolButton()
@@ -188,17 +297,21 @@ class CaptionDialog(QDialog):
         self.rows_layout.setColumnStretch(1, 3)
         self.rows_layout.setColumnStretch(2, 1)
         remove.clicked.connect(lambda: self.remove_date_row(row))
-        combo.layerChanged.connect(lambda chosen: self._prefill(row, chosen))
         if layer is None and index > 0:
-            rasters = in_time_order(self._raster_layers())
-            previous = self.date_rows[index - 1].combo.currentLayer()
-            later = rasters[rasters.index(previous) + 1:] if previous in rasters else []
-            layer = later[0] if later else None
-        if layer is not None:
-            combo.setLayer(layer)
-        self._prefill(row, combo.currentLayer())
+            layer = self._next_free_raster(self.date_rows[index - 1].combo.currentLayer())
+        combo.setLayer(layer)
+        self._fill_date(row, combo.currentLayer())
+        combo.layerChanged.connect(lambda chosen: self._layer_changed(row, chosen))
         self._label_rows()
         return row
+
+    def _next_free_raster(self, previous: QgsMapLayer | None) -> QgsRasterLayer | None:
+        """The first raster after ``previous`` in time order that no row has, else any that no row has."""
+        rasters = in_time_order(self._raster_layers(), stacking_order(project()))
+        taken = {row.combo.currentLayer() for row in self.date_rows}
+        later = rasters[rasters.index(previous) + 1:] if previous in rasters else rasters
+        free = [layer for layer in later if layer not in taken] or [layer for layer in rasters if layer not in taken]
+        return free[0] if free else None
 
     def remove_date_row(self, row: DateRow) -> None:
         """Take a date out of the series (two stay)."""
@@ -218,13 +331,32 @@ class CaptionDialog(QDialog):
             row.label.setText(role.capitalize())
             row.remove.setEnabled(len(self.date_rows) > 2)
 
-    def _prefill(self, row: DateRow, layer: QgsMapLayer | None) -> None:
-        """The layer's date in its row, unless the analyst typed one there."""
-        if row.date.text().strip() and row.date.text() != row.prefilled:
+    def _layer_changed(self, row: DateRow, layer: QgsMapLayer | None) -> None:
+        """Another raster in a row: its date goes with the raster it was for, and the row shows the new one's."""
+        self._remember_typed(row)
+        self._fill_date(row, layer)
+
+    def _remember_typed(self, row: DateRow) -> None:
+        """A date the analyst typed for a raster (one that differs from what the raster says) is kept for it."""
+        typed = row.date.text().strip()
+        if not row.source or typed == row.prefilled:
             return
+        if typed:
+            self.typed_dates[row.source] = typed
+        else:  # cleared: the raster's own date again next time
+            self.typed_dates.pop(row.source, None)
+
+    def _fill_date(self, row: DateRow, layer: QgsMapLayer | None) -> None:
+        """The row's date for ``layer``: the one the analyst typed for it, else what the raster says, else none."""
+        row.source = _source(layer)
         found = layer_date(layer) if isinstance(layer, QgsRasterLayer) else None
         row.prefilled = "" if found is None else str(found)
-        row.date.setText(row.prefilled)
+        row.date.setText(self.typed_dates.get(row.source, row.prefilled))
+
+    def _save_typed_dates(self, settings: QgsSettings | None = None) -> None:
+        for row in self.date_rows:
+            self._remember_typed(row)
+        (settings or QgsSettings()).setValue(TYPED_DATES_KEY, json.dumps(self.typed_dates, sort_keys=True))
 
     @staticmethod
     def _raster_layers() -> list[QgsRasterLayer]:
@@ -271,9 +403,8 @@ class CaptionDialog(QDialog):
         size_row.addWidget(self.overlap)
         form.addRow("Tile size", size_row)
         self.resample = QCheckBox("Resample to")
-        self.resolution = QgsDoubleSpinBox()
-        self.resolution.setRange(0.01, 10000)
-        self.resolution.setDecimals(2)
+        self.resolution = ExactSpinBox()
+        self.resolution.setRange(1e-6, 10000)
         self.resolution.setSuffix(" m/px")
         self.resample.toggled.connect(self.resolution.setEnabled)
         resolution_row = QHBoxLayout()
@@ -284,10 +415,9 @@ class CaptionDialog(QDialog):
         self.bands.setPlaceholderText("the first three (or e.g. 4,3,2 — one band for grey)")
         form.addRow("Bands", self.bands)
         self.fixed_range = QCheckBox("Map")
-        self.range_min, self.range_max = QgsDoubleSpinBox(), QgsDoubleSpinBox()
+        self.range_min, self.range_max = ExactSpinBox(), ExactSpinBox()
         for box in (self.range_min, self.range_max):
             box.setRange(-_VALUE_LIMIT, _VALUE_LIMIT)
-            box.setDecimals(3)
             self.fixed_range.toggled.connect(box.setEnabled)
         range_row = QHBoxLayout()
         for widget in (self.fixed_range, self.range_min, QLabel("…"), self.range_max, QLabel("to 0…255")):
@@ -308,7 +438,7 @@ class CaptionDialog(QDialog):
         form.addRow("URLs", self.backend_url)
         self.token = QLineEdit()
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
-        self.token.setPlaceholderText("none (a loopback backend without --token-file)")
+        self.token.setPlaceholderText(NO_TOKEN)
         form.addRow("Token", self.token)
         self.in_flight = QSpinBox()
         self.in_flight.setRange(0, 64)
@@ -318,7 +448,7 @@ class CaptionDialog(QDialog):
         self.test_button = QPushButton("Test connection")
         self.test_button.clicked.connect(self.test_connection)
         form.addRow("", self.test_button)
-        self.connection_label = _status_label()
+        self.connection_label = StatusLine()
         form.addRow(self.connection_label)
         # What the status said was about these values: it goes once they change.
         for field in (self.backend_url, self.token):
@@ -361,27 +491,29 @@ class CaptionDialog(QDialog):
 
     def set_params(self, params: CaptionParams) -> None:
         """Show ``params``; remembered layers that are not in the project give way to two different raster layers
-        in date or name order. Every status line starts empty."""
+        in time order (each with the date typed for it before, else its own). Every status line starts empty; the
+        token stays in the authentication database (reading it may ask for the master password: only a backend
+        that wants it makes the dialog read it)."""
         current = project()
         remembered = [current.mapLayer(layer_id) for layer_id in params.layer_ids]
         layers: list[QgsMapLayer | None] = [layer for layer in remembered if isinstance(layer, QgsRasterLayer)]
-        typed = list(params.dates) if len(layers) == len(params.layer_ids) else []
+        if len(layers) == len(params.layer_ids):
+            for layer, typed in zip(layers, params.dates):
+                found = layer_date(layer) if isinstance(layer, QgsRasterLayer) else None
+                if typed and typed != ("" if found is None else str(found)):
+                    self.typed_dates[_source(layer)] = typed
         if len(layers) < 2 or len(set(layers)) < len(layers):
-            layers, typed = list(in_time_order(self._raster_layers())[:2]), []
+            layers = list(in_time_order(self._raster_layers(), stacking_order(current))[:2])
         layers += [None] * (2 - len(layers))
         while len(self.date_rows) > max(2, len(layers)):
             self.remove_date_row(self.date_rows[-1])
         while len(self.date_rows) < len(layers):
             self.add_date_row()
-        for index, (row, layer) in enumerate(zip(self.date_rows, layers)):
-            if layer is not None:
-                row.combo.setLayer(layer)
-            if index < len(typed) and typed[index]:
-                row.date.setText(typed[index])
-            else:
-                row.prefilled = ""
-                row.date.clear()
-                self._prefill(row, row.combo.currentLayer())
+        for row, layer in zip(self.date_rows, layers):
+            row.combo.blockSignals(True)
+            row.combo.setLayer(layer)
+            row.combo.blockSignals(False)
+            self._fill_date(row, row.combo.currentLayer())
         area_layer = current.mapLayer(params.area_layer_id) if params.area_layer_id else None
         if area_layer is not None:
             self.area_layer_combo.setLayer(area_layer)
@@ -405,6 +537,8 @@ class CaptionDialog(QDialog):
         self.backend_url.setText(params.backend_url)
         self.in_flight.setValue(params.in_flight)
         self.auth_config_id = params.auth_config_id
+        self.token.clear()
+        self.token.setPlaceholderText(self._token_placeholder())
         self.output.setFilePath(params.output)
         self.layer_name.setText(params.layer_name)
         local = LocalBackendSettings.load()
@@ -412,10 +546,13 @@ class CaptionDialog(QDialog):
         self.local_model.setFilePath(local.model)
         self._backend_changed()
         _say(self.status_label, "")
-        try:
-            self.token.setText(load_token(params.auth_config_id))
-        except CaptionRunError as error:
-            _say(self.connection_label, str(error), True)
+
+    def _token_placeholder(self) -> str:
+        if not self.auth_config_id:
+            return NO_TOKEN
+        if is_session_token(self.auth_config_id):
+            return "the token given earlier in this session (type another to replace it)"
+        return "the token kept in QGIS's authentication database (type another to replace it)"
 
     def params(self) -> CaptionParams:
         """The parameters shown, checked; raises :class:`CaptionRunError` with what to correct."""
@@ -475,19 +612,15 @@ class CaptionDialog(QDialog):
     # -- actions --------------------------------------------------------------------------------------------------
 
     def request_run(self) -> None:
-        """Run: check the choices, that each backend answers as a CCExpert backend, count the tiles and time one
-        request; the dialog stays open with the count and the estimate, and Start (the same button) runs them.
-        Anything changed in between is checked again."""
+        """Run: check the choices, that each backend answers as a CCExpert backend (and takes the token), count the
+        tiles and time one request; the dialog stays open with the count and the estimate, and Start (the same
+        button) runs them. Only then are the choices remembered and a new token kept. Anything changed in between
+        is checked again."""
         try:
             params = self.params()
-            token = self.token.text().strip()
-            if token or self.auth_config_id:
-                self.auth_config_id = store_token(token, self.auth_config_id)
-                params = replace(params, auth_config_id=self.auth_config_id)
         except CaptionRunError as error:
             self._unchecked(str(error))
             return
-        params.save()
         if self._checked is not None and self._checked.params == params:
             self.accept()
             self.run_requested.emit(params)
@@ -495,24 +628,68 @@ class CaptionDialog(QDialog):
         _say(self.status_label, "Checking the backend and counting the tiles…")
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
-            checked = self._check(params, token)
+            checked = self._check(params)
         except CaptionRunError as error:
             self._unchecked(str(error))
             return
         finally:
             QApplication.restoreOverrideCursor()
-        self._checked = checked
+        try:
+            params = self._keep_token(checked.params)
+        except CaptionRunError as error:
+            self._unchecked(str(error))
+            return
+        params.save()
+        self._save_typed_dates()
+        self._checked = replace(checked, params=params)
         self.run_button.setText("Start")
-        _say(self.status_label, f"{checked.plan.describe()}. Press Start to run.")
+        plan = checked.plan
+        then = "Press Start to run." if plan.pairs else "Start shows the output on the map."
+        _say(self.status_label, f"{plan.describe()}. {then}")
 
-    def _check(self, params: CaptionParams, token: str) -> _Checked:
-        urls = parse_backend_urls(params.backend_url)
+    def _infos(self, urls: tuple[str, ...]) -> tuple[list[BackendClient], list[dict], str]:
+        """Each backend's ``/v1/info`` with the token shown; where the field is empty and a backend wants a token,
+        with the one kept (read only then: reading it may make QGIS ask for its master password). Returns the
+        clients, their answers and the token they took."""
+        token = self.token.text().strip()
+        try:
+            clients = [BackendClient(url, token, retries=0) for url in urls]
+            return clients, [client.info() for client in clients], token
+        except TokenNeeded:
+            if token or not self.auth_config_id:
+                raise
+        _say(self.status_label, "The backend wants its token: reading the one kept in QGIS's authentication "
+                                "database (QGIS may ask for its master password to open it)…")
+        self.status_label.repaint()
+        token = load_token(self.auth_config_id)
         clients = [BackendClient(url, token, retries=0) for url in urls]
-        infos = [client.info() for client in clients]
+        return clients, [client.info() for client in clients], token
+
+    def _check(self, params: CaptionParams) -> _Checked:
+        urls = parse_backend_urls(params.backend_url)
+        clients, infos, token = self._infos(urls)
         _say(self.connection_label, self._describe(list(zip(urls, infos))))
         canvas = self.iface.mapCanvas()
         job = job_from_params(params, project(), canvas.extent(), canvas.mapSettings().destinationCrs(), token)
         return _Checked(params, plan_job(job, clients[0], len(clients)))
+
+    def _keep_token(self, params: CaptionParams) -> CaptionParams:
+        """A token typed here, which the backend has just taken, kept where the analyst wants it: in QGIS's
+        authentication database (asked first where QGIS will want its master password), or for this session."""
+        token = self.token.text().strip()
+        if not token:
+            return params
+        if is_session_token(self.auth_config_id) and load_token(self.auth_config_id) == token:
+            return params
+        where = KeepToken.STORED if unlocked() else self.ask_where_to_keep(self)
+        if where is None:
+            raise CaptionRunError("the token was not kept: press Run again and choose where to keep it")
+        if where is KeepToken.STORED:
+            previous = "" if is_session_token(self.auth_config_id) else self.auth_config_id
+            self.auth_config_id = store_token(token, previous)
+        else:
+            self.auth_config_id = keep_for_session(token)
+        return replace(params, auth_config_id=self.auth_config_id)
 
     def _unchecked(self, message: str = "") -> None:
         """Back to Run: what was checked no longer holds (or failed: ``message`` says why)."""
@@ -548,7 +725,7 @@ class CaptionDialog(QDialog):
         lines, failed = [], False
         for url in urls:
             try:
-                info = BackendClient(url, self.token.text(), retries=0).info()
+                _, (info,), _ = self._infos((url,))
             except CaptionRunError as error:
                 lines.append(f"✗ {error}")
                 failed = True
@@ -556,23 +733,29 @@ class CaptionDialog(QDialog):
             lines.append(self._describe([(url, info)], len(urls) > 1))
         _say(self.connection_label, "\n".join(lines), failed)
 
-    def open_help(self) -> None:
-        """The README's section on the plugin, in the browser."""
-        QDesktopServices.openUrl(QUrl(HELP_URL))
+    def open_help(self) -> HelpDialog:
+        """The README's section on the plugin, in a window of its own (no browser or network needed)."""
+        if self.help_dialog is None:
+            self.help_dialog = HelpDialog(self)
+        self.help_dialog.show()
+        self.help_dialog.raise_()
+        return self.help_dialog
 
     def start_local_backend(self) -> None:
-        """Start ``ccexpert serve`` here with the command and model shown (remembered for next time); once it
+        """Start ``ccexpert serve`` here with the command and model shown (remembered once it answers); once it
         answers, its URL goes into the URL field. Without a command, say how to start one."""
         settings = LocalBackendSettings(self.local_command.text().strip(), self.local_model.filePath().strip())
-        settings.save()
         try:
             url = self.local_backend.start(settings)
         except CaptionRunError as error:
             _say(self.connection_label, f"✗ {error}", True)
             return
+        self._starting = settings
         _say(self.connection_label, f"Starting the local backend at {url} (loading its model)…")
 
     def _local_backend_ready(self, url: str) -> None:
+        if self._starting is not None:
+            self._starting.save()
         self.backend_url.setText(url)
         self.token.clear()
         self.test_connection()
@@ -600,7 +783,16 @@ class CaptionDialog(QDialog):
 
     def _set_rectangle(self, rectangle: QgsRectangle, crs_wkt: str) -> None:
         self._rectangle = (rectangle, crs_wkt)
-        self.rectangle_label.setText(
-            f"{rectangle.width():.6g} × {rectangle.height():.6g} map units at "
-            f"({rectangle.xMinimum():.6g}, {rectangle.yMinimum():.6g})"
-        )
+        self.rectangle_label.setText(rectangle_words(rectangle, QgsCoordinateReferenceSystem.fromWkt(crs_wkt)))
+
+
+def rectangle_words(rectangle: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> str:
+    """``140 × 190 m from (431010, 4828800)``: plain digits (never 4.83e+06), as many decimals as the unit needs."""
+    degrees = crs.isValid() and crs.mapUnits() == DEGREES
+    unit = "°" if degrees else (QgsUnitTypes.toAbbreviatedString(crs.mapUnits()) if crs.isValid() else "")
+
+    def number(value: float) -> str:
+        return f"{value:.{6 if degrees else 2}f}".rstrip("0").rstrip(".")
+
+    return (f"{number(rectangle.width())} × {number(rectangle.height())} {unit or 'map units'} from "
+            f"({number(rectangle.xMinimum())}, {number(rectangle.yMinimum())})")

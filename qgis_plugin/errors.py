@@ -13,3 +13,7 @@ class BackendUnavailable(CaptionRunError):
 class NotABackend(CaptionRunError):
     """Something answered at the URL, but not as a CCExpert backend (a 404 on ``/v1/info``, an answer that is not
     JSON, JSON without the API version): another server, or the backend's web UI rather than its API."""
+
+
+class TokenNeeded(CaptionRunError):
+    """The backend wants a token and none was sent (401): a stored one may be read now, and only now."""

@@ -22,6 +22,7 @@ from qgis.core import (
     QgsProcessingRegistry,
     QgsProject,
     QgsTaskManager,
+    QgsUnitTypes,
 )
 
 #: Processing's error for a run that cannot go on (declared by SIP at run time: the stubs lack it).
@@ -45,6 +46,8 @@ POLYGON_SOURCE = _renamed(
 )
 INTEGER = _renamed(Qgis, "ProcessingNumberParameterType", QgsProcessingParameterNumber, "Type", "Integer", "Integer")
 DOUBLE = _renamed(Qgis, "ProcessingNumberParameterType", QgsProcessingParameterNumber, "Type", "Double", "Double")
+# Distance units moved to Qgis.DistanceUnit in 3.30.
+DEGREES = _renamed(Qgis, "DistanceUnit", QgsUnitTypes, "DistanceUnit", "Degrees", "DistanceDegrees")
 
 
 def project() -> QgsProject:

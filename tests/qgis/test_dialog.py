@@ -1,7 +1,9 @@
-"""The dialog as an analyst uses it: two different rasters by default, the same one refused, a layout that never
-moves, a status that goes when what it spoke of changes, Run that checks the backend (a server that is not a
-CCExpert backend is refused before any task) and shows the tile count and an estimate before Start, a Help link,
-the choices remembered (the token in the auth database only) and the Processing algorithm starting from them."""
+"""The dialog as an analyst uses it: two different rasters by default (undated ones in the order they were added),
+dates that follow their rasters, the same raster refused, a layout that never moves and status lines that cut
+nothing, a status that goes when what it spoke of changes, Run that checks the backend (a server that is not a
+CCExpert backend is refused before any task) and shows the tile count and an estimate before Start, numbers kept
+exactly, help inside QGIS, the choices remembered once they worked, the token checked before it is kept (in the
+auth database, asked first, or for this session only) and the Processing algorithm starting from the choices."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from qgis.core import (
+    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsGeometry,
@@ -26,13 +29,14 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QObject, QPoint, QUrl, pyqtSlot
 from qgis.PyQt.QtGui import QDesktopServices
 
-from qgis_plugin.auth import load_token
-from qgis_plugin.dialog import HELP_URL, CaptionDialog
+from qgis_plugin.auth import is_session_token, load_token
+from qgis_plugin.dialog import TYPED_DATES_KEY, CaptionDialog, KeepToken
 from qgis_plugin.errors import CaptionRunError
+from qgis_plugin.local_backend import LocalBackendSettings, how_to_start
 from qgis_plugin.params import SETTINGS_GROUP, AreaMode, CaptionParams, job_from_params
 from qgis_plugin.processing_algorithm import CaptionChangesAlgorithm
 
-from conftest import TOKEN, Backend, add_raster
+from conftest import MASTER_PASSWORD, TOKEN, Backend, add_raster
 from rasters import write_geotiff, write_pair
 from standin import start_standin
 
@@ -57,12 +61,29 @@ def layers(project: QgsProject, tmp_path: Path) -> dict[str, object]:
     return {"after": after_layer, "before": add_raster(project, before, "ortho 2019"), "parcels": polygons}
 
 
+@pytest.fixture(autouse=True)
+def forget_choices(qgis_app) -> Iterator[None]:
+    """Each test starts from no remembered choices, typed dates or local backend command."""
+    settings = QgsSettings()
+    CaptionParams().save()
+    settings.remove(TYPED_DATES_KEY)
+    LocalBackendSettings().save()
+    yield
+    CaptionParams().save()
+    settings.remove(TYPED_DATES_KEY)
+
+
 @pytest.fixture
 def dialog(qgis_iface, auth_ready, layers) -> Iterator[CaptionDialog]:
     """A dialog on the default parameters."""
     shown = CaptionDialog(qgis_iface, CaptionParams())
     yield shown
     shown.deleteLater()
+
+
+def auth_configs() -> set[str]:
+    """The ids of the authentication configurations QGIS holds."""
+    return set(QgsApplication.authManager().configIds())
 
 
 def fill(dialog: CaptionDialog, layers: dict, backend_url: str, output: Path, token: str = TOKEN) -> None:
@@ -84,8 +105,8 @@ def fill(dialog: CaptionDialog, layers: dict, backend_url: str, output: Path, to
 
 
 def test_raster_combos_list_raster_layers_only(dialog: CaptionDialog, layers: dict) -> None:
-    for row in dialog.date_rows:
-        assert row.combo.count() == 2 and layers["parcels"] not in (row.combo.layer(0), row.combo.layer(1))
+    for row in dialog.date_rows:  # the two rasters and an empty choice (a row never repeats another's raster)
+        assert row.combo.count() == 3 and layers["parcels"] not in [row.combo.layer(k) for k in range(3)]
     assert dialog.area_layer_combo.count() == 1
 
 
@@ -112,11 +133,93 @@ def test_a_date_from_the_rasters_metadata_comes_before_one_in_its_name(
     shown = CaptionDialog(qgis_iface, CaptionParams())
     try:
         assert [row.date.text() for row in shown.date_rows] == ["2019", "2021-07-14"]
-        shown.date_rows[1].date.setText("2021")  # the analyst's own date stays when the layer changes
-        shown.date_rows[1].combo.setLayer(shown.date_rows[0].combo.currentLayer())
-        assert shown.date_rows[1].date.text() == "2021"
     finally:
         shown.deleteLater()
+
+
+def test_a_rows_date_follows_its_raster_and_a_typed_date_stays_with_the_raster_it_was_typed_for(
+    dialog: CaptionDialog, layers: dict, project: QgsProject, tmp_path: Path
+) -> None:
+    third = add_raster(project, write_geotiff(tmp_path / "ortho_2023.tif", np.zeros((3, 256, 256), np.uint8)),
+                       "ortho 2023")
+    second = dialog.date_rows[1]
+    assert (second.combo.currentLayer(), second.date.text()) == (layers["after"], "2021")
+    second.date.setText("2021-07")  # the analyst knows better than the layer's name
+    second.combo.setLayer(third)  # another raster: its own date, not the other raster's
+    assert second.date.text() == "2023"
+    second.combo.setLayer(layers["after"])  # back: the date typed for it
+    assert second.date.text() == "2021-07"
+
+
+def test_dates_typed_for_rasters_are_remembered_once_run_worked(
+    qgis_iface, dialog: CaptionDialog, layers: dict, tmp_path: Path, request
+) -> None:
+    standin = start_standin(request, "--batch-s", "0.01", python=sys.executable)
+    fill(dialog, layers, standin.url, tmp_path / "out", token="")
+    dialog.date_rows[1].date.setText("2021-08")
+    dialog.backend_url.setText("http://127.0.0.1:9")  # nothing there: Run fails, nothing is remembered
+    dialog.request_run()
+    assert dialog.run_button.text() == "Run" and CaptionParams.load() == CaptionParams()
+    assert not QgsSettings().value(TYPED_DATES_KEY)
+    dialog.backend_url.setText(standin.url)
+    dialog.request_run()
+    assert dialog.run_button.text() == "Start" and CaptionParams.load().backend_url == standin.url
+    # A later session: new layer ids for the same files, no remembered layers.
+    QgsProject.instance().removeMapLayer(layers["after"].id())
+    again = add_raster(QgsProject.instance(), Path(layers["before"].source()).with_name("after.tif"), "ortho 2021")
+    reopened = CaptionDialog(qgis_iface, CaptionParams())
+    try:
+        assert [(row.combo.currentLayer(), row.date.text()) for row in reopened.date_rows] == [
+            (layers["before"], "2019-05"), (again, "2021-08")]
+    finally:
+        reopened.deleteLater()
+
+
+def test_undated_rasters_start_in_the_order_a_name_or_their_adding_says(
+    qgis_iface, auth_ready, project: QgsProject, tmp_path: Path
+) -> None:
+    before, after = write_pair(tmp_path, 64)
+    add_raster(project, after, "town after")  # added first, but its name says it comes last
+    add_raster(project, before, "town before")
+    shown = CaptionDialog(qgis_iface, CaptionParams())
+    try:
+        assert [row.combo.currentLayer().name() for row in shown.date_rows] == ["town before", "town after"]
+        assert [row.date.text() for row in shown.date_rows] == ["", ""]
+    finally:
+        shown.deleteLater()
+    project.removeAllMapLayers()
+    add_raster(project, before, "survey b")  # nothing in the names: the one added first comes first
+    add_raster(project, after, "survey a")
+    shown = CaptionDialog(qgis_iface, CaptionParams())
+    try:
+        assert [row.combo.currentLayer().name() for row in shown.date_rows] == ["survey b", "survey a"]
+    finally:
+        shown.deleteLater()
+
+
+def test_a_new_date_row_never_repeats_another_rows_raster(dialog: CaptionDialog, layers: dict) -> None:
+    row = dialog.add_date_row()  # the project has two rasters, both taken
+    assert row.combo.currentLayer() is None and row.date.text() == ""
+    dialog.request_run()
+    assert "choose the date 3 raster layer" in dialog.status_label.text()
+
+
+def test_the_resolution_and_value_range_keep_what_was_typed_through_save_and_restore(
+    dialog: CaptionDialog, layers: dict, tmp_path: Path
+) -> None:
+    fill(dialog, layers, "http://127.0.0.1:9", tmp_path / "out.gpkg")
+    dialog.resample.setChecked(True)
+    dialog.resolution.setValue(0.125)
+    dialog.fixed_range.setChecked(True)
+    dialog.range_min.setValue(0.0625)
+    dialog.range_max.setValue(4095.5)
+    assert dialog.resolution.text() == "0.125 m/px"
+    params = dialog.params()
+    assert params.resolution == 0.125 and params.value_range == (0.0625, 4095.5)
+    params.save()
+    dialog.set_params(CaptionParams.load())
+    again = dialog.params()
+    assert again.resolution == 0.125 and again.value_range == (0.0625, 4095.5)
 
 
 def test_the_same_layer_for_two_dates_is_refused(dialog: CaptionDialog, layers: dict, tmp_path: Path) -> None:
@@ -164,6 +267,17 @@ def test_the_layout_stays_put_whatever_the_status_lines_say(dialog: CaptionDialo
         assert {name: getattr(dialog, name).mapTo(dialog, QPoint(0, 0)) for name in where} == where
         assert dialog.size() == size
         label.setText("")
+    dialog.hide()
+
+
+def test_the_local_backend_help_is_said_whole(dialog: CaptionDialog) -> None:
+    dialog.show()
+    dialog.local_command.clear()
+    dialog.start_local_backend()
+    line = dialog.connection_label
+    assert line.text() == f"✗ {how_to_start()}"  # whole, however long: the line scrolls
+    assert line.height() == line.fontMetrics().lineSpacing() * 3 + 8  # and keeps its height
+    assert line.document().size().height() > line.viewport().height() or line.verticalScrollBar().maximum() == 0
     dialog.hide()
 
 
@@ -221,6 +335,7 @@ def test_run_refuses_a_server_that_is_not_a_ccexpert_backend_before_any_task(
         assert (f"nothing at {server.url} answers as a CCExpert backend (it answered 404 Not Found to /v1/info)"
                 in dialog.status_label.text())
         assert dialog.run_button.text() == "Run" and not (tmp_path / "out.gpkg").exists()
+        assert CaptionParams.load() == CaptionParams()  # a failed choice is not remembered (Processing's defaults)
     finally:
         dialog.hide()
         server.shutdown()
@@ -255,10 +370,16 @@ def test_run_shows_the_tile_count_and_an_estimate_then_start_runs_what_was_check
 def test_start_hands_over_the_choices_remembers_them_and_keeps_the_token_in_the_auth_database(
     dialog: CaptionDialog, layers: dict, tmp_path: Path, backend: Backend,
 ) -> None:
-    fill(dialog, layers, backend.url, tmp_path / "out")
+    fill(dialog, layers, backend.url, tmp_path / "out", token="not-the-token")
     emitted: list[CaptionParams] = []
     dialog.run_requested.connect(emitted.append)
+    configs = auth_configs()
+    dialog.request_run()  # checked before it is kept: refused, and nothing stored
+    assert "refused the token (401)" in dialog.status_label.text()
+    assert auth_configs() == configs and dialog.auth_config_id == "" and CaptionParams.load() == CaptionParams()
+    dialog.token.setText(TOKEN)
     dialog.request_run()
+    assert dialog.run_button.text() == "Start" and len(auth_configs()) == len(configs) + 1
     dialog.request_run()
     assert len(emitted) == 1
     params = emitted[0]
@@ -274,6 +395,37 @@ def test_start_hands_over_the_choices_remembers_them_and_keeps_the_token_in_the_
     keys = [key for key in settings.allKeys() if key.startswith(SETTINGS_GROUP)]
     stored = [str(settings.value(key)) for key in keys]
     assert stored and not any(TOKEN in value for value in stored)
+    reopened = CaptionDialog(dialog.iface, CaptionParams.load())  # the token is not read on opening
+    assert reopened.token.text() == "" and "authentication database" in reopened.token.placeholderText()
+    reopened.deleteLater()
+    QgsApplication.authManager().removeAuthenticationConfig(params.auth_config_id)
+
+
+def test_the_master_password_is_asked_for_only_to_keep_a_token_after_saying_why_and_this_session_is_offered(
+    dialog: CaptionDialog, layers: dict, tmp_path: Path, backend: Backend, request,
+) -> None:
+    manager = QgsApplication.authManager()
+    asked: list[str] = []
+
+    def answer(parent) -> KeepToken:  # what the analyst clicks in the question ask_where_to_keep shows
+        asked.append("where to keep")
+        return KeepToken.SESSION
+
+    dialog.ask_where_to_keep = answer
+    manager.clearMasterPassword()  # a new QGIS session: the authentication database is locked
+    request.addfinalizer(lambda: manager.setMasterPassword(MASTER_PASSWORD, True))
+    standin = start_standin(request, "--batch-s", "0.01", python=sys.executable)
+    dialog.auth_config_id = "notstored"  # a configuration remembered from before: never read for a backend
+    fill(dialog, layers, standin.url, tmp_path / "out", token="")  # without tokens
+    dialog.request_run()
+    assert dialog.run_button.text() == "Start" and not asked and not manager.masterPasswordIsSet()
+    configs = auth_configs()
+    fill(dialog, layers, backend.url, tmp_path / "out")  # with a token: kept once it works, asked where first
+    dialog.request_run()
+    assert dialog.run_button.text() == "Start", dialog.status_label.text()
+    assert asked == ["where to keep"] and not manager.masterPasswordIsSet() and auth_configs() == configs
+    assert is_session_token(dialog.auth_config_id) and load_token(dialog.auth_config_id) == TOKEN
+    assert CaptionParams.load().auth_config_id == dialog.auth_config_id
 
 
 def test_processing_starts_from_the_dialogs_remembered_choices(layers: dict, qgis_app) -> None:
@@ -308,14 +460,20 @@ class _Opened(QObject):
         self.urls.append(url.toString())
 
 
-def test_help_opens_the_readmes_plugin_section(dialog: CaptionDialog) -> None:
+def test_help_shows_the_readmes_plugin_section_inside_qgis(dialog: CaptionDialog) -> None:
     opened = _Opened()
     QDesktopServices.setUrlHandler("https", opened, "open")
     try:
         dialog.help_button.click()
     finally:
         QDesktopServices.unsetUrlHandler("https")
-    assert opened.urls == [HELP_URL] and HELP_URL.endswith("#qgis-plugin")
+    assert not opened.urls  # no browser, no network
+    shown = dialog.help_dialog
+    assert shown is not None and shown.isVisible()
+    text = shown.browser.toPlainText()
+    assert text.startswith("QGIS plugin") and "Install from ZIP" in text and "Review captions" in text
+    assert shown.browser.document().resource(1, QUrl("docs/review-panel.png")) is not None  # its screenshots
+    shown.close()
 
 
 def test_a_rectangle_drawn_on_the_map_becomes_the_area(dialog: CaptionDialog, layers: dict, qgis_iface) -> None:
@@ -325,6 +483,7 @@ def test_a_rectangle_drawn_on_the_map_becomes_the_area(dialog: CaptionDialog, la
     assert canvas.mapTool() is dialog._extent_tool and not dialog.isVisible()
     dialog._extent_tool.extentChanged.emit(QgsRectangle(431010, 4828800, 431150, 4828990))
     assert dialog.area_radios[AreaMode.RECTANGLE].isChecked() and canvas.mapTool() is not dialog._extent_tool
+    assert dialog.rectangle_label.text() == "140 × 190 m from (431010, 4828800)"
     dialog.output.setFilePath("/tmp/x.gpkg")
     params = dialog.params()
     assert params.rectangle == (431010, 4828800, 431150, 4828990)
