@@ -33,6 +33,7 @@ from ccexpert_core.defaults import default_model
 from ccexpert_core.geo.engine import load_model_engine
 from ccexpert_core.geo.ray_runner import RayRegion
 from ccexpert_core.geo.region import RegionOptions, caption_region
+from ccexpert_core.geo.runner import on_this_machine
 from ccexpert_core.geo.synthetic import synthetic_pair, write_geotiff
 from ccexpert_core.ray_cluster import prepare_ray
 
@@ -92,18 +93,18 @@ def main() -> None:
             before_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
             try:
-                caption_region(before, after, out(), lambda: load_model_engine(default_model(), "cpu"), options,
-                               log=quiet, progress=progress)
+                caption_region(before, after, out(), lambda: on_this_machine(load_model_engine(default_model(), "cpu")),
+                               options, log=quiet, progress=progress)
             finally:
                 torch.set_num_threads(before_threads)
         return run
 
     def on_ray(workers: int) -> Callable[[Callable[[int, int], None]], None]:
         def run(progress: Callable[[int, int], None]) -> None:
-            region = RayRegion("local", workers, 0.0, options.max_nodata, log=quiet)  # the session started above
+            region = RayRegion("local", workers, 0.0, log=quiet)  # the session started above
             caption_region(before, after, out(),
-                           lambda: region.load_engine(default_model(), [("BEFORE", before), ("AFTER", after)]),
-                           options, log=quiet, progress=progress, make_runner=region.make_runner)
+                           lambda: region.open(default_model(), [("BEFORE", before), ("AFTER", after)]),
+                           options, log=quiet, progress=progress)
         return run
 
     runs = {

@@ -83,24 +83,24 @@ def cost_split(before: Path, after: Path, url: str, sample: int = 48) -> dict[st
     from ccexpert_core.client import BackendClient, encode_array
     from ccexpert_core.geo.captions_layer import CaptionsLayer, TileRecord
     from ccexpert_core.geo.grid import TileGrid
-    from ccexpert_core.geo.raster import RasterPair, spatial_ref
+    from ccexpert_core.geo.raster import RasterSeries, spatial_ref
 
-    with RasterPair(before, after, log=lambda m: None) as pair:
+    with RasterSeries([before, after], log=lambda m: None) as pair:
         grid = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, TILE)
         tiles = grid.tiles()[:sample]
         pair.fit_stretch(tiles, None)
-        pair.read_tile(tiles[0])
+        pair.read_dates(tiles[0])
         start = time.perf_counter()
-        pixels = [pair.read_tile(tile) for tile in tiles]
+        pixels = [[rgb for rgb, _ in pair.read_dates(tile)] for tile in tiles]
         read = time.perf_counter() - start
         client = BackendClient(url, retries=0)
         client.info()
         timings = {"read + align + 8-bit": read}
         for name, compress in (("encode (TIFF, loopback)", False), ("encode (PNG level 1)", True)):
             start = time.perf_counter()
-            encoded = [(encode_array(p.before, compress), encode_array(p.after, compress)) for p in pixels]
+            encoded = [(encode_array(b, compress), encode_array(a, compress)) for b, a in pixels]
             timings[name] = time.perf_counter() - start
-        encoded = [(encode_array(p.before, False), encode_array(p.after, False)) for p in pixels]
+        encoded = [(encode_array(b, False), encode_array(a, False)) for b, a in pixels]
         start = time.perf_counter()
         results = []
         for i in range(0, len(encoded), 8):
@@ -124,19 +124,18 @@ def real_backend(code: Path, before: Path, after: Path, folder: Path, tiles: int
 
     from ccexpert_core.client import BackendClient, encode_array
     from ccexpert_core.geo.grid import TileGrid
-    from ccexpert_core.geo.raster import RasterPair
+    from ccexpert_core.geo.raster import RasterSeries
 
     sys.path.insert(0, str(REPO / "tests"))
     from serve_process import start_serve
 
     server = start_serve(Path(sys.executable).with_name("ccexpert"), ["--no-ui"], folder / "serve.log")
     try:
-        with RasterPair(before, after, log=lambda m: None) as pair:
+        with RasterSeries([before, after], log=lambda m: None) as pair:
             grid = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, TILE)
             chosen = grid.tiles()[:tiles]
             pair.fit_stretch(grid.tiles(), None)
-            encoded = [(encode_array(p.before, False), encode_array(p.after, False))
-                       for p in map(pair.read_tile, chosen)]
+            encoded = [tuple(encode_array(rgb, False) for rgb, _ in pair.read_dates(tile)) for tile in chosen]
         client = BackendClient(server.url)
         client.info()
         batches = [encoded[i : i + 8] for i in range(0, len(encoded), 8)]

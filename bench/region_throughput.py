@@ -27,8 +27,9 @@ from affine import Affine
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.geo.engine import InProcessEngine
 from ccexpert_core.geo.grid import TileGrid
-from ccexpert_core.geo.raster import RasterPair
+from ccexpert_core.geo.raster import RasterSeries
 from ccexpert_core.geo.region import RegionOptions, caption_region
+from ccexpert_core.geo.runner import on_this_machine
 from ccexpert_core.geo.synthetic import synthetic_pair, write_geotiff
 
 SMALL = 1536  # 16 tiles of 384 px
@@ -59,17 +60,17 @@ def load_engine(tokens: int) -> InProcessEngine:
 def time_region(before: Path, after: Path, out: Path, engine: InProcessEngine, batch_size: int) -> tuple[int, float]:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
-    summary = caption_region(before, after, out, lambda: engine, RegionOptions(batch_size=batch_size),
+    summary = caption_region(before, after, out, lambda: on_this_machine(engine), RegionOptions(batch_size=batch_size),
                              log=lambda m: None)
     return summary.tiles, time.perf_counter() - start
 
 
 def time_captioner_alone(before: Path, after: Path, engine: InProcessEngine, batch_size: int) -> tuple[int, float]:
     """The same tiles, read beforehand, captioned in batches of the same size."""
-    with RasterPair(before, after, log=lambda m: None) as pair:
+    with RasterSeries([before, after], log=lambda m: None) as pair:
         tiles = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, 384).tiles()
         pair.fit_stretch(tiles, None)
-        pairs = [(p.before, p.after) for p in map(pair.read_tile, tiles)]
+        pairs = [tuple(rgb for rgb, _ in pair.read_dates(tile)) for tile in tiles]
     start = time.perf_counter()
     engine.captioner.caption(pairs, batch_size=batch_size)
     return len(pairs), time.perf_counter() - start

@@ -188,7 +188,10 @@ class BackendClient:
         dates = len(series[0]) if series else 0
         if any(len(images) != dates for images in series):
             raise CCExpertError("every tile of a series request needs the same number of dates")
-        step = max(1, 2 * self.limits.max_pairs_per_request // max(1, dates))
+        limits = self.limits
+        # Within the backend's limits on images and on pairs (tiles × intervals) per request.
+        step = max(1, min(limits.max_images_per_request // max(1, dates),
+                          limits.max_pairs_per_request // max(1, len(intervals))))
         results: list[list[CaptionResult]] = []
         for start in range(0, len(series), step):
             chunk = series[start : start + step]

@@ -16,6 +16,7 @@ Interval = tuple[int, int]
 PAIR_INTERVALS: tuple[Interval, ...] = ((0, 1),)
 
 Image = TypeVar("Image")
+Result = TypeVar("Result")
 
 
 def consecutive_intervals(dates: int) -> tuple[Interval, ...]:
@@ -76,3 +77,14 @@ class TileWork(Generic[Image]):
     def used_dates(self) -> tuple[int, ...]:
         """The dates its intervals compare, in order: the only images the model needs."""
         return tuple(sorted({date for interval in self.intervals for date in interval}))
+
+
+def regroup(flat: Sequence[Result], per_tile: Sequence[int]) -> list[list[Result]]:
+    """Results of consecutive pairs back into per tile, ``per_tile[k]`` for tile k (its intervals)."""
+    if len(flat) != sum(per_tile):
+        raise RuntimeError(f"{len(flat)} results for {sum(per_tile)} pairs")
+    grouped, start = [], 0
+    for count in per_tile:
+        grouped.append(list(flat[start : start + count]))
+        start += count
+    return grouped

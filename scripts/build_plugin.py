@@ -37,6 +37,7 @@ BUNDLED = {
     "inflight.py": REPO / "ccexpert_core" / "inflight.py",
     "run_files.py": REPO / "ccexpert_core" / "geo" / "run_files.py",
     "dates.py": REPO / "ccexpert_core" / "geo" / "dates.py",
+    "run_contract.py": REPO / "ccexpert_core" / "geo" / "run_contract.py",
     "captions.py": REPO / "ccexpert_core" / "captions.py",
     "search.py": REPO / "ccexpert_core" / "geo" / "search.py",
     "calibration.py": REPO / "ccexpert_core" / "geo" / "calibration.py",
@@ -65,10 +66,12 @@ def check_bundled(name: str, text: str) -> None:
     import of a module that is not bundled beside it."""
     if re.search(r"^\s*(from|import)\s+(ccexpert_core|backend)\b", text, re.MULTILINE):
         sys.exit(f"{BUNDLED[name]} imports from the project: it cannot be bundled into the plugin as it is")
+    modules = re.findall(r"^\s*from \.(\w+) import ", text, re.MULTILINE)
     for imported in re.findall(r"^\s*from \. import ([\w, ]+)$", text, re.MULTILINE):
-        missing = [module for module in imported.replace(" ", "").split(",") if f"{module}.py" not in BUNDLED]
-        if missing:
-            sys.exit(f"{BUNDLED[name]} imports {', '.join(missing)}, which the plugin does not bundle")
+        modules += [part.split(" as ")[0].strip() for part in imported.split(",")]
+    missing = [module for module in modules if f"{module}.py" not in BUNDLED]
+    if missing:
+        sys.exit(f"{BUNDLED[name]} imports {', '.join(missing)}, which the plugin does not bundle")
 
 
 def build(out_dir: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,18 @@ class FakeEngine(Engine):
     def captioned_ids(self) -> list[str]:
         """Every tile id it captioned (successful calls only)."""
         return [i for n, call in enumerate(self.calls, 1) if n not in self.fail_on_calls for i in call]
+
+
+@dataclass(frozen=True)
+class PairPixels:
+    """A tile of a two-date series: both dates' 8-bit RGB and the larger share of nodata of the two."""
+
+    before: np.ndarray
+    after: np.ndarray
+    nodata_share: float
+
+
+def pair_pixels(series, tile) -> PairPixels:  # noqa: ANN001 (a RasterSeries of two dates, a Tile)
+    """Both dates of ``tile`` as the region pipeline reads them."""
+    (before, before_valid), (after, after_valid) = series.read_dates(tile)
+    return PairPixels(before, after, float(1.0 - min(before_valid.mean(), after_valid.mean())))

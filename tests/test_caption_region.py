@@ -14,8 +14,9 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.captions_layer import CAPTIONED, CHANGES_LAYER, FAILED, LAYER, SKIPPED_NODATA, read_tiles
 from ccexpert_core.geo.engine import InProcessEngine
 from ccexpert_core.geo.grid import TileGrid
-from ccexpert_core.geo.raster import RasterPair, RasterSeries
+from ccexpert_core.geo.raster import RasterSeries
 from ccexpert_core.geo.region import RegionOptions, caption_region
+from ccexpert_core.geo.runner import on_this_machine
 from ccexpert_core.geo.synthetic import write_geotiff
 
 from geo_fixtures import CRS, ORIGIN, FakeEngine, utm_transform, write_pair
@@ -26,7 +27,7 @@ OPTIONS = RegionOptions(tile_size=64, overlap="16", batch_size=4)
 
 
 def run(before: Path, after: Path, out: Path, engine: FakeEngine, options: RegionOptions = OPTIONS, **kwargs):
-    return caption_region(before, after, out, lambda: engine, options, log=lambda m: None, **kwargs)
+    return caption_region(before, after, out, lambda: on_this_machine(engine), options, log=lambda m: None, **kwargs)
 
 
 def statuses(out: Path) -> dict[str, str]:
@@ -103,7 +104,7 @@ def test_polygon_area_from_geojson(tmp_path: Path) -> None:
     run(before, after, out, FakeEngine(), RegionOptions(tile_size=64, area_file=area))
     assert set(statuses(out)) == {"r0_c0", "r1_c0", "r1_c1"}
     # The same square in longitude/latitude (GeoJSON's default CRS) selects the same tiles.
-    with RasterPair(before, after, log=lambda m: None) as pair:
+    with RasterSeries([before, after], log=lambda m: None) as pair:
         from rasterio.warp import transform_geom
 
         lonlat = transform_geom(pair.grid.crs, "OGC:CRS84", {"type": "Polygon", "coordinates": [ring]})
@@ -202,7 +203,7 @@ def test_levircc_pair_as_geotiffs_gives_one_captioned_feature(
         rgb = np.asarray(Image.open(png).convert("RGB"))
         paths.append(write_geotiff(tmp_path / f"{name}.tif", rgb, CRS, utm_transform(0.5)))
     out = tmp_path / "levir.gpkg"
-    summary = caption_region(*paths, out, lambda: tiny_engine, RegionOptions(), log=lambda m: None)
+    summary = caption_region(*paths, out, lambda: on_this_machine(tiny_engine), RegionOptions(), log=lambda m: None)
     assert summary.tiles == 1 and summary.counts[CAPTIONED] == 1
     (tile,) = read_tiles(out)
     assert tile.status == CAPTIONED and isinstance(tile.caption, str) and 0 <= tile.confidence <= 1

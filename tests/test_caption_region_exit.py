@@ -67,8 +67,9 @@ def test_a_series_with_failed_intervals_exits_3(tmp_path: Path, capsys, monkeypa
     third = write_geotiff(tmp_path / "third.tif", synthetic_pair(128, 3)[1], CRS, utm_transform())
     use_engine(monkeypatch, FakeEngine(fail_on_calls=(1,)))
     dates = ["--date", f"2016={before}", "--date", f"2018={after}", "--date", f"2021={third}"]
+    # Batches of 4 pairs: two tiles of two intervals each, the first batch failed.
     code, _, err = caption_region(capsys, *dates, "--out", str(tmp_path / "series.gpkg"), "--tile-size", "64",
-                                  "--batch-size", "2")
+                                  "--batch-size", "4")
     assert code == FAILED_TILES
     assert "4 of the area's 8 tile intervals failed" in err.strip().splitlines()[-1], err
 

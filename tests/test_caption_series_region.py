@@ -17,6 +17,7 @@ from ccexpert_core.geo.dates import DateLabel
 from ccexpert_core.geo.engine import InProcessEngine
 from ccexpert_core.geo.gpkg import GeoPackage
 from ccexpert_core.geo.region import DateInput, RegionOptions, caption_dates, caption_region
+from ccexpert_core.geo.runner import on_this_machine
 from ccexpert_core.geo.synthetic import write_demo_series, write_geotiff
 
 from geo_fixtures import CRS, ORIGIN, FakeEngine, utm_transform
@@ -57,12 +58,12 @@ def history(out: Path) -> dict[str, tuple]:
 def test_each_interval_is_captioned_as_a_two_date_run_of_its_dates(tmp_path: Path, series, demo_engine) -> None:
     dates = [DateInput(path, DateLabel.parse(label)) for path, label in zip(series, DATES)]
     out = tmp_path / "series.gpkg"
-    summary = caption_dates(dates, out, lambda: demo_engine, RegionOptions(), log=quiet)
+    summary = caption_dates(dates, out, lambda: on_this_machine(demo_engine), RegionOptions(), log=quiet)
     assert summary.tiles == 4 and summary.counts[CAPTIONED] == 8
     stored = features(out)
     for k in range(2):
         pair_out = tmp_path / f"pair{k}.gpkg"
-        caption_region(series[k], series[k + 1], pair_out, lambda: demo_engine, RegionOptions(), log=quiet)
+        caption_region(series[k], series[k + 1], pair_out, lambda: on_this_machine(demo_engine), RegionOptions(), log=quiet)
         for tile in read_tiles(pair_out):
             in_series = stored[tile.tile_id, k]
             assert in_series.caption == tile.caption
@@ -84,7 +85,7 @@ def test_the_demo_model_sees_the_series_changes(tmp_path: Path, series, demo_eng
 
     truth = synthetic_town_series(2, 2, 3, seed=5).truth
     out = tmp_path / "series.gpkg"
-    caption_dates([DateInput(p) for p in series], out, lambda: demo_engine, RegionOptions(), log=quiet)
+    caption_dates([DateInput(p) for p in series], out, lambda: on_this_machine(demo_engine), RegionOptions(), log=quiet)
     stored = features(out)
     scenes = [f"r{r}_c{c}" for r in range(2) for c in range(2)]
     right = [stored[tile, k].change_detected == (kind is not None)
@@ -103,7 +104,7 @@ def test_each_image_goes_through_the_vision_tower_once(tmp_path: Path, series, d
     tower = demo_engine.captioner.model.model.vision_tower
     handle = tower.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
     try:
-        caption_dates([DateInput(p) for p in series], tmp_path / "s.gpkg", lambda: demo_engine,
+        caption_dates([DateInput(p) for p in series], tmp_path / "s.gpkg", lambda: on_this_machine(demo_engine),
                       RegionOptions(batch_size=4), log=quiet)
     finally:
         handle.remove()
@@ -114,14 +115,14 @@ def test_a_series_resumes_per_tile_and_interval(tmp_path: Path, series) -> None:
     out = tmp_path / "series.gpkg"
     dates = [DateInput(p) for p in series]
     first = FakeEngine()
-    caption_dates(dates, out, lambda: first, RegionOptions(tile_size=192), log=quiet)
+    caption_dates(dates, out, lambda: on_this_machine(first), RegionOptions(tile_size=192), log=quiet)
     assert len(features(out)) == 16 * 2
     package = GeoPackage(out)  # the spatial index's triggers call functions a plain sqlite3 connection lacks
     with package.connection as connection:
         connection.execute("UPDATE captions SET status = 'failed' WHERE tile_id = 'r1_c2' AND interval = 1")
     package.close()
     resumed = FakeEngine()
-    summary = caption_dates(dates, out, lambda: resumed, RegionOptions(tile_size=192), log=quiet)
+    summary = caption_dates(dates, out, lambda: on_this_machine(resumed), RegionOptions(tile_size=192), log=quiet)
     assert summary.already_done == 15 and resumed.captioned_ids == ["r1_c2"]
     assert len(resumed.pairs) == 1  # only the failed interval, not the tile's other one
     assert len(features(out)) == 32 and all(t.status == CAPTIONED for t in features(out).values())
@@ -129,7 +130,7 @@ def test_a_series_resumes_per_tile_and_interval(tmp_path: Path, series) -> None:
 
 def test_first_to_last_adds_an_interval_and_the_history_counts_consecutive_ones(tmp_path: Path, series) -> None:
     out = tmp_path / "series.gpkg"
-    caption_dates([DateInput(p) for p in series], out, FakeEngine, RegionOptions(tile_size=384, first_to_last=True),
+    caption_dates([DateInput(p) for p in series], out, lambda: on_this_machine(FakeEngine()), RegionOptions(tile_size=384, first_to_last=True),
                   log=quiet)
     stored = features(out)
     assert {k for _, k in stored} == {0, 1, 2}

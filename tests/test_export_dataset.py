@@ -24,6 +24,7 @@ from ccexpert_core.geo.region import (
     caption_dates,
     caption_region,
 )
+from ccexpert_core.geo.runner import on_this_machine
 from ccexpert_core.geo.synthetic import synthetic_pair, write_demo_series, write_geotiff
 
 from geo_fixtures import CRS, FakeEngine, utm_transform, write_pair
@@ -72,7 +73,7 @@ def chips(out: Path) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray, dict
 def run_pair(folder: Path, before: Path, after: Path, **options) -> tuple[Path, FakeEngine]:
     engine = FakeEngine()
     out = folder / "captions.gpkg"
-    caption_region(before, after, out, lambda: engine, RegionOptions(tile_size=64, **options), log=quiet)
+    caption_region(before, after, out, lambda: on_this_machine(engine), RegionOptions(tile_size=64, **options), log=quiet)
     return out, engine
 
 
@@ -143,7 +144,7 @@ def test_a_series_exports_each_interval_from_its_two_dates(tmp_path: Path, capsy
     engine = FakeEngine()
     gpkg = tmp_path / "series.gpkg"
     dates = [DateInput(path, DateLabel.parse(label)) for path, label in zip(paths, labels)]
-    caption_dates(dates, gpkg, lambda: engine, RegionOptions(tile_size=192), log=quiet)
+    caption_dates(dates, gpkg, lambda: on_this_machine(engine), RegionOptions(tile_size=192), log=quiet)
     seen = captioned_pixels(engine)
     review(gpkg, {("r0_c1", 1): CORRECTION, ("r1_c0", 0): None})
     out = tmp_path / "dataset"

@@ -20,6 +20,7 @@ from ccexpert_core.data.synthetic import write_dataset
 from ccexpert_core.defaults import DEMO_MODEL_DIR
 from ccexpert_core.geo.gpkg import GeoPackage
 from ccexpert_core.geo.region import RegionOptions, caption_region
+from ccexpert_core.geo.runner import on_this_machine
 from ccexpert_core.model import build_tiny_model, load_model
 from ccexpert_core.training.config import LORA_TARGETS
 from ccexpert_core.training.dataset import CaptionDataset, PairCollator
@@ -50,7 +51,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("export")
     before, after = write_pair(folder)
     gpkg = folder / "captions.gpkg"
-    caption_region(before, after, gpkg, FakeEngine, RegionOptions(tile_size=64), log=lambda message: None)
+    caption_region(before, after, gpkg, lambda: on_this_machine(FakeEngine()), RegionOptions(tile_size=64), log=lambda message: None)
     package = GeoPackage(gpkg)
     with package.connection as connection:
         for tile_id, caption in (("r0_c0", CORRECTION), ("r0_c1", None), ("r1_c1", "there is no difference"),

@@ -15,7 +15,6 @@ from ccexpert_core.geo.grid import (
     invert_transform,
     parse_overlap,
     pixel_to_geo,
-    run_options,
     tiles_window,
 )
 
@@ -150,17 +149,6 @@ def test_parse_overlap_and_bad_values() -> None:
 
 def test_tiles_window_holds_all_tiles() -> None:
     assert tiles_window([Tile(0, 1, 10, 0, 8, 8), Tile(1, 0, 2, 8, 8, 6)]) == (2, 0, 16, 14)
-
-
-def test_run_options_word_the_stretch_and_the_range() -> None:
-    grid = TileGrid(100, 80, GT, 32, 4)
-    options = run_options(grid, "EPSG:32631", (3, 2, 1), None, 0.5, "b.tif", "a.tif", "m")
-    assert options == {
-        "crs": "EPSG:32631", "geotransform": "431000,1,0,4829000,0,-1", "size": "100x80", "tile_size": "32",
-        "overlap_px": "4", "bands": "3,2,1", "value_range": "stretch 2-98%", "max_nodata": "0.5",
-        "before_source": "b.tif", "after_source": "a.tif", "model_id": "m",
-    }
-    assert run_options(grid, "EPSG:32631", (1,), (0.0, 3000.0), 1, "b", "a", "m")["value_range"] == "0.0,3000.0"
 
 
 @pytest.mark.parametrize("module", ["grid", "pixels"])

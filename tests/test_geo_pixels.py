@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ccexpert_core.geo.pixels import Stretch, TilePixels, decimated_shape, pick_bands, to_rgb
+from ccexpert_core.geo.pixels import Stretch, decimated_shape, nodata_share, pick_bands, to_rgb
+from ccexpert_core.geo.run_contract import skipped
 
 
 def test_band_choice() -> None:
@@ -55,11 +56,10 @@ def test_to_rgb_blacks_out_invalid_pixels_and_repeats_one_band() -> None:
     assert eight_bit.tolist() == [[[7, 7, 7], [7, 7, 7]]]
 
 
-def test_tile_nodata_share_is_the_worse_date() -> None:
-    before = (np.zeros((2, 2, 3), np.uint8), np.array([[True, True], [True, False]]))
-    after = (np.ones((2, 2, 3), np.uint8), np.array([[True, False], [False, False]]))
-    tile = TilePixels.of(before, after)
-    assert tile.nodata_share == 0.75 and tile.after is after[0]
+def test_an_interval_is_skipped_for_the_worse_of_its_dates() -> None:
+    shares = [nodata_share(np.array([[True, True], [True, False]])), nodata_share(np.array([[True, False], [False, False]]))]
+    assert shares == [0.25, 0.75]
+    assert skipped(shares, (0, 1), max_nodata=0.5) and not skipped(shares, (0, 1), max_nodata=0.75)
 
 
 def test_decimated_shape_never_upsamples() -> None:

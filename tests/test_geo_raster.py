@@ -12,10 +12,10 @@ from rasterio.windows import Window
 
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.grid import Tile
-from ccexpert_core.geo.raster import RasterPair
+from ccexpert_core.geo.raster import RasterSeries
 from ccexpert_core.geo.synthetic import write_geotiff
 
-from geo_fixtures import CRS, ORIGIN, utm_transform, write_pair
+from geo_fixtures import CRS, ORIGIN, pair_pixels, utm_transform, write_pair
 
 
 def smooth_scene(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -31,9 +31,9 @@ def pixel_centres(transform: Affine, width: int, height: int) -> tuple[np.ndarra
 
 def read_after_on_before_grid(before: Path, after: Path, **kwargs) -> tuple[np.ndarray, list[str]]:
     messages: list[str] = []
-    with RasterPair(before, after, log=messages.append, **kwargs) as pair:
+    with RasterSeries([before, after], log=messages.append, **kwargs) as pair:
         pair.fit_stretch([Tile(0, 0, 0, 0, pair.grid.width, pair.grid.height)], None)
-        rgb, _ = pair.after.read(Window(0, 0, pair.grid.width, pair.grid.height))
+        rgb, _ = pair.dates[1].read(Window(0, 0, pair.grid.width, pair.grid.height))
     return rgb, messages
 
 
@@ -65,8 +65,8 @@ def test_same_grid_is_read_as_is(tmp_path: Path) -> None:
     before, after = write_pair(tmp_path, size=64)
     aligned, messages = read_after_on_before_grid(before, after)
     assert not any("aligned" in m for m in messages)
-    with RasterPair(before, after, log=messages.append) as pair:
-        assert pair.after.view is pair.after.dataset
+    with RasterSeries([before, after], log=messages.append) as pair:
+        assert pair.dates[1].view is pair.dates[1].dataset
     assert aligned.shape == (64, 64, 3)
 
 
@@ -86,9 +86,9 @@ def test_16_bit_four_band_raster_is_stretched_to_8_bit(tmp_path: Path) -> None:
     before = write_geotiff(tmp_path / "b.tif", data, CRS, utm_transform())
     after = write_geotiff(tmp_path / "a.tif", data, CRS, utm_transform())
     tile = Tile(0, 0, 0, 0, 96, 96)
-    with RasterPair(before, after, bands=(4, 3, 2), log=lambda m: None) as pair:
+    with RasterSeries([before, after], bands=(4, 3, 2), log=lambda m: None) as pair:
         pair.fit_stretch([tile], None)
-        pixels = pair.read_tile(tile)
+        pixels = pair_pixels(pair, tile)
     assert pixels.before.dtype == np.uint8 and pixels.before.shape == (96, 96, 3)
     for channel, band in enumerate((4, 3, 2)):
         values = pixels.before[..., channel]
@@ -97,9 +97,9 @@ def test_16_bit_four_band_raster_is_stretched_to_8_bit(tmp_path: Path) -> None:
         low, high = np.percentile(data[band - 1], (2, 98))
         expected = np.clip((data[band - 1].astype(float) - low) / (high - low) * 255, 0, 255)
         assert np.abs(values - expected).max() <= 1.01
-    with RasterPair(before, after, bands=(1, 2, 3), log=lambda m: None) as pair:
+    with RasterSeries([before, after], bands=(1, 2, 3), log=lambda m: None) as pair:
         pair.fit_stretch([tile], (1000.0, 5000.0))
-        fixed = pair.read_tile(tile).after
+        fixed = pair_pixels(pair, tile).after
     expected = np.clip((data[0].astype(float) - 1000) / 4000 * 255, 0, 255).round()
     assert np.array_equal(fixed[..., 0], expected.astype(np.uint8))
 
@@ -109,9 +109,9 @@ def test_one_band_is_repeated_to_grey_with_a_warning(tmp_path: Path) -> None:
     before = write_geotiff(tmp_path / "b.tif", grey, CRS, utm_transform())
     messages: list[str] = []
     tile = Tile(0, 0, 0, 0, 64, 64)
-    with RasterPair(before, before, log=messages.append) as pair:
+    with RasterSeries([before, before], log=messages.append) as pair:
         pair.fit_stretch([tile], None)
-        rgb = pair.read_tile(tile).before
+        rgb = pair_pixels(pair, tile).before
     assert any("one band" in m for m in messages)
     assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
 
@@ -122,11 +122,11 @@ def test_nodata_and_masks_count_as_nodata(tmp_path: Path) -> None:
     before = write_geotiff(tmp_path / "b.tif", data, CRS, utm_transform(), nodata=0)
     # AFTER covers only the northern half of BEFORE: the rest reads as nodata.
     after = write_geotiff(tmp_path / "a.tif", np.full((3, 50, 100), 90, np.uint8), CRS, utm_transform())
-    with RasterPair(before, after, log=lambda m: None) as pair:
+    with RasterSeries([before, after], log=lambda m: None) as pair:
         pair.fit_stretch([Tile(0, 0, 0, 0, 100, 100)], None)
-        west = pair.read_tile(Tile(0, 0, 0, 0, 50, 50))
-        east_north = pair.read_tile(Tile(0, 1, 70, 0, 30, 50))
-        east_south = pair.read_tile(Tile(1, 1, 70, 50, 30, 50))
+        west = pair_pixels(pair, Tile(0, 0, 0, 0, 50, 50))
+        east_north = pair_pixels(pair, Tile(0, 1, 70, 0, 30, 50))
+        east_south = pair_pixels(pair, Tile(1, 1, 70, 50, 30, 50))
     assert west.nodata_share == 1.0 and not west.before.any()
     assert east_north.nodata_share == 0.0 and (east_north.after == 90).all()
     assert east_south.nodata_share == 1.0
@@ -135,25 +135,25 @@ def test_nodata_and_masks_count_as_nodata(tmp_path: Path) -> None:
 def test_resolution_resamples_both_dates(tmp_path: Path) -> None:
     before, after = write_pair(tmp_path, size=100)
     messages: list[str] = []
-    with RasterPair(before, after, resolution=2.0, log=messages.append) as pair:
+    with RasterSeries([before, after], resolution=2.0, log=messages.append) as pair:
         assert (pair.grid.width, pair.grid.height) == (50, 50)
         assert pair.grid.transform.a == 2.0
-        assert pair.before.view is not pair.before.dataset
+        assert pair.dates[0].view is not pair.dates[0].dataset
     assert any("resampled to 2 m" in m for m in messages)
     with pytest.raises(CCExpertError, match="positive"):
-        RasterPair(before, after, resolution=0, log=lambda m: None)
+        RasterSeries([before, after], resolution=0, log=lambda m: None)
     geographic = write_geotiff(tmp_path / "g.tif", np.zeros((3, 10, 10), np.uint8), "EPSG:4326",
                                Affine(0.001, 0, 3, 0, -0.001, 45))
     with pytest.raises(CCExpertError, match="degrees"):
-        RasterPair(geographic, geographic, resolution=1.0, log=lambda m: None)
+        RasterSeries([geographic, geographic], resolution=1.0, log=lambda m: None)
 
 
 def test_band_errors(tmp_path: Path) -> None:
     two = write_geotiff(tmp_path / "two.tif", np.zeros((2, 8, 8), np.uint8), CRS, utm_transform())
     three = write_geotiff(tmp_path / "three.tif", np.zeros((3, 8, 8), np.uint8), CRS, utm_transform())
     with pytest.raises(CCExpertError, match="2 bands"):
-        RasterPair(two, two, log=lambda m: None)
+        RasterSeries([two, two], log=lambda m: None)
     with pytest.raises(CCExpertError, match="band 4 does not exist"):
-        RasterPair(three, three, bands=(1, 2, 4), log=lambda m: None)
+        RasterSeries([three, three], bands=(1, 2, 4), log=lambda m: None)
     with pytest.raises(CCExpertError, match="one or three"):
-        RasterPair(three, three, bands=(1, 2), log=lambda m: None)
+        RasterSeries([three, three], bands=(1, 2), log=lambda m: None)

@@ -30,9 +30,10 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
 from ccexpert_core.geo.engine import load_model_engine
 from ccexpert_core.geo.grid import TileGrid
-from ccexpert_core.geo.raster import RasterPair
-from ccexpert_core.geo.ray_runner import RayRegion, RayRunner
+from ccexpert_core.geo.raster import RasterSeries
+from ccexpert_core.geo.ray_runner import RayCaptioning, RayRegion
 from ccexpert_core.geo.region import RegionOptions, caption_region
+from ccexpert_core.geo.runner import Reading, on_this_machine
 from ccexpert_core.ray_cluster import RayCluster, WorkerPlan
 from ccexpert_core.series import PAIR_INTERVALS
 
@@ -66,7 +67,7 @@ def in_process(before: Path, after: Path, out: Path, max_batches: int | None = N
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        caption_region(before, after, out, lambda: load_model_engine(default_model()), OPTIONS,
+        caption_region(before, after, out, lambda: on_this_machine(load_model_engine(default_model())), OPTIONS,
                        log=lambda message: None, max_batches=max_batches)
     finally:
         torch.set_num_threads(threads)
@@ -74,11 +75,11 @@ def in_process(before: Path, after: Path, out: Path, max_batches: int | None = N
 
 def on_ray(cluster: Cluster, before: Path, after: Path, out: Path, trace: Path, workers: int = 2) -> None:
     """The same region on the cluster, through the library (so that the workers trace what they are given)."""
-    region = RayRegion(cluster.address, workers, max_nodata=OPTIONS.max_nodata, trace=trace)
+    region = RayRegion(cluster.address, workers, trace=trace)
     try:
         caption_region(
-            before, after, out, lambda: region.load_engine(default_model(), [("BEFORE", before), ("AFTER", after)]),
-            OPTIONS, log=lambda message: None, make_runner=region.make_runner,
+            before, after, out, lambda: region.open(default_model(), [("BEFORE", before), ("AFTER", after)]),
+            OPTIONS, log=lambda message: None,
         )
     finally:
         region.close()
@@ -191,14 +192,14 @@ def test_rasters_a_worker_cannot_open_are_said_in_one_line(
     assert not (tmp_path / "out.gpkg").exists()  # refused before the output was made
 
     # A node that joins later is not asked beforehand: its read task says the same.
-    with RasterPair(*seen_here, log=lambda message: None) as pair:
+    with RasterSeries(seen_here, log=lambda message: None) as pair:
         grid = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, 64)
         pair.fit_stretch(grid.tiles(), None)
         source = pair.source()
     with RayCluster(cluster.address):
-        runner = RayRunner(source, None, WorkerPlan(1, 0.0), PAIR_INTERVALS, 0.5)
+        captioning = RayCaptioning("demo", None, WorkerPlan(1, 0.0), "the test cluster")
         with pytest.raises(CCExpertError, match="cannot open the rasters .*shared file system"):
-            list(runner.run([grid.tiles()[:2]]))
+            list(captioning.run(source, Reading(PAIR_INTERVALS, 0.5), [grid.tiles()[:2]]))
 
 
 def test_an_address_nobody_listens_on_is_one_line(tmp_path: Path, capsys) -> None:

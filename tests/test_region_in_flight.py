@@ -24,8 +24,9 @@ from ccexpert_core.captions import CaptionResult
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
 from ccexpert_core.geo.engine import Engine
 from ccexpert_core.geo.region import RegionOptions, caption_region
+from ccexpert_core.geo.runner import on_this_machine
 
-from geo_fixtures import write_pair
+from geo_fixtures import pair_pixels, write_pair
 from standin import start_standin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -82,8 +83,8 @@ def test_writes_in_completion_order_give_the_same_geopackage(tmp_path: Path) -> 
     before, after = write_pair(tmp_path, size=160)
     options = RegionOptions(tile_size=32, batch_size=2)
     in_order, shuffled = _Shuffling(in_flight=1), _Shuffling(in_flight=4)
-    caption_region(before, after, tmp_path / "a.gpkg", lambda: in_order, options, log=lambda m: None)
-    caption_region(before, after, tmp_path / "b.gpkg", lambda: shuffled, options, log=lambda m: None)
+    caption_region(before, after, tmp_path / "a.gpkg", lambda: on_this_machine(in_order), options, log=lambda m: None)
+    caption_region(before, after, tmp_path / "b.gpkg", lambda: on_this_machine(shuffled), options, log=lambda m: None)
     assert shuffled.answered != in_order.answered  # the second run really completed out of order
     assert stored(tmp_path / "a.gpkg") == stored(tmp_path / "b.gpkg")
     assert len(stored(tmp_path / "a.gpkg")) == TILES
@@ -156,15 +157,15 @@ def test_the_backend_decodes_exactly_the_pixels_that_were_read(tmp_path: Path, c
     from backend.limits import decode_image
     from ccexpert_core.client import encode_array
     from ccexpert_core.geo.grid import TileGrid
-    from ccexpert_core.geo.raster import RasterPair
+    from ccexpert_core.geo.raster import RasterSeries
     from ccexpert_core.protocol import Limits
 
     before, after = write_pair(tmp_path, size=384)
-    with RasterPair(before, after, log=lambda m: None) as pair:
+    with RasterSeries([before, after], log=lambda m: None) as pair:
         grid = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, 384)
         (tile,) = grid.tiles()
         pair.fit_stretch([tile], None)
-        pixels = pair.read_tile(tile)
+        pixels = pair_pixels(pair, tile)
     for rgb in (pixels.before, pixels.after):
         decoded = decode_image(encode_array(rgb, compress), Limits(), 384, "before[0]")
         assert np.array_equal(np.asarray(decoded), rgb)

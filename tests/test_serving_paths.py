@@ -18,6 +18,7 @@ from ccexpert_core import protocol
 from ccexpert_core.defaults import DEMO_MODEL_DIR
 from ccexpert_core.geo.engine import InProcessEngine
 from ccexpert_core.inference import Captioner
+from ccexpert_core.series import TileWork
 
 from backend_server import encode, multipart, random_image
 
@@ -65,7 +66,8 @@ def test_the_backend_runs_each_step_on_a_thread_of_its_own(captioner: Captioner,
 def test_the_in_process_engine_and_the_captioner_take_the_same_steps(captioner: Captioner, steps: Counter) -> None:
     engine = InProcessEngine(captioner)
     series = [images(3, seed) for seed in range(2)]
-    by_engine = engine.caption_prepared(engine.prepare(series, [((0, 1), (1, 2)), ((0, 2),)], ["a", "b"]))
+    work = [TileWork(tuple(series[0]), ((0, 1), (1, 2))), TileWork(tuple(series[1]), ((0, 2),))]
+    by_engine = engine.caption_prepared(engine.prepare(work, ["a", "b"]))
     assert [steps[name] for name in STEPS] == [1, 1, 1]
     direct = captioner.caption_series(series[:1], [(0, 1), (1, 2)]) + captioner.caption_series(series[1:], [(0, 2)])
     assert [steps[name] for name in STEPS] == [3, 3, 3]

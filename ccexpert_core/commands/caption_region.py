@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ccexpert_core.options import (
     backend_url_value,
@@ -17,9 +20,13 @@ from ccexpert_core.options import (
     overlap_value,
 )
 
+if TYPE_CHECKING:
+    from ccexpert_core.geo.runner import Captioning
+
 #: Tiles are resized to the model's 384 px; below this a tile holds too little to describe.
 MIN_TILE_SIZE, MAX_TILE_SIZE = 32, 4096
 MAX_BATCH_SIZE = 256
+#: The run contract's default (not imported from it here: ``ccexpert --help`` stays light).
 DEFAULT_MAX_TILES = 1_000_000
 
 
@@ -109,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=8,
-        help="tiles captioned together (default: 8)",
+        help="pairs (tile and interval) captioned together: a series' tiles bring one pair per interval (default: 8)",
     )
     parser.add_argument(
         "--max-nodata", type=float_in(0, 1), default=0.5,
@@ -149,53 +156,26 @@ def _dates(args: argparse.Namespace) -> list:  # -> list[DateInput]
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the engine, caption the region, say where the results are."""
-    from ccexpert_core.defaults import default_model, print_model_note
+    """Caption the region with what the options ask for (a local model, backends or a Ray cluster), say where the
+    results are; exit 3 where tiles failed."""
     from ccexpert_core.errors import CCExpertError, FailedTilesError
-    from ccexpert_core.geo.engine import CaptionEngine, load_backend_engine, load_model_engine
     from ccexpert_core.geo.progress import ProgressBar
-    from ccexpert_core.geo.region import RegionOptions, caption_dates, log_to_stderr
-    from ccexpert_core.options import check_device
+    from ccexpert_core.geo.region import RegionOptions, caption_dates
 
     if args.token_file is not None and args.backend is None:
         raise CCExpertError("--token-file goes with --backend")
+    if args.in_flight is not None and args.backend is None:
+        raise CCExpertError("--in-flight goes with --backend (a local model captions one batch at a time)")
     _check_ray_options(args)
-    if args.backend is None:
-        check_device(args.device)
     options = RegionOptions(
         tile_size=args.tile_size, overlap=args.overlap, bounds=args.bounds, area_file=args.area, bands=args.bands,
         value_range=args.value_range, resolution=args.resolution, batch_size=args.batch_size,
         max_nodata=args.max_nodata, report=args.report, max_tiles=args.max_tiles,
         add_to_existing=args.add_to_existing, first_to_last=args.first_to_last,
     )
-    if args.in_flight is not None and args.backend is None:
-        raise CCExpertError("--in-flight goes with --backend (a local model captions one batch at a time)")
-
     dates = _dates(args)
-    on_ray = None
-    if args.ray is not None:
-        from ccexpert_core.geo.ray_runner import RayRegion
-
-        on_ray = RayRegion(args.ray, args.ray_workers, args.ray_gpus_per_worker, args.max_nodata,
-                           args.report is not None, log_to_stderr)
-
-    def load_engine() -> CaptionEngine:
-        if args.backend is not None:
-            return load_backend_engine(args.backend, args.token_file, args.in_flight, args.batch_size, log_to_stderr)
-        model = args.model or default_model()
-        print_model_note(model)
-        if on_ray is not None:
-            roles = (["BEFORE", "AFTER"] if len(dates) == 2
-                     else [f"date {d.label or k + 1}" for k, d in enumerate(dates)])
-            return on_ray.load_engine(model, [(role, date.path) for role, date in zip(roles, dates)])
-        return load_model_engine(model, args.device)
-
-    try:
-        summary = caption_dates(dates, args.out, load_engine, options, progress=ProgressBar(),
-                                make_runner=None if on_ray is None else on_ray.make_runner)
-    finally:
-        if on_ray is not None:
-            on_ray.close()
+    with _captioning(args, dates) as open_captioning:
+        summary = caption_dates(dates, args.out, open_captioning, options, progress=ProgressBar())
     counts = ", ".join(f"{count} {status}" for status, count in summary.counts.items())
     print(f"{summary.tiles} tiles in the area ({summary.already_done} done before, now {counts}): {summary.out}")
     if summary.engine_note:
@@ -209,6 +189,46 @@ def run(args: argparse.Namespace) -> int:
             "run the same command again to caption them"
         )
     return 0
+
+
+@contextmanager
+def _captioning(args: argparse.Namespace, dates: list) -> Iterator[Callable[[], Captioning]]:
+    """The factory of the run's captioning (called once the inputs are checked): backends, a Ray cluster (closed
+    when the run ends) or a model in this process."""
+    from ccexpert_core.defaults import default_model, print_model_note
+    from ccexpert_core.geo import engine
+    from ccexpert_core.geo.region import log_to_stderr
+    from ccexpert_core.geo.run_contract import date_roles
+    from ccexpert_core.geo.runner import on_this_machine
+    from ccexpert_core.options import check_device
+
+    if args.backend is not None:
+        yield lambda: on_this_machine(engine.load_backend_engine(
+            args.backend, args.token_file, args.in_flight, args.batch_size, log_to_stderr))
+        return
+    model = args.model or default_model()
+    if args.ray is None:
+        check_device(args.device)
+
+        def in_process() -> Captioning:
+            print_model_note(model)
+            return on_this_machine(engine.load_model_engine(model, args.device))
+
+        yield in_process
+        return
+    from ccexpert_core.geo.ray_runner import RayRegion
+
+    region = RayRegion(args.ray, args.ray_workers, args.ray_gpus_per_worker, log_to_stderr)
+    roles = date_roles(len(dates), [date.label for date in dates])
+
+    def on_ray() -> Captioning:
+        print_model_note(model)
+        return region.open(model, [(role, date.path) for role, date in zip(roles, dates)])
+
+    try:
+        yield on_ray
+    finally:
+        region.close()
 
 
 def _check_ray_options(args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
-from ccexpert_core.geo import schema
+from ccexpert_core.geo import run_contract, schema
 from ccexpert_core.geo.gpkg import (
     APPLICATION_ID,
     Bounds,
@@ -178,16 +178,16 @@ def _check_existing(
     if not has_tiles or OPTIONS_TABLE not in tables:
         return
     stored = dict(connection.execute(f"SELECT key, value FROM {OPTIONS_TABLE}").fetchall())
-    changed = [
-        key for key in options
-        if stored and stored.get(key) != options[key] and stored.get(key) not in also_accepted.get(key, ())
-    ]
-    if changed:
-        key = changed[0]
-        raise CCExpertError(
-            f"{path} holds tiles made with other options ({key}: {stored.get(key)} there, {options[key]} now): "
-            "rerun with the same options to resume, or choose another --out"
-        )
+    key = run_contract.changed_option(stored, options, _same_crs, also_accepted) if stored else None
+    if key is not None:
+        raise CCExpertError(run_contract.other_options(
+            path, stored, options, key, "rerun with the same options to resume, or choose another --out"))
+
+
+def _same_crs(first: str, second: str) -> bool:
+    from ccexpert_core.geo.raster import same_crs  # rasterio, only where two CRSs are written differently
+
+    return same_crs(first, second)
 
 
 class CaptionsLayer:
@@ -359,7 +359,7 @@ class CaptionsLayer:
             if k in consecutive:
                 i, j = consecutive[k]
                 entries[tile_id][k] = schema.IntervalEntry(
-                    before or f"date {i + 1}", after or f"date {j + 1}", status, caption,
+                    run_contract.history_date(before, i), run_contract.history_date(after, j), status, caption,
                     None if changed is None else bool(changed),
                 )
         names = [field.name for field in schema.HISTORY_FIELDS]

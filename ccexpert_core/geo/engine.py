@@ -1,10 +1,10 @@
-"""What captions the tiles of a region: a model in this process, or one or several CCExpert backends over HTTP.
+"""What captions a run's tiles in this process: a model, or one or several CCExpert backends over HTTP.
 
-A batch is a list of tiles, each a series of images (two for a pair) with the intervals to caption. Each engine
-splits a batch's work in two, so that the region pipeline can keep it busy: :meth:`prepare` (CPU work on the
-pipeline's reader threads: the processor's resize and normalisation in-process, each image encoded once for a
-backend) and :meth:`caption_prepared` (the model or the request), which up to :attr:`in_flight` threads call at
-once. Tests and simple engines subclass :class:`Engine` and implement :meth:`caption` (pairs) only.
+A batch is a list of tiles of work (:class:`~ccexpert_core.series.TileWork`: its images, one per date, and the
+intervals (i, j) to caption). Each engine splits a batch's work in two, so that the reader threads can keep it
+busy: :meth:`~CaptionEngine.prepare` (CPU work on the reader threads: the Captioner's preparation in-process, each
+image encoded once for a backend) and :meth:`~CaptionEngine.caption_prepared` (the model or the request), which up
+to :attr:`~CaptionEngine.in_flight` threads call at once. Test doubles subclass :class:`Engine` and caption pairs.
 """
 
 from __future__ import annotations
@@ -12,32 +12,30 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.inflight import Failover, NoEndpointLeft, default_in_flight
-from ccexpert_core.series import PAIR_INTERVALS, Interval, TileWork
+from ccexpert_core.series import Interval, TileWork, regroup
 
 if TYPE_CHECKING:
     from ccexpert_core.client import BackendClient
-    from ccexpert_core.inference.captioner import Captioner
+    from ccexpert_core.inference.captioner import Captioner, PreparedWork
 
-ImagePair = tuple[np.ndarray, np.ndarray]
+Tiles = Sequence[TileWork[np.ndarray]]
 Log = Callable[[str], None]
+Prepared = TypeVar("Prepared")
 
 #: How long a run keeps trying when no backend answers (a restart takes about 20 s).
 RETRY_BUDGET_S = 60.0
 
 
-class CaptionEngine(Protocol):
-    """Captions batches of tiles: each tile a series of H×W×3 uint8 images (two for a pair) and the intervals
-    (i, j) of that series to caption; one result per tile and interval, in order.
-
-    :meth:`caption` is the same for the plain case, a list of (before, after) pairs.
-    """
+class CaptionEngine(Protocol[Prepared]):
+    """Captions batches of tiles: each a series of H×W×3 uint8 images (two for a pair) and the intervals (i, j)
+    to caption; one result per tile and interval, in order."""
 
     model_id: str
     #: Batches this engine takes at once (calls of :meth:`caption_prepared` from different threads).
@@ -46,19 +44,15 @@ class CaptionEngine(Protocol):
     model_note: str | None
     #: Other ids outputs of this same model were written under (older versions stored the model's path).
     former_ids: tuple[str, ...]
+    #: Pairs one batch may hold at most (a backend's request limit), None where any number may.
+    max_pairs: int | None
 
-    def prepare(
-        self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
-    ) -> Any:
+    def prepare(self, tiles: Tiles, tile_ids: Sequence[str]) -> Prepared:
         """CPU work for a batch, thread-safe, before any model or network is used."""
         ...
 
-    def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
+    def caption_prepared(self, prepared: Prepared) -> list[list[CaptionResult]]:
         """The results of a prepared batch: per tile, per interval."""
-        ...
-
-    def caption(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> list[CaptionResult]:
-        """Prepare and caption a batch in one call."""
         ...
 
     def describe(self) -> str | None:
@@ -67,86 +61,68 @@ class CaptionEngine(Protocol):
 
 
 @dataclass(frozen=True)
-class _Kept:
-    """A batch as :meth:`Engine.prepare` keeps it by default: nothing computed yet."""
+class PairBatch:
+    """A batch as :class:`Engine` keeps it: every tile's intervals as (before, after) pairs, with their tile ids."""
 
-    series: list[Sequence[np.ndarray]]
-    intervals: list[Sequence[Interval]]
+    pairs: list[tuple[np.ndarray, np.ndarray]]
     tile_ids: list[str]
-
-    def pairs(self) -> list[ImagePair]:
-        """Every tile's intervals as (before, after) pairs, tile by tile."""
-        return [(images[i], images[j]) for images, wanted in zip(self.series, self.intervals) for i, j in wanted]
-
-    def regroup(self, flat: Sequence[CaptionResult]) -> list[list[CaptionResult]]:
-        """Results of :meth:`pairs`, back into per tile, per interval."""
-        if len(flat) != sum(len(wanted) for wanted in self.intervals):
-            raise RuntimeError(f"the engine gave {len(flat)} results for {len(self.pairs())} pairs")
-        grouped, start = [], 0
-        for wanted in self.intervals:
-            grouped.append(list(flat[start : start + len(wanted)]))
-            start += len(wanted)
-        return grouped
-
-
-def as_pairs(pairs: Sequence[ImagePair]) -> tuple[list[Sequence[np.ndarray]], list[Sequence[Interval]]]:
-    """Pairs as two-date series, each with its one interval (0, 1)."""
-    return [tuple(pair) for pair in pairs], [PAIR_INTERVALS] * len(pairs)
+    per_tile: list[int]
 
 
 class Engine:
-    """Defaults for an engine: nothing to prepare, one batch at a time, a series captioned as its intervals' pairs.
-    Subclasses implement :meth:`caption` (pairs), or :meth:`prepare` and :meth:`caption_prepared`."""
+    """An engine that captions pairs (test doubles, simple engines): implement :meth:`caption`; a tile's intervals
+    are given as its pairs, one batch at a time."""
 
     model_id: str = "engine"
     in_flight: int = 1
     model_note: str | None = None
     former_ids: tuple[str, ...] = ()
+    max_pairs: int | None = None
 
-    def prepare(
-        self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
-    ) -> Any:
-        """By default the batch as it is."""
-        return _Kept(list(series), list(intervals), list(tile_ids))
+    def prepare(self, tiles: Tiles, tile_ids: Sequence[str]) -> PairBatch:
+        """The batch's pairs, tile by tile."""
+        pairs = [(tile.images[i], tile.images[j]) for tile in tiles for i, j in tile.intervals]
+        ids = [tile_id for tile, tile_id in zip(tiles, tile_ids) for _ in tile.intervals]
+        return PairBatch(pairs, ids, [tile.pairs for tile in tiles])
 
-    def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
-        """By default :meth:`caption` of every tile's intervals as pairs."""
-        ids = [tile_id for tile_id, wanted in zip(prepared.tile_ids, prepared.intervals) for _ in wanted]
-        return prepared.regroup(self.caption(prepared.pairs(), ids))
+    def caption_prepared(self, prepared: PairBatch) -> list[list[CaptionResult]]:
+        """:meth:`caption` of the batch's pairs, back into per tile, per interval."""
+        return regroup(self.caption(prepared.pairs, prepared.tile_ids), prepared.per_tile)
 
-    def caption(self, pairs: Sequence[ImagePair], tile_ids: Sequence[str]) -> list[CaptionResult]:
-        """By default :meth:`caption_prepared` of :meth:`prepare` of the pairs."""
-        series, intervals = as_pairs(pairs)
-        return [results[0] for results in self.caption_prepared(self.prepare(series, intervals, tile_ids))]
+    def caption(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], tile_ids: Sequence[str]) -> list[CaptionResult]:
+        """One result per (before, after) pair, in order."""
+        raise NotImplementedError(f"{type(self).__name__} captions no pairs")
 
     def describe(self) -> str | None:
         """Nothing to add by default."""
         return None
 
 
-class InProcessEngine(Engine):
+class InProcessEngine:
     """A :class:`~ccexpert_core.inference.captioner.Captioner` in this process, through its one path: the
     processor's work runs on the reader threads, and two batches are open at once, so that one is finished (tokens
     to captions) while the model generates the other."""
 
     in_flight = 2
+    max_pairs = None
 
-    def __init__(self, captioner: "Captioner") -> None:
+    def __init__(self, captioner: Captioner) -> None:
         self.captioner = captioner
         self.model_id, self.model_note = captioner.model_id, captioner.card.note
         source = captioner.source
         self.former_ids = (source, str(Path(source).resolve())) if not source.startswith("preset:") else ()
 
-    def prepare(
-        self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
-    ) -> Any:
+    def prepare(self, tiles: Tiles, tile_ids: Sequence[str]) -> PreparedWork:
         """The Captioner's CPU work for the batch (no model): each image an interval uses, once."""
-        return self.captioner.prepare([TileWork(tuple(images), tuple(map(tuple, wanted)))
-                                       for images, wanted in zip(series, intervals)])
+        return self.captioner.prepare(tiles)
 
-    def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
+    def caption_prepared(self, prepared: PreparedWork) -> list[list[CaptionResult]]:
         """The model's generation (one batch at a time), then the results on the calling thread."""
         return self.captioner.finish(self.captioner.generate(prepared))
+
+    def describe(self) -> str | None:
+        """Nothing to add: one model, here."""
+        return None
 
 
 def load_model_engine(model: str | Path, device: str = "auto") -> InProcessEngine:
@@ -157,11 +133,11 @@ def load_model_engine(model: str | Path, device: str = "auto") -> InProcessEngin
 
 
 @dataclass(frozen=True)
-class _Encoded:
+class EncodedBatch:
     """A batch ready to send: each image encoded once, and the pairs to ask for as (tile, i, j) into them."""
 
     images: list[list[bytes]]
-    intervals: list[Sequence[Interval]]
+    intervals: list[tuple[Interval, ...]]
     tile_ids: list[str]
     #: Whether it goes in series requests (tiles of more than two dates, to backends that take them).
     is_series: bool = False
@@ -179,11 +155,7 @@ class _Encoded:
         """The batch's results per tile, per interval, from ``client``: in series requests (each image sent once;
         tiles asking for the same intervals together), or as the intervals' pairs."""
         if not as_series:
-            flat, start, grouped = client.caption_encoded(*self.pairs()), 0, []
-            for wanted in self.intervals:
-                grouped.append(flat[start : start + len(wanted)])
-                start += len(wanted)
-            return grouped
+            return regroup(client.caption_encoded(*self.pairs()), [len(wanted) for wanted in self.intervals])
         groups: dict[tuple[Interval, ...], list[int]] = {}
         for index, wanted in enumerate(self.intervals):
             groups.setdefault(tuple(wanted), []).append(index)
@@ -196,11 +168,14 @@ class _Encoded:
         return [results[index] for index in range(len(self.images))]
 
 
-class BackendEngine(Engine):
+class BackendEngine:
     """One or several CCExpert backends serving the same model: images are encoded on the reader threads, requests
     go to whichever backend has the fewest open, a backend that stops answering is set aside and its requests go to
     the others (and it is tried again later); the run waits up to ``retry_budget_s`` when none answers.
     """
+
+    #: A backend says its model's id: outputs of the same model, written by any version, carry that id.
+    former_ids: tuple[str, ...] = ()
 
     def __init__(
         self, clients: Sequence["BackendClient"], in_flight: int | None = None, batch_size: int = 8,
@@ -216,6 +191,7 @@ class BackendEngine(Engine):
             raise CCExpertError(f"the backends serve different models ({shown}): give backends of one model")
         self.model_id = infos[0]["model_id"]
         self.model_note = infos[0].get("model_note")
+        self.max_pairs = min(client.limits.max_pairs_per_request for client in self.clients)
         per_backend = [in_flight or default_in_flight(info, batch_size) for info in infos]
         self.in_flight = sum(per_backend)
         self.compress = any(client.compress for client in self.clients)
@@ -230,22 +206,21 @@ class BackendEngine(Engine):
             ),
         )
 
-    def prepare(
-        self, series: Sequence[Sequence[np.ndarray]], intervals: Sequence[Sequence[Interval]], tile_ids: Sequence[str]
-    ) -> Any:
+    def prepare(self, tiles: Tiles, tile_ids: Sequence[str]) -> EncodedBatch:
         """Encode every image that an interval uses, once, losslessly (compressed only for a backend across a
         network)."""
         from ccexpert_core.client import encode_array
 
-        is_series = self._series and any(len(images) > 2 for images in series)
+        is_series = self._series and any(len(tile.images) > 2 for tile in tiles)
         encoded = []
-        for images, wanted in zip(series, intervals):
+        for tile in tiles:
             # Sent as pairs, a date no interval uses need not be encoded; a series request carries every date.
-            used = set(range(len(images))) if is_series else {k for interval in wanted for k in interval}
-            encoded.append([encode_array(image, self.compress) if k in used else b"" for k, image in enumerate(images)])
-        return _Encoded(encoded, [tuple(w) for w in intervals], list(tile_ids), is_series)
+            used = set(range(len(tile.images))) if is_series else set(tile.used_dates())
+            encoded.append([encode_array(image, self.compress) if k in used else b""
+                            for k, image in enumerate(tile.images)])
+        return EncodedBatch(encoded, [tile.intervals for tile in tiles], list(tile_ids), is_series)
 
-    def caption_prepared(self, prepared: Any) -> list[list[CaptionResult]]:
+    def caption_prepared(self, prepared: EncodedBatch) -> list[list[CaptionResult]]:
         """Send the batch to the least busy backend that answers."""
         try:
             return self._failover(prepared)

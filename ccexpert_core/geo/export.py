@@ -39,19 +39,18 @@ from rasterio.windows import Window
 from ccexpert_core.captions import is_no_change
 from ccexpert_core.data import read_cc_json
 from ccexpert_core.errors import CCExpertError
+from ccexpert_core.geo import run_contract as contract
 from ccexpert_core.geo import schema
 from ccexpert_core.geo.dates import DateLabel
 from ccexpert_core.geo.gpkg import timestamp
-from ccexpert_core.geo.grid import Tile, TileGrid, run_options
-from ccexpert_core.geo.raster import RasterSeries, open_raster
+from ccexpert_core.geo.grid import Tile, TileGrid
+from ccexpert_core.geo.raster import RasterSeries, crs_text, open_raster, same_crs
 from ccexpert_core.geo.report import thumbnail
 from ccexpert_core.geo.run_files import roll_back_for_reading
 
 #: What the export writes in its folder.
 PAIRS_JSON = "pairs.json"
 SUMMARY_JSON = "export.json"
-#: The layer's run options the pixels depend on (a layer without them was not written by a CCExpert run).
-GRID_OPTIONS = ("crs", "geotransform", "size", "tile_size", "overlap_px", "bands", "value_range")
 #: A chip whose thumbnail differs from the run's stored one by more than this mean (0-255 levels) is not the pixels
 #: the run read.
 THUMBNAIL_TOLERANCE = 1.0
@@ -130,7 +129,7 @@ def _read_layer(path: Path, layer: str) -> _Layer:
         options_table = schema.options_table(layer)
         options = dict(connection.execute(f"SELECT key, value FROM {schema.quote(options_table)}").fetchall()) if (
             options_table in tables) else {}
-        missing = [key for key in GRID_OPTIONS if key not in options]
+        missing = [key for key in contract.GRID_OPTIONS if key not in options]
         if missing:
             raise CCExpertError(
                 f"{path}: the layer '{layer}' does not record its run's options ({missing[0]} is missing from "
@@ -187,32 +186,7 @@ def _selected(
     return chosen, left_out
 
 
-@dataclass(frozen=True)
-class _RunDates:
-    """The run's dates (label text, or '' where unknown; the raster's name) and its intervals (date indexes)."""
-
-    dates: list[tuple[str, str]]
-    intervals: list[tuple[int, int]]
-
-    @classmethod
-    def of(cls, options: dict[str, str]) -> _RunDates:
-        """As the run's options store them (a plain two-date run stores only its two rasters' names)."""
-        if "dates" in options:
-            dates = [tuple(entry.split("=", 1)) for entry in options["dates"].split(";")]
-        else:
-            dates = [("", options.get("before_source", "")), ("", options.get("after_source", ""))]
-        if "intervals" in options:
-            intervals = [tuple(int(k) for k in text.split("-")) for text in options["intervals"].split(",")]
-        else:
-            intervals = [(k, k + 1) for k in range(len(dates) - 1)]
-        return cls(dates, intervals)  # type: ignore[arg-type]
-
-    def described(self) -> str:
-        """The dates for a message: ``2016=a.tif, 2018=b.tif``."""
-        return ", ".join(f"{label}={name}" if label else name for label, name in self.dates)
-
-
-def _match_rasters(run: _RunDates, rasters: Sequence[DatedRaster], needed: set[int]) -> dict[int, Path]:
+def _match_rasters(run: contract.StoredRun, rasters: Sequence[DatedRaster], needed: set[int]) -> dict[int, Path]:
     """Which given raster is each run date (index → path), every needed date given under the run's name."""
     if not rasters:
         raise CCExpertError("give the rasters the layer was captioned from: --before and --after, or --date LABEL=PATH")
@@ -225,7 +199,7 @@ def _match_rasters(run: _RunDates, rasters: Sequence[DatedRaster], needed: set[i
         given = dict(enumerate(raster.path for raster in rasters))
         roles = {0: "--before", 1: "--after"}
     else:
-        labels = {label: index for index, (label, _) in enumerate(run.dates) if label}
+        labels = {date.label: index for index, date in enumerate(run.dates) if date.label}
         given, roles = {}, {}
         for raster in rasters:
             text = str(raster.label)
@@ -235,7 +209,7 @@ def _match_rasters(run: _RunDates, rasters: Sequence[DatedRaster], needed: set[i
             given[labels[text]] = raster.path
             roles[labels[text]] = f"--date {text}"
     for index in sorted(needed | {0}):  # the first date: its grid is the run's
-        label, name = run.dates[index]
+        label, name = run.dates[index].label, run.dates[index].name
         if index not in given:
             raise CCExpertError(f"the layer's run read {name} for date {label or index + 1}: give it too "
                                 f"(--date {label or 'LABEL'}={name})")
@@ -247,52 +221,40 @@ def _match_rasters(run: _RunDates, rasters: Sequence[DatedRaster], needed: set[i
     return {index: path for index, path in given.items() if index in needed | {0}}
 
 
-def _open_rasters(
-    paths: dict[int, Path], run: _RunDates, options: dict[str, str]
-) -> tuple[RasterSeries, list[int], tuple[float, ...] | None]:
-    """The given dates (in time order, the run's first date first) on the run's grid, their run indexes and the
-    run's value range; the grid, size and CRS must be the stored ones (resampled to a resolution as the run did,
-    where it did)."""
+def _open_rasters(paths: dict[int, Path], run: contract.StoredRun) -> tuple[RasterSeries, list[int]]:
+    """The given dates (in time order, the run's first date first) on the run's grid and their run indexes; the
+    grid, size and CRS must be the stored ones (resampled to a resolution as the run did, where it did)."""
     order = sorted(paths)
-    paired = len(run.dates) == 2
-    roles = [("BEFORE", "AFTER")[index] if paired else f"date {run.dates[index][0] or index + 1}" for index in order]
-    bands = tuple(int(band) for band in options["bands"].split(","))
-    value_range = None if options["value_range"].startswith("stretch") else tuple(
-        float(v) for v in options["value_range"].split(","))
-    stored = {key: options[key] for key in ("crs", "geotransform", "size")}
+    roles = [run.role(index) for index in order]
     first = paths[order[0]]
     dataset = open_raster(first, roles[0])
     crs = dataset.crs
     dataset.close()
-    if crs.to_string() != stored["crs"]:
+    if not same_crs(run.crs, crs_text(crs)):
         raise CCExpertError(
             f"{first.name} does not match the layer's run: its crs is {crs.to_string()}, the run's was "
-            f"{stored['crs']}: give the rasters the layer was captioned from"
+            f"{run.crs}: give the rasters the layer was captioned from"
         )
-    series = RasterSeries([paths[i] for i in order], roles, bands, None, log=lambda message: None)
-    found = _grid_options(series, options)
-    if found != stored and not crs.is_geographic:
+    series = RasterSeries([paths[i] for i in order], roles, run.bands, None, log=lambda message: None)
+    mismatch = run.grid_mismatch(_grid(series, run))
+    if mismatch is not None and not crs.is_geographic:
         # A run with --resolution: the same raster, resampled as the run did.
-        metres = abs(float(options["geotransform"].split(",")[1])) * crs.linear_units_factor[1]
         series.close()
-        series = RasterSeries([paths[i] for i in order], roles, bands, metres, log=lambda message: None)
-        found = _grid_options(series, options)
-    if found != stored:
-        key = next(key for key in stored if found[key] != stored[key])
+        metres = run.pixel_size() * crs.linear_units_factor[1]
+        series = RasterSeries([paths[i] for i in order], roles, run.bands, metres, log=lambda message: None)
+        mismatch = run.grid_mismatch(_grid(series, run))
+    if mismatch is not None:
+        found = contract.grid_words(_grid(series, run))[mismatch]
         series.close()
         raise CCExpertError(
-            f"{first.name} does not match the layer's run: its {key} is {found[key]}, the run's was {stored[key]}: "
-            "give the rasters the layer was captioned from"
+            f"{first.name} does not match the layer's run: its {mismatch} is {found}, the run's was "
+            f"{run.options[mismatch]}: give the rasters the layer was captioned from"
         )
-    return series, order, value_range
+    return series, order
 
 
-def _grid_options(series: RasterSeries, options: dict[str, str]) -> dict[str, str]:
-    """The grid options a run on ``series`` would store (formatted by the run's own function)."""
-    grid = TileGrid(series.grid.width, series.grid.height, series.grid.gdal_transform, int(options["tile_size"]),
-                    int(options["overlap_px"]))
-    found = run_options(grid, series.grid.crs.to_string(), series.dates[0].bands, None, 0.0, "", "", "")
-    return {key: found[key] for key in ("crs", "geotransform", "size")}
+def _grid(series: RasterSeries, run: contract.StoredRun) -> TileGrid:
+    return run.tile_grid(series.grid.width, series.grid.height, series.grid.gdal_transform)
 
 
 def _matches_thumbnail(rgb: np.ndarray, stored: bytes) -> bool:
@@ -332,22 +294,24 @@ def export_dataset(
             f"nothing to export from {captions}: {len(data.features)} features, {reviewed} reviewed with a caption "
             f"(review_status accepted or corrected): review tiles in QGIS first{hint}"
         )
-    run = _RunDates.of(data.options)
+    try:
+        run = contract.read_stored(data.options)
+    except contract.RunRefused as error:
+        raise CCExpertError(f"{captions}: {error}") from None
     try:
         wanted = {run.intervals[feature.interval] for feature, _, _ in chosen}
     except IndexError:
         raise CCExpertError(f"{captions}: a feature's interval is not one of the run's {len(run.intervals)}") from None
     paths = _match_rasters(run, rasters, {index for pair in wanted for index in pair})
-    series, order, value_range = _open_rasters(paths, run, data.options)
+    series, order = _open_rasters(paths, run)
     with series:
-        grid = TileGrid(series.grid.width, series.grid.height, series.grid.gdal_transform,
-                        int(data.options["tile_size"]), int(data.options["overlap_px"]))
+        grid = _grid(series, run)
         tiles = {tile.tile_id: tile for tile in grid.tiles()}
         stray = sorted({feature.tile_id for feature in data.features} - set(tiles))
         if stray:
             raise CCExpertError(f"{captions}: tile {stray[0]} is not in the grid its run options describe")
         # The run fitted its 8-bit mapping over its area's tiles: the layer's tiles.
-        series.fit_stretch([tiles[tile_id] for tile_id in {f.tile_id for f in data.features}], value_range)
+        series.fit_stretch([tiles[tile_id] for tile_id in {f.tile_id for f in data.features}], run.value_range)
         created = not out.exists()
         try:
             return _write(out, Path(captions), chosen, run, series, order, tiles, data, left_out, include_unreviewed)
@@ -369,7 +333,7 @@ def _remove_written(out: Path, created: bool) -> None:
 
 
 def _write(
-    out: Path, captions: Path, chosen: list[tuple[_Feature, str, str]], run: _RunDates, series: RasterSeries,
+    out: Path, captions: Path, chosen: list[tuple[_Feature, str, str]], run: contract.StoredRun, series: RasterSeries,
     order: list[int], tiles: dict[str, Tile], data: _Layer, left_out: Counter, include_unreviewed: bool,
 ) -> ExportSummary:
     for sub in ("A", "B"):
@@ -389,8 +353,8 @@ def _write(
             for chip, thumbnail, date in zip(chips, stored, (first, second)):
                 if not _matches_thumbnail(chip, thumbnail):
                     raise CCExpertError(
-                        f"tile {feature.tile_id}: the pixels of {run.dates[date][1]} read now differ from what the run "
-                        "captioned (its thumbnail in the layer): give the very rasters the layer was captioned from"
+                        f"tile {feature.tile_id}: the pixels of {run.dates[date].name} read now differ from what the "
+                        "run captioned (its thumbnail in the layer): give the very rasters the layer was captioned from"
                     )
             checked += 1
         name = f"{feature.tile_id}_i{feature.interval}.png"
@@ -405,8 +369,8 @@ def _write(
             "change_caption": [caption],
             "tile_id": feature.tile_id,
             "interval": feature.interval,
-            "date_before": feature.date_before or run.dates[first][0] or None,
-            "date_after": feature.date_after or run.dates[second][0] or None,
+            "date_before": feature.date_before or run.dates[first].label or None,
+            "date_after": feature.date_after or run.dates[second].label or None,
             "review_status": feature.review_status,
             "model_caption": feature.caption,
         })
@@ -422,7 +386,7 @@ def _write(
         "left_out": summary.left_out,
         "include_unreviewed": include_unreviewed,
         "checked_thumbnails": checked,
-        "rasters": [run.dates[index][1] for index in order],
+        "rasters": [run.dates[index].name for index in order],
         "model_ids": ", ".join(sorted({f.model_id for f, _, _ in chosen if f.model_id})) or "unknown",
         "run_options": data.options,
     }

@@ -135,6 +135,13 @@ def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
     return [min(i * stride, size - tile) for i in range(count)]
 
 
+def _tiles_along(size: int, tile: int, stride: int, start: float, end: float) -> int:
+    """At most how many tiles along one axis of ``size`` pixels meet the span ``start``..``end`` (pixels)."""
+    span = max(0.0, min(float(size), end) - max(0.0, start))
+    everywhere = 1 if size <= tile else math.ceil((size - tile) / stride) + 1
+    return min(everywhere, math.ceil(span / stride) + 1)
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """Tiles of ``tile_size`` pixels, ``overlap`` pixels apart, over a ``width`` × ``height`` raster.
@@ -182,6 +189,15 @@ class TileGrid:
         xs, ys = cols.tolist(), rows.tolist()
         return [Tile(row, col, xs[col], ys[row], tile_w, tile_h) for row, col in zip(r.tolist(), c.tolist())]
 
+    def tiles_at_most(self, bounds: Bounds | None = None) -> int:
+        """At most how many tiles meet ``bounds`` (in the raster's CRS; None: the whole raster), from arithmetic
+        alone: cheap whatever the count, so an area can be refused before its tiles exist."""
+        x0, y0, x1, y1 = (0.0, 0.0, float(self.width), float(self.height)) if bounds is None else (
+            self._pixel_bounds(bounds))
+        stride = self.tile_size - self.overlap
+        return (_tiles_along(self.width, self.tile_size, stride, x0, x1)
+                * _tiles_along(self.height, self.tile_size, stride, y0, y1))
+
     def _pixel_bounds(self, bounds: Bounds) -> Bounds:
         """``bounds`` (in the raster's CRS) as the pixel-space box that holds them."""
         xmin, ymin, xmax, ymax = bounds
@@ -218,31 +234,3 @@ def tiles_window(tiles: Sequence[Tile]) -> tuple[int, int, int, int]:
     x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
     x1, y1 = max(t.x + t.width for t in tiles), max(t.y + t.height for t in tiles)
     return x0, y0, x1 - x0, y1 - y0
-
-
-def run_options(
-    grid: TileGrid,
-    crs: str,
-    bands: Sequence[int],
-    value_range: tuple[float, float] | None,
-    max_nodata: float,
-    before_source: str,
-    after_source: str,
-    model_id: str,
-) -> dict[str, str]:
-    """What decides a tile's pixels and caption, as an output stores it: a rerun with other values must not resume
-    that output. ``caption-region`` and the plugin word it the same, so that each resumes the other's output."""
-    return {
-        "crs": crs,
-        "geotransform": ",".join(f"{v:.12g}" for v in grid.transform),
-        "size": f"{grid.width}x{grid.height}",
-        "tile_size": str(grid.tile_size),
-        "overlap_px": str(grid.overlap),
-        "bands": ",".join(map(str, bands)),
-        # The default stretch's name as outputs already store it (pixels.STRETCH_PERCENTILES is that stretch).
-        "value_range": "stretch 2-98%" if value_range is None else ",".join(map(str, value_range)),
-        "max_nodata": f"{max_nodata:g}",
-        "before_source": before_source,
-        "after_source": after_source,
-        "model_id": model_id,
-    }

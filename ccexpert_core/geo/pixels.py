@@ -105,17 +105,6 @@ def to_rgb(
     return rgb, valid
 
 
-@dataclass(frozen=True)
-class TilePixels:
-    """One tile of both dates as H×W×3 uint8, and the larger share of nodata of the two."""
-
-    before: np.ndarray
-    after: np.ndarray
-    nodata_share: float
-
-    @classmethod
-    def of(cls, before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray]) -> "TilePixels":
-        """The tile from each date's ``(rgb, valid)``, as :func:`to_rgb` gives them."""
-        (before_rgb, before_valid), (after_rgb, after_valid) = before, after
-        share = 1.0 - min(before_valid.mean(), after_valid.mean())
-        return cls(before_rgb, after_rgb, float(share))
+def nodata_share(valid: np.ndarray) -> float:
+    """The share of a tile's pixels that are nodata in one date (``valid`` as :func:`to_rgb` gives it)."""
+    return 1.0 - float(valid.mean())

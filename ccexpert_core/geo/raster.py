@@ -1,10 +1,11 @@
-"""Both dates of a region read on one pixel grid, tile by tile, as 8-bit RGB with their nodata (rasterio).
+"""Every date of a region read on one pixel grid, tile by tile, as 8-bit RGB with their nodata (rasterio).
 
-The grid is BEFORE's (optionally resampled to a ground resolution); AFTER is warped onto it (bilinear) when its
-CRS, resolution or origin differ. Bands are picked (default the first three; one band is repeated to grey RGB),
-and data that is not 8-bit is mapped to 8-bit with a percentile stretch computed once per raster over the area
-or with a fixed value range. Nodata values, masks, alpha bands and pixels outside a raster count as nodata.
-Those value rules are :mod:`ccexpert_core.geo.pixels`, shared with the QGIS plugin; this module does the reading.
+The grid is the first date's (optionally resampled to a ground resolution); every later date is warped onto it
+(bilinear) when its CRS, resolution or origin differ. Bands are picked (default the first three; one band is
+repeated to grey RGB), and data that is not 8-bit is mapped to 8-bit with a percentile stretch computed once per
+raster over the area or with a fixed value range. Nodata values, masks, alpha bands and pixels outside a raster
+count as nodata. Those value rules are :mod:`ccexpert_core.geo.pixels`, shared with the QGIS plugin; this module
+does the reading.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from ccexpert_core.errors import CCExpertError
+from ccexpert_core.geo import run_contract
 from ccexpert_core.geo.gpkg import SpatialRef
 from ccexpert_core.geo.grid import Bounds, GeoTransform, Tile, pixel_to_geo, tiles_window
-from ccexpert_core.geo.pixels import STATS_READ_SIZE, Stretch, TilePixels, decimated_shape, pick_bands, to_rgb
+from ccexpert_core.geo.pixels import STATS_READ_SIZE, Stretch, decimated_shape, pick_bands, to_rgb
 
 #: GDAL's block cache during a run. Its default (5 % of the RAM) fills up as a region is read, so memory would
 #: grow with the region; this holds a row of tiles' blocks of common rasters. ``GDAL_CACHEMAX`` overrides it
@@ -109,6 +111,19 @@ def crs_name(crs: CRS) -> str:
     """``EPSG:32631`` where the CRS has an EPSG code, else its name."""
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_wkt().split('"')[1]
+
+
+def crs_text(crs: CRS) -> str:
+    """How a run stores ``crs`` (:func:`~ccexpert_core.geo.run_contract.crs_text`)."""
+    return run_contract.crs_text(crs.to_epsg(), crs.to_wkt())
+
+
+def same_crs(first: str, second: str) -> bool:
+    """Whether two stored CRSs (``EPSG:n`` or WKT, as any version of either tool wrote them) are one CRS."""
+    try:
+        return CRS.from_user_input(first) == CRS.from_user_input(second)
+    except CRSError:
+        return False
 
 
 def spatial_ref(crs: CRS) -> SpatialRef:
@@ -197,7 +212,8 @@ class DateSource:
 
 class RasterSeries:
     """Two or more dates on the first one's grid (resampled to ``resolution`` metres per pixel if given); each
-    later date is aligned onto it. ``roles`` name the dates in messages (``BEFORE``/``AFTER``, or their labels).
+    later date is aligned onto it. ``roles`` name the dates in messages (default: BEFORE/AFTER for two, else
+    ``date 1``, ``date 2``…: :func:`~ccexpert_core.geo.run_contract.date_roles`).
 
     Use as a context manager. Not thread-safe: one thread at a time may read it.
     """
@@ -205,11 +221,12 @@ class RasterSeries:
     def __init__(
         self,
         paths: Sequence[Path],
-        roles: Sequence[str],
+        roles: Sequence[str] | None = None,
         bands: Sequence[int] | None = None,
         resolution: float | None = None,
         log: Log = print,
     ) -> None:
+        roles = run_contract.date_roles(len(paths)) if roles is None else roles
         if len(paths) < 2 or len(paths) != len(roles):
             raise CCExpertError(f"give at least two dates, each with a name (got {len(paths)} rasters)")
         first = open_raster(paths[0], roles[0])
@@ -290,63 +307,10 @@ class RasterSeries:
         return rgb, (x0, y0, width, height)
 
 
-class RasterPair(RasterSeries):
-    """BEFORE and AFTER on BEFORE's grid: the two-date series."""
-
-    def __init__(
-        self,
-        before: Path,
-        after: Path,
-        bands: Sequence[int] | None = None,
-        resolution: float | None = None,
-        log: Log = print,
-    ) -> None:
-        super().__init__([before, after], ["BEFORE", "AFTER"], bands, resolution, log)
-
-    @property
-    def before(self) -> DateSource:
-        """The earlier date."""
-        return self.dates[0]
-
-    @property
-    def after(self) -> DateSource:
-        """The later date."""
-        return self.dates[1]
-
-    def source(self) -> "PairSource":
-        """As :meth:`RasterSeries.source`, for the pair."""
-        return PairSource(
-            self.before.path, self.after.path, self._bands, self._resolution,
-            (self.before.stretch, self.after.stretch),
-        )
-
-    def read_tile(self, tile: Tile) -> TilePixels:
-        """Both dates' pixels of a tile."""
-        before, after = self.read_dates(tile)
-        return TilePixels.of(before, after)
-
-
-@dataclass(frozen=True)
-class PairSource:
-    """What opens a run's two rasters as the run reads them: paths, bands, resolution and each date's fitted 8-bit
-    mapping. Picklable, so that reader threads and other processes read the very pixels the run would."""
-
-    before: Path
-    after: Path
-    bands: tuple[int, ...] | None
-    resolution: float | None
-    stretches: tuple[Stretch | None, Stretch | None]
-
-    def open(self) -> RasterPair:
-        """The rasters, opened with the run's mapping (their notes were said when the run first opened them)."""
-        pair = RasterPair(self.before, self.after, self.bands, self.resolution, log=lambda message: None)
-        pair.before.stretch, pair.after.stretch = self.stretches
-        return pair
-
-
 @dataclass(frozen=True)
 class SeriesSource:
-    """:class:`PairSource` for a series of dates."""
+    """What opens a run's rasters as the run reads them: paths, roles, bands, resolution and each date's fitted
+    8-bit mapping. Picklable, so that reader threads and other processes read the very pixels the run would."""
 
     paths: tuple[Path, ...]
     roles: tuple[str, ...]

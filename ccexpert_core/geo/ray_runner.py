@@ -29,19 +29,21 @@ import os
 import socket
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.grid import Tile
-from ccexpert_core.geo.raster import PairSource, SeriesSource
-from ccexpert_core.geo.runner import BatchOutcome, Needed, ReadBatch, finish_batch, read_batch
+from ccexpert_core.geo.raster import SeriesSource
+from ccexpert_core.geo.runner import BatchOutcome, Needed, ReadBatch, Reading, finish_batch, read_batch
 from ccexpert_core.model_card import describe_model
 from ccexpert_core.ray_cluster import CAPTION_MODULES, RayCluster, WorkerPlan, last_line, worker_model
-from ccexpert_core.series import Interval
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
 
 Log = Callable[[str], None]
 
@@ -52,28 +54,6 @@ READERS_PER_WORKER = 2
 CALLS_IN_FLIGHT_PER_WORKER = 4
 #: Tile fields as the read tasks receive them (a flat list of ints per batch).
 _TILE_FIELDS = 6
-
-
-@dataclass(frozen=True)
-class RayEngine:
-    """The engine seam's side of a run on Ray: the model's id, exactly what a local run of the same ``--model``
-    writes (either run resumes the other's output), known without loading the model here; the model runs in the
-    actors. Only ``model_id`` and :meth:`describe` are asked of it by the region pipeline."""
-
-    model_id: str
-    #: What the actors load (None: each node's own default model).
-    model: str | None
-    plan: WorkerPlan
-    cluster: str
-    in_flight: int = 1
-    #: What a user must know about the model's captions (the demo model's synthetic training), if anything.
-    model_note: str | None = None
-    #: Ids older versions wrote for this model (its path as given): outputs under them resume.
-    former_ids: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """``Ray: 2 workers (1 GPU each) on 2 nodes, 16 CPUs, 2 GPUs``."""
-        return f"Ray: {self.plan.describe()} on {self.cluster}"
 
 
 @dataclass(frozen=True)
@@ -114,8 +94,7 @@ def _trace(path: str | None, stage: str, tiles: Sequence[Tile]) -> None:
 
 
 def _read_batches(
-    batch: dict[str, np.ndarray], *, source: PairSource | SeriesSource, intervals: list[Interval], max_nodata: float,
-    thumbnails: bool, trace: str | None,
+    batch: dict[str, np.ndarray], *, source: SeriesSource, reading: Reading, trace: str | None,
 ) -> dict[str, np.ndarray]:
     """The read stage (a Ray task): each batch's tiles read and judged as a local run does (``read_batch``)."""
     items = []
@@ -132,8 +111,7 @@ def _read_batches(
             )))
             continue
         try:
-            read = read_batch(dates, tiles, max_nodata, thumbnails, messages.append, intervals,
-                              json.loads(needed) or None)
+            read = read_batch(dates, tiles, replace(reading, log=messages.append), json.loads(needed) or None)
         finally:
             dates.close()
         items.append(_Item(int(index), read=read, log=tuple(messages)))
@@ -159,49 +137,61 @@ class _CaptionActor:
         if item.read is None:
             return item
         read = item.read
-        _trace(self.trace, "caption", read.to_caption)
-        ids = [tile.tile_id for tile in read.to_caption]
+        tiles = [t.tile for t in read.to_caption]
+        _trace(self.trace, "caption", tiles)
         try:
             # prepare is thread-safe and the engine captions one batch at a time: the actor's second call
             # prepares the next batch while this one is in the model.
-            results = self.engine.caption_prepared(self.engine.prepare(read.series, read.intervals, ids)) if (
-                read.series) else []
+            work = [t.work for t in read.to_caption]
+            results = self.engine.caption_prepared(self.engine.prepare(work, [t.tile_id for t in tiles])) if (
+                work) else []
         except Exception as error:  # noqa: BLE001 — an engine error fails its batch only, as in-process
             # Sent as the message alone: any exception type must unpickle on the driver.
             return replace(item, read=None, outcome=finish_batch(read, None, CCExpertError(str(error))))
         return replace(item, read=None, outcome=finish_batch(read, results, None))
 
 
-def _absolute(source: PairSource | SeriesSource) -> PairSource | SeriesSource:
+def _absolute(source: SeriesSource) -> SeriesSource:
     """The source with absolute paths: workers would resolve relative ones against their own folders."""
-    if isinstance(source, PairSource):
-        return replace(source, before=Path(source.before).absolute(), after=Path(source.after).absolute())
     return replace(source, paths=tuple(Path(path).absolute() for path in source.paths))
 
 
-class RayRunner:
-    """A :class:`~ccexpert_core.geo.runner.Runner` on a Ray cluster (see the module's description).
+@dataclass(frozen=True)
+class RayCaptioning:
+    """Captioning on a Ray cluster (see the module's description): the model's id is exactly what a local run of
+    the same ``--model`` writes (either run resumes the other's output), known without loading the model here.
 
     ``trace``: a file that readers and actors append one JSON line to per batch (stage, process id, host, tile ids),
     on a path the workers can write; for audits of where the work went, and for tests.
     """
 
-    def __init__(
-        self, source: PairSource | SeriesSource, model: str | None, plan: WorkerPlan, intervals: Sequence[Interval],
-        max_nodata: float, thumbnails: bool = False, log: Log = lambda message: None, trace: Path | None = None,
-    ) -> None:
-        self.source = _absolute(source)
-        self.model, self.plan, self.intervals = model, plan, [tuple(interval) for interval in intervals]
-        self.max_nodata, self.thumbnails = max_nodata, thumbnails
-        self.log = log
-        self.trace = None if trace is None else str(Path(trace).absolute())
+    model_id: str
+    #: What the actors load (None: each node's own default model).
+    model: str | None
+    plan: WorkerPlan
+    cluster: str
+    #: What a user must know about the model's captions (the demo model's synthetic training), if anything.
+    model_note: str | None = None
+    #: Ids older versions wrote for this model (its path as given): outputs under them resume.
+    former_ids: tuple[str, ...] = ()
+    log: Log = field(default=lambda message: None, compare=False)
+    trace: Path | None = None
+    #: The actors' models take batches of any size.
+    max_pairs: int | None = None
 
-    def run(self, batches: Iterable[Sequence[Tile]], needed: Needed | None = None) -> Iterator[BatchOutcome]:
-        """Yield each batch's outcome as it comes back from the cluster (see :class:`Runner`)."""
+    def describe(self) -> str:
+        """``Ray: 2 workers (1 GPU each) on 2 nodes, 16 CPUs, 2 GPUs``."""
+        return f"Ray: {self.plan.describe()} on {self.cluster}"
+
+    def run(
+        self, source: SeriesSource, reading: Reading, batches: Iterable[Sequence[Tile]], needed: Needed | None = None,
+    ) -> Iterator[BatchOutcome]:
+        """Yield each batch's outcome as it comes back from the cluster (see
+        :class:`~ccexpert_core.geo.runner.Captioning`)."""
         work = [list(batch) for batch in batches]
         if not work:
             return
-        dataset = self._dataset(work, needed or {})
+        dataset = self._dataset(_absolute(source), replace(reading, log=lambda message: None), work, needed or {})
         stream = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
         seen: set[int] = set()
         try:
@@ -217,7 +207,7 @@ class RayRunner:
                     ) from None
                 for item in block["item"]:
                     for message in item.log:
-                        self.log(message)
+                        reading.log(message)
                     if item.error is not None:
                         raise CCExpertError(item.error)
                     if item.index not in seen:  # a block Ray rebuilt from lineage after it was delivered
@@ -231,7 +221,7 @@ class RayRunner:
         finally:
             stream.close()  # an error or Ctrl-C: the stream's executor stops sending work
 
-    def _dataset(self, work: list[list[Tile]], needed: Needed) -> Any:
+    def _dataset(self, source: SeriesSource, reading: Reading, work: list[list[Tile]], needed: Needed) -> Dataset:
         import ray.data
         from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
@@ -243,13 +233,13 @@ class RayRunner:
              "needed": json.dumps({t.tile_id: list(needed[t.tile_id]) for t in tiles if t.tile_id in needed})}
             for index, tiles in enumerate(work)
         ]
+        trace = None if self.trace is None else str(Path(self.trace).absolute())
         # One block per batch: the unit of reading, captioning and retrying.
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         read = dataset.map_batches(
             _read_batches, batch_size=1, num_cpus=1,
             compute=TaskPoolStrategy(size=READERS_PER_WORKER * self.plan.workers),
-            fn_kwargs={"source": self.source, "intervals": self.intervals, "max_nodata": self.max_nodata,
-                       "thumbnails": self.thumbnails, "trace": self.trace},
+            fn_kwargs={"source": source, "reading": reading, "trace": trace},
         )
         return read.map_batches(
             _CaptionActor, batch_size=1, num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus or None,
@@ -257,26 +247,24 @@ class RayRunner:
                 size=self.plan.workers, max_tasks_in_flight_per_actor=CALLS_IN_FLIGHT_PER_WORKER,
                 max_concurrent_calls_per_actor=2, enable_true_multi_threading=True,
             ),
-            fn_constructor_kwargs={"model": self.model, "trace": self.trace},
+            fn_constructor_kwargs={"model": self.model, "trace": trace},
         )
 
 
 class RayRegion:
-    """What ``caption-region --ray`` hands the region pipeline: :meth:`load_engine` connects and checks the cluster
-    (after the inputs are checked, as a local model loads), :meth:`make_runner` is its ``make_runner``;
-    :meth:`close` ends the job on the cluster (or stops the ``local`` instance)."""
+    """``caption-region --ray``: :meth:`open` connects and checks the cluster (after the inputs are checked, as a
+    local model loads) and gives the run its :class:`RayCaptioning`; :meth:`close` ends the job on the cluster (or
+    stops the ``local`` instance)."""
 
     def __init__(
         self, address: str, workers: int | None = None, gpus_per_worker: float | None = None,
-        max_nodata: float = 0.5, thumbnails: bool = False, log: Log = lambda message: None,
-        trace: Path | None = None,
+        log: Log = lambda message: None, trace: Path | None = None,
     ) -> None:
         self.cluster = RayCluster(address, log)
         self.workers, self.gpus_per_worker = workers, gpus_per_worker
-        self.max_nodata, self.thumbnails = max_nodata, thumbnails
         self.log, self.trace = log, trace
 
-    def load_engine(self, model: str, rasters: Sequence[tuple[str, Path]]) -> RayEngine:
+    def open(self, model: str, rasters: Sequence[tuple[str, Path]]) -> RayCaptioning:
         """Connect, plan the workers (one CPU left to read), check that every node can open the ``(role, path)``
         rasters and load ``model`` (what ``--model`` gave, or the default model)."""
         self.cluster.connect()
@@ -285,15 +273,10 @@ class RayRegion:
         self.cluster.check_nodes(CAPTION_MODULES, [(role, Path(path).absolute()) for role, path in rasters], loaded)
         card = describe_model(model)  # the id a local run of this model writes, without loading it here
         former = () if model.startswith("preset:") else (model, str(Path(model).resolve()))
-        engine = RayEngine(card.model_id, loaded, plan, self.cluster.describe(), model_note=card.note,
-                           former_ids=former)
-        self.log(f"captioning on {engine.describe().removeprefix('Ray: ')} (Ray at {self.cluster.address})")
-        return engine
-
-    def make_runner(self, source: PairSource | SeriesSource, engine: Any, intervals: Sequence[Interval]) -> RayRunner:
-        """The runner for the engine :meth:`load_engine` gave."""
-        return RayRunner(source, engine.model, engine.plan, intervals, self.max_nodata, self.thumbnails, self.log,
-                         self.trace)
+        captioning = RayCaptioning(card.model_id, loaded, plan, self.cluster.describe(), card.note, former, self.log,
+                                   self.trace)
+        self.log(f"captioning on {captioning.describe().removeprefix('Ray: ')} (Ray at {self.cluster.address})")
+        return captioning
 
     def close(self) -> None:
         """Disconnect from the cluster (its work for this run stops), or stop the ``local`` instance."""

@@ -1,28 +1,51 @@
-"""How a region's batches of tiles become captioned batches: read, judged, captioned, handed back in the order they
-complete. This is the seam between the region pipeline (which owns the GeoPackage and writes what comes back) and
-where the work happens: :class:`LocalRunner` on this machine (reader threads, an engine with several batches in
-flight), or a runner on a cluster that reads and captions with the same :func:`read_batch`.
+"""Where a region's tiles are read and captioned: the one seam between the region pipeline (which owns the
+GeoPackage and writes what comes back) and the work.
+
+A :class:`Captioning` turns batches of tiles into finished batches, in the order they finish. Each way of
+captioning is a factory that gives one: :func:`on_this_machine` (reader threads here, and an engine with several
+batches in flight: a model in this process, or backends over HTTP), and
+:class:`~ccexpert_core.geo.ray_runner.RayRegion` (reading and captioning on a Ray cluster with the same
+:func:`read_batch`). A tile to caption is one :class:`ReadTile`: its images, the intervals to caption and which of
+the run's intervals they are.
 """
 
 from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
+import numpy as np
 from rasterio.errors import RasterioError
 
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.geo.captions_layer import CAPTIONED, FAILED, SKIPPED_NODATA
 from ccexpert_core.geo.engine import CaptionEngine
 from ccexpert_core.geo.grid import Tile
-from ccexpert_core.geo.raster import PairSource, RasterSeries, SeriesSource
+from ccexpert_core.geo.pixels import nodata_share
+from ccexpert_core.geo.raster import RasterSeries, SeriesSource
 from ccexpert_core.geo.report import thumbnail
+from ccexpert_core.geo.run_contract import skipped
 from ccexpert_core.inflight import run_in_flight
-from ccexpert_core.series import PAIR_INTERVALS, Interval
+from ccexpert_core.series import Interval, TileWork
 
 Log = Callable[[str], None]
+Prepared = TypeVar("Prepared")
+
+#: Which of the run's intervals each tile still needs, by tile id (tiles not named need them all).
+Needed = Mapping[str, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a run reads its tiles: the intervals it captions (date index pairs), the nodata share above which an
+    interval is skipped, whether thumbnails are kept (for the report), and where notes go."""
+
+    intervals: tuple[Interval, ...]
+    max_nodata: float
+    thumbnails: bool = False
+    log: Log = field(default=lambda message: None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -46,72 +69,75 @@ class BatchOutcome:
     error: BaseException | None = None
 
 
-#: Which of the run's intervals each tile still needs, by tile id (tiles not named need them all).
-Needed = Mapping[str, Sequence[int]]
+@dataclass(frozen=True)
+class ReadTile:
+    """A tile read and judged, with something to caption: its images (one per date) and the intervals to caption
+    as (i, j) into them (its :class:`~ccexpert_core.series.TileWork`), and which of the run's intervals those are."""
 
-
-class Runner(Protocol):
-    """Turns batches of tiles into finished batches, in whatever order they finish; each batch exactly once."""
-
-    def run(self, batches: Iterable[Sequence[Tile]], needed: Needed | None = None) -> Iterator[BatchOutcome]:
-        """Yield a :class:`BatchOutcome` per batch as it finishes; closing the iterator stops the work. ``needed``
-        limits a tile to some of the run's intervals (a resumed series)."""
-        ...
+    tile: Tile
+    work: TileWork[np.ndarray]
+    interval_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class ReadBatch:
     """A batch read and judged: each (tile, interval)'s outcome so far (``CAPTIONED`` still without a result: to
-    caption) and, per tile to caption, its images and the intervals to caption (as (i, j) into the images)."""
+    caption) and the tiles to caption."""
 
     tiles: list[TileOutcome]
-    to_caption: list[Tile]
-    series: list[list[Any]]
-    intervals: list[list[Interval]]
-    #: For each tile to caption, the indices of its intervals in the run's list (what outcomes are keyed by).
-    interval_ids: list[list[int]]
-
-    @property
-    def pairs(self) -> list[tuple[Any, Any]]:
-        """The tiles to caption as (before, after) pairs (a two-date run)."""
-        return [(images[0], images[1]) for images in self.series]
+    to_caption: list[ReadTile]
 
 
-def read_batch(
-    dates: RasterSeries, tiles: Sequence[Tile], max_nodata: float, thumbnails: bool, log: Log,
-    intervals: Sequence[Interval] = PAIR_INTERVALS, needed: Needed | None = None,
-) -> ReadBatch:
+class Captioning(Protocol):
+    """Where a run's tiles are read and captioned, and by which model (its id is what outputs record)."""
+
+    model_id: str
+    #: What a user must know about the model's captions (the demo model's synthetic training), if anything.
+    model_note: str | None
+    #: Other ids outputs of this same model were written under (older versions stored the model's path).
+    former_ids: tuple[str, ...]
+    #: Pairs one batch may hold at most (a backend's request limit), None where any number may.
+    max_pairs: int | None
+
+    def run(
+        self, source: SeriesSource, reading: Reading, batches: Iterable[Sequence[Tile]], needed: Needed | None = None,
+    ) -> Iterator[BatchOutcome]:
+        """A :class:`BatchOutcome` per batch, each exactly once, in whatever order they finish; closing the
+        iterator stops the work. ``needed`` limits a tile to some of the run's intervals (a resumed series)."""
+        ...
+
+    def describe(self) -> str | None:
+        """A line for the run's summary (which backends or workers captioned how much), if there is one to say."""
+        ...
+
+
+def read_batch(dates: RasterSeries, tiles: Sequence[Tile], reading: Reading, needed: Needed | None = None) -> ReadBatch:
     """Read each tile's dates; a tile that cannot be read is failed, an interval with too much nodata in either of
     its dates skipped, the others left to caption. Thumbnails only when asked for (the report)."""
     judged: list[TileOutcome] = []
-    to_caption, series, wanted_intervals, wanted_ids = [], [], [], []
+    to_caption: list[ReadTile] = []
     for tile in tiles:
-        wanted = list(range(len(intervals))) if needed is None or tile.tile_id not in needed else list(
-            needed[tile.tile_id])
+        wanted = range(len(reading.intervals)) if needed is None or tile.tile_id not in needed else needed[tile.tile_id]
         try:
             read = dates.read_dates(tile)
         except RasterioError as error:
-            log(f"warning: tile {tile.tile_id} could not be read: {error}")
+            reading.log(f"warning: tile {tile.tile_id} could not be read: {error}")
             judged.extend(TileOutcome(tile, FAILED, interval=k) for k in wanted)
             continue
-        images = [rgb for rgb, _ in read]
-        missing = [1.0 - float(valid.mean()) for _, valid in read]
-        small = [thumbnail(rgb) for rgb in images] if thumbnails else None
-        to_do, to_do_ids = [], []
+        images = tuple(rgb for rgb, _ in read)
+        missing = [nodata_share(valid) for _, valid in read]
+        small = [thumbnail(rgb) for rgb in images] if reading.thumbnails else None
+        to_do: list[int] = []
         for k in wanted:
-            i, j = intervals[k]
-            pictures = (small[i], small[j]) if small else None
-            status = SKIPPED_NODATA if max(missing[i], missing[j]) > max_nodata else CAPTIONED
-            judged.append(TileOutcome(tile, status, thumbnails=pictures, interval=k))
+            i, j = reading.intervals[k]
+            status = SKIPPED_NODATA if skipped(missing, (i, j), reading.max_nodata) else CAPTIONED
+            judged.append(TileOutcome(tile, status, thumbnails=(small[i], small[j]) if small else None, interval=k))
             if status == CAPTIONED:  # the result is filled in once captioned
-                to_do.append(intervals[k])
-                to_do_ids.append(k)
+                to_do.append(k)
         if to_do:
-            to_caption.append(tile)
-            series.append(images)
-            wanted_intervals.append(to_do)
-            wanted_ids.append(to_do_ids)
-    return ReadBatch(judged, to_caption, series, wanted_intervals, wanted_ids)
+            work = TileWork(images, tuple(reading.intervals[k] for k in to_do))
+            to_caption.append(ReadTile(tile, work, tuple(to_do)))
+    return ReadBatch(judged, to_caption)
 
 
 def finish_batch(
@@ -119,82 +145,91 @@ def finish_batch(
 ) -> BatchOutcome:
     """The batch's outcome once its tiles to caption have ``results`` (per tile, per interval, in order), or the
     engine failed them."""
-    if error is None and results is not None and [len(r) for r in results] != [len(w) for w in read.intervals]:
+    if error is None and results is not None and [len(r) for r in results] != [
+        len(t.interval_ids) for t in read.to_caption
+    ]:
         error = RuntimeError(f"the engine gave {sum(map(len, results))} results for "
-                             f"{sum(map(len, read.intervals))} pairs")
-    captioned: dict[tuple[Tile, int], CaptionResult] = {}
+                             f"{sum(len(t.interval_ids) for t in read.to_caption)} pairs")
+    captioned: dict[tuple[str, int], CaptionResult] = {}
     if error is None and results is not None:
-        for tile, ids, tile_results in zip(read.to_caption, read.interval_ids, results):
-            captioned.update(((tile, k), result) for k, result in zip(ids, tile_results))
+        for read_tile, tile_results in zip(read.to_caption, results):
+            captioned.update(((read_tile.tile.tile_id, k), r) for k, r in zip(read_tile.interval_ids, tile_results))
     outcomes = []
     for judged in read.tiles:
+        key = (judged.tile.tile_id, judged.interval)
         if judged.status != CAPTIONED:
             outcomes.append(judged)
-        elif (judged.tile, judged.interval) in captioned:
-            result = captioned[judged.tile, judged.interval]
-            outcomes.append(TileOutcome(judged.tile, CAPTIONED, result, judged.thumbnails, judged.interval))
+        elif key in captioned:
+            outcomes.append(TileOutcome(judged.tile, CAPTIONED, captioned[key], judged.thumbnails, judged.interval))
         else:
             outcomes.append(TileOutcome(judged.tile, FAILED, thumbnails=judged.thumbnails, interval=judged.interval))
     return BatchOutcome(outcomes, error)
 
 
+def batch_error(error: BaseException | None) -> BaseException | None:
+    """An engine's error fails its batch only; an interruption (Ctrl-C) is the run's, and goes on up."""
+    if error is not None and not isinstance(error, Exception):
+        raise error
+    return error
+
+
 @dataclass(frozen=True)
-class _Prepared:
+class _Prepared(Generic[Prepared]):
     read: ReadBatch
-    payload: Any
+    payload: Prepared | None
 
 
-class LocalRunner:
+class LocalCaptioning(Generic[Prepared]):
     """Reader threads (each with its own rasters) read and prepare batches while the engine captions earlier ones,
-    with up to ``engine.in_flight`` batches open at once.
+    with up to ``engine.in_flight`` batches open at once. Memory is bounded: at most ``in_flight + readers``
+    batches are read or open at any time."""
 
-    Memory is bounded: at most ``in_flight + readers`` batches are read or open at any time.
-    """
+    def __init__(self, engine: CaptionEngine[Prepared], readers: int = 2) -> None:
+        self.engine, self.readers = engine, max(1, readers)
+        self.model_id, self.model_note, self.former_ids = engine.model_id, engine.model_note, engine.former_ids
+        self.max_pairs = engine.max_pairs
 
-    def __init__(
-        self, source: PairSource | SeriesSource, engine: CaptionEngine, max_nodata: float, thumbnails: bool = False,
-        readers: int = 2, log: Log = lambda message: None, intervals: Sequence[Interval] = PAIR_INTERVALS,
-    ) -> None:
-        self.source, self.engine = source, engine
-        self.max_nodata, self.thumbnails = max_nodata, thumbnails
-        self.readers, self.log = max(1, readers), log
-        self.intervals = list(intervals)
+    def describe(self) -> str | None:
+        """What the engine has to say about the run."""
+        return self.engine.describe()
 
-    def run(self, batches: Iterable[Sequence[Tile]], needed: Needed | None = None) -> Iterator[BatchOutcome]:
-        """Yield each batch's outcome as it finishes (see :class:`Runner`)."""
+    def run(
+        self, source: SeriesSource, reading: Reading, batches: Iterable[Sequence[Tile]], needed: Needed | None = None,
+    ) -> Iterator[BatchOutcome]:
+        """Yield each batch's outcome as it finishes (see :class:`Captioning`)."""
         # Rasters are not thread-safe: each reader borrows rasters of its own from this queue.
         opened_sets: queue.Queue[RasterSeries] = queue.Queue()
         opened: list[RasterSeries] = []
 
-        def prepare(tiles: Sequence[Tile]) -> _Prepared:
+        def prepare(tiles: Sequence[Tile]) -> _Prepared[Prepared]:
             try:
                 dates = opened_sets.get_nowait()
             except queue.Empty:
-                dates = self.source.open()
+                dates = source.open()
                 opened.append(dates)
             try:
-                read = read_batch(dates, tiles, self.max_nodata, self.thumbnails, self.log, self.intervals, needed)
+                read = read_batch(dates, tiles, reading, needed)
             finally:
                 opened_sets.put(dates)
-            ids = [tile.tile_id for tile in read.to_caption]
-            return _Prepared(read, self.engine.prepare(read.series, read.intervals, ids) if read.series else None)
+            if not read.to_caption:
+                return _Prepared(read, None)
+            ids = [t.tile.tile_id for t in read.to_caption]
+            return _Prepared(read, self.engine.prepare([t.work for t in read.to_caption], ids))
 
-        def call(prepared: _Prepared) -> list[list[CaptionResult]]:
+        def call(prepared: _Prepared[Prepared]) -> list[list[CaptionResult]]:
             return [] if prepared.payload is None else self.engine.caption_prepared(prepared.payload)
 
         try:
             for done in run_in_flight(
                 batches, prepare, call, in_flight=max(1, self.engine.in_flight), preparers=self.readers,
             ):
-                yield finish_batch(done.prepared.read, done.result, _batch_error(done.error))
+                yield finish_batch(done.prepared.read, done.result, batch_error(done.error))
         finally:
             # Every set comes back to the queue once its reader is done with it (a read takes milliseconds).
             for _ in opened:
                 opened_sets.get().close()
 
 
-def _batch_error(error: BaseException | None) -> BaseException | None:
-    """An engine's error fails its batch only; an interruption (Ctrl-C) is the run's, and goes on up."""
-    if error is not None and not isinstance(error, Exception):
-        raise error
-    return error
+def on_this_machine(engine: CaptionEngine[Prepared]) -> LocalCaptioning[Prepared]:
+    """Tiles read here and captioned by ``engine`` (a model in this process, or backends over HTTP)."""
+    return LocalCaptioning(engine)

@@ -23,7 +23,7 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.model import CCExpertForConditionalGeneration, PairProcessor, load_model
 from ccexpert_core.model.processing_ccexpert import ImageInput, PairInput
 from ccexpert_core.model_card import ModelCard, describe_model
-from ccexpert_core.series import Interval, TileWork, consecutive_intervals
+from ccexpert_core.series import Interval, TileWork, consecutive_intervals, regroup
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -341,14 +341,3 @@ def batches_of_pairs(work: Sequence[TileWork], pairs: int) -> Iterator[list[Tile
         size += tile.pairs
     if batch:
         yield batch
-
-
-def regroup(flat: Sequence[CaptionResult], per_tile: Sequence[int]) -> list[list[CaptionResult]]:
-    """Results of consecutive pairs back into per tile, ``per_tile[k]`` for tile k."""
-    if len(flat) != sum(per_tile):
-        raise RuntimeError(f"{len(flat)} results for {sum(per_tile)} pairs")
-    grouped, start = [], 0
-    for count in per_tile:
-        grouped.append(list(flat[start : start + count]))
-        start += count
-    return grouped

@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from ccexpert_core.geo.grid import Area, TileGrid, parse_overlap
-from ccexpert_core.geo.raster import RasterPair
+from ccexpert_core.geo.pixels import nodata_share
+from ccexpert_core.geo.raster import RasterSeries
 
 
 def main(before: str, after: str, out: str, options_json: str) -> None:
     options = json.loads(options_json)
     tile_size = options.get("tile_size", 384)
-    with RasterPair(Path(before), Path(after), options.get("bands"), options.get("resolution"), log=print) as pair:
+    with RasterSeries([Path(before), Path(after)], bands=options.get("bands"), resolution=options.get("resolution"),
+                      log=print) as pair:
         grid = TileGrid(
             pair.grid.width, pair.grid.height, pair.grid.gdal_transform, tile_size,
             parse_overlap(options.get("overlap", "0"), tile_size),
@@ -29,10 +31,10 @@ def main(before: str, after: str, out: str, options_json: str) -> None:
         pair.fit_stretch(tiles, None if value_range is None else tuple(value_range))
         arrays = {}
         for tile in tiles:
-            pixels = pair.read_tile(tile)
-            arrays[f"{tile.tile_id}/before"] = pixels.before
-            arrays[f"{tile.tile_id}/after"] = pixels.after
-            arrays[f"{tile.tile_id}/nodata"] = np.float64(pixels.nodata_share)
+            (before_rgb, before_valid), (after_rgb, after_valid) = pair.read_dates(tile)
+            arrays[f"{tile.tile_id}/before"] = before_rgb
+            arrays[f"{tile.tile_id}/after"] = after_rgb
+            arrays[f"{tile.tile_id}/nodata"] = np.float64(max(nodata_share(before_valid), nodata_share(after_valid)))
     np.savez(out, **arrays)
 
 

@@ -49,9 +49,10 @@ def plugin_tiles(before: Path, after: Path, options: dict) -> dict[str, np.ndarr
         pair.fit_stretch(tiles, None if value_range is None else tuple(value_range))
         arrays = {}
         for tile in tiles:
-            pixels = shared_pixels.TilePixels.of(*pair.read_dates(tile))
-            arrays |= {f"{tile.tile_id}/before": pixels.before, f"{tile.tile_id}/after": pixels.after,
-                       f"{tile.tile_id}/nodata": np.float64(pixels.nodata_share)}
+            (before_rgb, before_valid), (after_rgb, after_valid) = pair.read_dates(tile)
+            share = max(shared_pixels.nodata_share(before_valid), shared_pixels.nodata_share(after_valid))
+            arrays |= {f"{tile.tile_id}/before": before_rgb, f"{tile.tile_id}/after": after_rgb,
+                       f"{tile.tile_id}/nodata": np.float64(share)}
     return arrays
 
 
