@@ -23,6 +23,7 @@ from qgis.core import (
     QgsProject,
     QgsTaskManager,
     QgsUnitTypes,
+    QgsWkbTypes,
 )
 
 #: Processing's error for a run that cannot go on (declared by SIP at run time: the stubs lack it).
@@ -48,6 +49,8 @@ INTEGER = _renamed(Qgis, "ProcessingNumberParameterType", QgsProcessingParameter
 DOUBLE = _renamed(Qgis, "ProcessingNumberParameterType", QgsProcessingParameterNumber, "Type", "Double", "Double")
 # Distance units moved to Qgis.DistanceUnit in 3.30.
 DEGREES = _renamed(Qgis, "DistanceUnit", QgsUnitTypes, "DistanceUnit", "Degrees", "DistanceDegrees")
+# Geometry types moved to Qgis.GeometryType in 3.30.
+POLYGON_GEOMETRY = _renamed(Qgis, "GeometryType", QgsWkbTypes, "GeometryType", "Polygon", "PolygonGeometry")
 
 
 def project() -> QgsProject:

@@ -7,7 +7,10 @@ picked by the analyst. A review is saved at once into the GeoPackage's review fi
 model's caption stays, and runs never overwrite a review. After each review the layer's calibration is fitted again
 (:mod:`.calibration_gpkg`: ``p_right`` for every tile once enough are reviewed), and the panel says how many of the
 unreviewed changed tiles are likely wrong. The search field ranks the tiles for a query in words (the bundled search,
-as QGIS's locator bar and ``ccexpert search`` do). The map canvas follows the current tile.
+as QGIS's locator bar and ``ccexpert search`` do). The map canvas follows the current tile, outlined by a rubber
+band (the layer's selection is the analyst's own). The dock opens wide enough for both tiles, with the keyboard
+focus, at the tile where the analyst stopped (remembered per layer, across sessions too); what was last saved is
+said apart from what concerns the tile shown.
 
 Keys (while the panel has the focus): A accept, E edit (Enter saves, Escape cancels), N no change, S or → skip,
 ← back.
@@ -15,6 +18,7 @@ Keys (while the panel has the focus): A accept, E edit (Enter saves, Escape canc
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,12 +26,14 @@ import qgis.core as _core
 from qgis.core import (
     QgsApplication,
     QgsCoordinateTransform,
+    QgsGeometry,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
+    QgsSettings,
     QgsVectorLayer,
 )
-from qgis.gui import QgsDockWidget
+from qgis.gui import QgsDockWidget, QgsRubberBand
 from qgis.PyQt.QtCore import QPointF, QSize, Qt
 from qgis.PyQt.QtGui import QCloseEvent, QColor, QImage, QKeySequence, QPainter, QPaintEvent, QPen, QPolygonF
 from qgis.PyQt.QtWidgets import (
@@ -39,6 +45,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMainWindow,
     QPushButton,
     QScrollArea,
     QShortcut,
@@ -51,6 +58,7 @@ from qgis.PyQt.QtWidgets import (
 from .calibration_gpkg import refit
 from .errors import CaptionRunError
 from .job import RasterInput
+from .qgis_compat import POLYGON_GEOMETRY
 from .review_pixels import RunPixels, missing_option
 from .review_store import (
     NO_CHANGE_CAPTION,
@@ -84,6 +92,11 @@ ERROR_STYLE = "color: #b00020"
 NOTE_STYLE = "color: #8a5a00"
 #: How much room the canvas leaves around the current tile, as a share of its size.
 CANVAS_MARGIN = 0.25
+#: The current tile on the map: an outline (no fill), in a colour the layer's style does not use.
+HIGHLIGHT_COLOUR = QColor("#00c8ff")
+HIGHLIGHT_WIDTH = 3
+#: Where the tile each layer was left at is remembered (by the layer's source), so a reopened dock goes on there.
+POSITIONS_KEY = "ccexpert/review_positions"
 _NOT_FOUND = "(not in the project)"
 
 
@@ -180,6 +193,7 @@ class ReviewPanel(QgsDockWidget):
         self._pixels: RunPixels | None = None
         self._has_changes = False
         self._raster_combos: list[QComboBox] = []
+        self._highlight: QgsRubberBand | None = None
         self._build()
         for signal in (self.project.layersAdded, self.project.layersRemoved):
             signal.connect(self._layers_changed)
@@ -246,6 +260,10 @@ class ReviewPanel(QgsDockWidget):
         layout.addWidget(self.polygons_check)
         layout.addWidget(self._edit_row())
         layout.addLayout(self._buttons())
+        self.saved = QLabel()
+        self.saved.setWordWrap(True)
+        self.saved.setToolTip("What was last saved into the GeoPackage")
+        layout.addWidget(self.saved)
         self.progress = QLabel()
         layout.addWidget(self.progress)
         self.trust = QLabel()
@@ -253,6 +271,7 @@ class ReviewPanel(QgsDockWidget):
         self.trust.setToolTip("p_right: the probability that a caption is right, fitted on this layer's reviews "
                               "(accepted: right, corrected: wrong), per interval; refitted after each review")
         layout.addWidget(self.trust)
+        body.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # the keys work as soon as the dock opens
         self.setWidget(body)
         self._shortcuts(body)
 
@@ -346,14 +365,14 @@ class ReviewPanel(QgsDockWidget):
             self._fill_raster_combos()
 
     def set_layer(self, layer: QgsVectorLayer) -> None:
-        """Review this layer (it must be in the project)."""
+        """Review this layer (it must be in the project), from the tile where it was left."""
         index = self.layer_combo.findData(layer.id())
         if index < 0:
             raise ValueError(f"{layer.name()} is not a captions layer of the project")
-        if index == self.layer_combo.currentIndex():
-            self._layer_chosen()
-        else:
+        if index != self.layer_combo.currentIndex():
             self.layer_combo.setCurrentIndex(index)
+        elif self._layer is None or self._layer.id() != layer.id():
+            self._layer_chosen()
 
     def search(self, query: str) -> None:
         """Step through the tiles that match ``query`` (empty: all, in the chosen order)."""
@@ -397,11 +416,13 @@ class ReviewPanel(QgsDockWidget):
         self.reload()
 
     def reload(self) -> None:
-        """Read the layer's tiles again and start from the first in the chosen order."""
+        """Read the layer's tiles again and go on from the tile where the layer was left (else the first)."""
         self._all = [] if self._layer is None else read_items(self._layer)
-        self._reorder()
+        self._reorder(resume=True)
 
-    def _reorder(self) -> None:
+    def _reorder(self, *_: object, resume: bool = False) -> None:
+        """Step through the tiles in the chosen order (and search) from the first, or, to ``resume``, from the
+        tile where the layer was left."""
         order = self.order_combo.currentData()
         query = self.search_line.text().strip()
         note = ""
@@ -416,7 +437,27 @@ class ReviewPanel(QgsDockWidget):
             self._items = ordered(self._all, order if isinstance(order, Order) else Order.MOST_UNCERTAIN,
                                   self.unreviewed_only.isChecked())
         self._index = 0
+        left_at = self._positions().get(self._layer.source()) if resume and self._layer is not None else None
+        if left_at is not None:
+            key = (left_at[0], left_at[1])
+            self._index = next((k for k, item in enumerate(self._items) if (item.tile_id, item.interval) == key), 0)
         self._show(note)
+
+    @staticmethod
+    def _positions() -> dict[str, list]:
+        try:
+            positions = json.loads(str(QgsSettings().value(POSITIONS_KEY, "{}")))
+        except ValueError:
+            return {}
+        return positions if isinstance(positions, dict) else {}
+
+    def _remember_position(self, item: ReviewItem) -> None:
+        """The tile shown is where the layer was left, should the dock open again (in this session or another)."""
+        if self._layer is None:
+            return
+        positions = self._positions()
+        positions[self._layer.source()] = [item.tile_id, item.interval]
+        QgsSettings().setValue(POSITIONS_KEY, json.dumps(positions))
 
     # -- the rasters ----------------------------------------------------------------------------------------------
 
@@ -530,6 +571,7 @@ class ReviewPanel(QgsDockWidget):
         self.reviewed.setText(self._review_words(item))
         self._show_images(item, note)
         self._follow(item)
+        self._remember_position(item)
         self._show_progress()
 
     def _facts(self, item: ReviewItem) -> str:
@@ -624,12 +666,47 @@ class ReviewPanel(QgsDockWidget):
             view.update()
 
     def _follow(self, item: ReviewItem) -> None:
-        """Zoom the map canvas to the tile, and select it on the layer (the map highlights it)."""
+        """Zoom the map canvas to the tile and outline it with a rubber band (the layer's selection stays the
+        analyst's)."""
         canvas = self.iface.mapCanvas()
         if canvas is None or self._layer is None:
             return
-        self._layer.selectByIds([item.fid])
+        if self._highlight is None:
+            self._highlight = QgsRubberBand(canvas, POLYGON_GEOMETRY)
+            self._highlight.setFillColor(QColor(0, 0, 0, 0))
+            self._highlight.setStrokeColor(HIGHLIGHT_COLOUR)
+            self._highlight.setWidth(HIGHLIGHT_WIDTH)
+        self._highlight.setToGeometry(QgsGeometry.fromRect(item.extent), self._layer)
+        self._highlight.show()
         zoom_to_tile(canvas, self.project, self._layer, item.extent)
+
+    def highlighted(self) -> QgsGeometry | None:
+        """The outline the map shows around the current tile (in the map's CRS), None when none is shown."""
+        if self._highlight is None or not self._highlight.isVisible():
+            return None
+        return self._highlight.asGeometry()
+
+    def fit_tiles(self) -> None:
+        """Make the dock wide enough for the two tiles side by side (QGIS opens docks narrower)."""
+        images = self.images_scroll.widget()
+        if images is None:
+            return
+        body = self.widget()
+        if body is not None and body.layout() is not None:
+            body.layout().activate()
+        # Room for a vertical scroll bar too: a tall caption may bring one, which must not hide the second tile.
+        bar = self.images_scroll.verticalScrollBar()
+        spare = 0 if bar is None or bar.isVisible() else bar.sizeHint().width()
+        wanted = self.width() - self.images_scroll.viewport().width() + images.sizeHint().width() + spare
+        if wanted <= self.width():
+            return
+        main = self.iface.mainWindow()
+        docked = isinstance(main, QMainWindow) and not self.isFloating() and \
+            main.dockWidgetArea(self) != Qt.DockWidgetArea.NoDockWidgetArea
+        if docked:
+            main.resizeDocks([self], [wanted], Qt.Orientation.Horizontal)
+        else:
+            self.resize(wanted, self.height())
 
     def _show_progress(self) -> None:
         reviewed = sum(1 for item in self._all if item.review_status)
@@ -702,16 +779,16 @@ class ReviewPanel(QgsDockWidget):
             return
         self._items[self._index] = saved
         self._all = [saved if other.fid == saved.fid else other for other in self._all]
-        said = f"Saved: {item.tile_id} {status}." + self._refit()
+        self.saved.setText(f"Saved: {item.tile_id} {status}." + self._refit())  # apart from the next tile's notes
         if self._layer is not None:
             if not self._layer.isEditable():  # the layer reads what another connection wrote once reloaded
                 self._layer.reload()
             self._layer.triggerRepaint()
         if self._index + 1 < len(self._items):
             self._index += 1
-            self._show(said)
+            self._show()
         else:
-            self._show(f"{said} That was the last tile.")
+            self._show("That was the last tile.")
 
     def _refit(self) -> str:
         """Fit p_right again on the layer's reviews (the order stays as it is: choose it again to re-sort); what
@@ -737,15 +814,25 @@ class ReviewPanel(QgsDockWidget):
         return f" p_right fitted on {done.reviews} reviews."
 
     def closeEvent(self, event: QCloseEvent | None) -> None:  # noqa: N802 (Qt's name)
-        """Let go of the rasters while the panel is closed (they are opened again when it shows a tile)."""
+        """Let go of the rasters while the panel is closed (they are opened again when it shows a tile), and of the
+        tile's outline on the map."""
         self._drop_pixels()
+        if self._highlight is not None:
+            self._highlight.hide()
         super().closeEvent(event)
 
     def unload(self) -> None:
-        """Disconnect from the project and close the rasters (the plugin is unloading)."""
+        """Disconnect from the project, close the rasters and take the outline off the map (the plugin is
+        unloading)."""
         for signal in (self.project.layersAdded, self.project.layersRemoved):
             signal.disconnect(self._layers_changed)
         self._drop_pixels()
+        if self._highlight is not None:
+            canvas = self.iface.mapCanvas()
+            scene = canvas.scene() if canvas is not None else None
+            if scene is not None:
+                scene.removeItem(self._highlight)
+            self._highlight = None
 
 
 class ReviewEntry:
@@ -763,7 +850,8 @@ class ReviewEntry:
         iface.addPluginToRasterMenu(menu, self.action)
 
     def show_panel(self) -> ReviewPanel:
-        """Open the dock (on the right), with the current layer if it is a captions layer."""
+        """Open the dock (on the right) wide enough for two tiles, with the keyboard focus, on the current layer if
+        it is a captions layer, at the tile where that layer was left."""
         if self.panel is None:
             self.panel = ReviewPanel(self.iface, self.iface.mainWindow())
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.panel)
@@ -772,6 +860,10 @@ class ReviewEntry:
             self.panel.set_layer(active)
         self.panel.show()
         self.panel.raise_()
+        self.panel.fit_tiles()
+        body = self.panel.widget()
+        if body is not None:
+            body.setFocus(Qt.FocusReason.OtherFocusReason)
         return self.panel
 
     def unload(self) -> None:

@@ -2,8 +2,10 @@
 writers store in the GeoPackage's ``layer_styles``, so a layer looks the same whichever tool made it and wherever
 it is opened.
 
-Changed / unchanged / skipped / failed tiles, thicker outlines on reviewed ones, captions of changed tiles as labels
-(the analyst's where there is one) and map tips, the attribute table sorted changed first, then by confidence.
+Changed / unchanged / skipped / failed tiles as the map should say it (the analyst's caption where there is one: a tile
+reviewed "No change" is drawn unchanged), reviewed ones outlined with a "reviewed" legend entry of their own, captions
+of changed tiles as labels and map tips, the attribute table sorted changed first, then by confidence, with the
+caption columns wide enough to read.
 The history layer of a series by how often each tile changed, the changes layer as filled changed places.
 """
 

@@ -1,5 +1,7 @@
 """The captions layer's schema: the fields in their order with their constraints, the key and migration rules, the
-default style as QML, and the report drawn in the style's palette. The module stands alone (the plugin bundles it)."""
+default style as QML (keyed on the analyst's captions, a "reviewed" rule of its own, the captions' columns wide
+enough), and the report drawn in the style's palette. The module stands alone but for captions (the plugin bundles
+both)."""
 
 from __future__ import annotations
 
@@ -15,15 +17,18 @@ from ccexpert_core.geo.captions_layer import StoredTile
 from ccexpert_core.geo.report import thumbnail, write_report
 
 
-def test_the_module_imports_only_the_standard_library() -> None:
+def test_the_module_imports_only_the_standard_library_and_its_bundled_neighbour_captions() -> None:
     tree = ast.parse(Path(schema.__file__).read_text(encoding="utf-8"))
-    imported = {
+    absolute = {
         (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
         for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
+        if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and not node.level)
         for alias in node.names
     }
-    assert imported <= {"__future__", "collections", "dataclasses", "xml"}
+    relative = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level
+                for alias in node.names}
+    assert absolute <= {"__future__", "collections", "dataclasses", "typing", "xml"}
+    assert relative == {"captions"}  # the no-change sentences; bundled beside it in the plugin
 
 
 def test_the_fields_in_order_with_their_types_constraints_and_descriptions() -> None:
@@ -71,34 +76,41 @@ def test_the_style_renders_as_qml_with_renderer_labels_map_tip_and_table_order()
     root = ElementTree.fromstring(text.split("\n", 1)[1])
     assert root.tag == "qgis" and root.get("labelsEnabled") == "1" and root.findtext("layerGeometryType") == "2"
     renderer = root.find("renderer-v2")
-    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == schema.CATEGORY_EXPRESSION
-    categories = renderer.findall("categories/category")
-    assert [(c.get("value"), c.get("label")) for c in categories] == [(c.value, c.label) for c in schema.CATEGORIES]
-    for entry, category in zip(schema.CATEGORIES, categories):
-        symbol = renderer.find(f"symbols/symbol[@name='{category.get('symbol')}']")
+    assert renderer.get("type") == "RuleRenderer"
+    rules = renderer.findall("rules/rule")
+    assert [(r.get("label"), r.get("filter")) for r in rules] == [
+        *[(c.label, f"({schema.CATEGORY_EXPRESSION}) = '{c.value}'") for c in schema.CATEGORIES],
+        (schema.REVIEWED_LABEL, schema.REVIEWED_EXPRESSION),  # over the categories: a legend entry of its own
+    ]
+    looks = [(c.colour, c.fill_opacity, c.outline_style, schema.OUTLINE_WIDTH_MM) for c in schema.CATEGORIES]
+    looks.append((schema.REVIEWED_COLOUR, 0, "solid", schema.REVIEWED_OUTLINE_WIDTH_MM))
+    for (colour, opacity, style, width), rule in zip(looks, rules):
+        symbol = renderer.find(f"symbols/symbol[@name='{rule.get('symbol')}']")
         layer = symbol.find("layer")
         options = {o.get("name"): o.get("value") for o in layer.findall("Option/Option")}
-        red, green, blue = (int(entry.colour[i : i + 2], 16) for i in (1, 3, 5))
+        red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
         assert layer.get("class") == "SimpleFill" and options["outline_color"] == f"{red},{green},{blue},255"
-        assert options["color"] == f"{red},{green},{blue},{round(entry.fill_opacity * 255)}"
-        assert options["outline_style"] == entry.outline_style
-        width = layer.find(".//Option[@name='outlineWidth']/Option[@name='expression']").get("value")
-        assert schema.REVIEWED_EXPRESSION in width and str(schema.REVIEWED_OUTLINE_WIDTH_MM) in width
+        assert options["color"] == f"{red},{green},{blue},{round(opacity * 255)}"
+        assert options["outline_style"] == style and options["outline_width"] == str(width)
     label = root.find("labeling/settings/text-style")
     assert label.get("fieldName") == schema.LABEL_EXPRESSION and label.get("isExpression") == "1"
     assert "reviewed_caption" in schema.LABEL_EXPRESSION and str(schema.LABEL_MAX_CHARACTERS) in schema.LABEL_EXPRESSION
     assert root.findtext("mapTip") == schema.MAP_TIP and root.findtext("previewExpression") == '"caption"'
     table = root.find("attributetableconfig")
     assert table.get("sortExpression") == schema.SORT_EXPRESSION and table.get("sortOrder") == "1"
+    widths = {c.get("name"): int(c.get("width")) for c in table.findall("columns/column") if c.get("name")}
+    assert list(widths) == ["fid", *schema.FIELD_NAMES] and widths["caption"] == schema.COLUMN_WIDTHS["caption"]
     row = schema.style_row("captions")
     assert row["styleQML"] == text and row["useAsDefault"] is True and row["f_geometry_column"] == "geom"
     assert set(row) | {"update_time"} == {field.name for field in schema.STYLES_FIELDS}
 
 
-def test_category_follows_the_status_then_the_change_flag() -> None:
+def test_category_follows_the_analysts_caption_then_the_status_then_the_change_flag() -> None:
     assert schema.category(schema.CAPTIONED, True) == schema.CHANGED
     assert schema.category(schema.CAPTIONED, False) == schema.UNCHANGED
     assert schema.category(schema.FAILED, None) == schema.FAILED
+    assert schema.category(schema.CAPTIONED, True, "There is no  difference.") == schema.UNCHANGED  # "No change"
+    assert schema.category(schema.CAPTIONED, False, "a road has been built") == schema.CHANGED
     assert {c.value for c in schema.CATEGORIES} == {schema.CHANGED, schema.UNCHANGED, *schema.STATUSES} - {
         schema.CAPTIONED
     }

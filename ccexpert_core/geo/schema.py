@@ -2,7 +2,8 @@
 style, for both writers (``ccexpert_core/geo/captions_layer.py`` on sqlite3, the QGIS plugin's
 ``captions_gpkg.py`` on OGR), the report and README.
 
-Standard library only, with no import from the rest of the package: the QGIS plugin bundles this file as it is.
+Standard library only, importing nothing of the package but ``captions`` (the no-change sentences the style reads
+the analyst's captions by): the QGIS plugin bundles this file as it is, beside its copy of ``captions``.
 
 Rules both writers follow:
 
@@ -27,7 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from xml.etree import ElementTree
+
+if TYPE_CHECKING or __package__ == "ccexpert_core.geo":
+    from .. import captions
+else:  # the plugin's bundled/ folder holds the shared modules side by side
+    from . import captions
 
 CAPTIONS_LAYER = "captions"
 #: Both writers name the polygon column so (and the feature id ``fid``).
@@ -226,7 +233,7 @@ STYLES_FIELDS: tuple[Field, ...] = (
     Field("update_time", DATETIME, default=_NOW),
 )
 STYLE_NAME = "ccexpert captions"
-STYLE_DESCRIPTION = "CCExpert change captions: changed, unchanged, skipped and failed tiles"
+STYLE_DESCRIPTION = "CCExpert change captions: changed, unchanged, skipped and failed tiles; reviewed ones outlined"
 
 
 def style_row(layer_name: str) -> dict[str, object]:
@@ -303,23 +310,35 @@ CATEGORIES: tuple[Category, ...] = (
     Category(SKIPPED_NODATA, "skipped (no data)", "#969696", 0.0, "dot"),
     Category(FAILED, "failed (run again)", "#ff8c00", 0.25, "dash"),
 )
-#: The category of a tile: its change flag once captioned, else its status.
+#: The analyst's caption says nothing changed: one of the no-change sentences once normalised (lower case, no full
+#: stops, single spaces), as ``captions.is_no_change`` decides it in Python.
+_NORMALISED_REVIEW = "regexp_replace(trim(replace(lower(\"reviewed_caption\"), '.', '')), '\\\\s+', ' ')"
+REVIEWED_NO_CHANGE = (
+    f"{_NORMALISED_REVIEW} IN (" + ", ".join(f"'{sentence}'" for sentence in captions.NO_CHANGE_SENTENCES) + ")"
+)
+#: The category of a tile, keyed on what the map says of it: the analyst's caption where there is one (a tile
+#: reviewed "No change" is unchanged), else the change flag once captioned, else its status.
 CATEGORY_EXPRESSION = (
-    f"CASE WHEN \"status\" = '{CAPTIONED}' THEN "
+    f"CASE WHEN coalesce(\"reviewed_caption\", '') <> '' THEN "
+    f"CASE WHEN {REVIEWED_NO_CHANGE} THEN '{UNCHANGED}' ELSE '{CHANGED}' END "
+    f"WHEN \"status\" = '{CAPTIONED}' THEN "
     f"CASE WHEN \"change_detected\" THEN '{CHANGED}' ELSE '{UNCHANGED}' END ELSE \"status\" END"
 )
-#: Reviewed tiles keep their category's colours under a thicker outline (widths in mm).
+#: Reviewed tiles: their category's fill under an outline of their own, a legend entry of its own (widths in mm).
 REVIEWED_EXPRESSION = '"review_status" IS NOT NULL'
+REVIEWED_LABEL = "reviewed"
+REVIEWED_COLOUR = "#253494"
 OUTLINE_WIDTH_MM = 0.5
 REVIEWED_OUTLINE_WIDTH_MM = 1.2
 #: The caption to show: the analyst's where there is one.
 SHOWN_CAPTION = "coalesce(nullif(\"reviewed_caption\", ''), \"caption\")"
+_SHOWN_CHANGED = f"({CATEGORY_EXPRESSION}) = '{CHANGED}'"
 #: Longer captions are cut in labels (the map tip and the attribute table show them whole).
 LABEL_MAX_CHARACTERS = 90
 LABEL_WRAP_CHARACTERS = 28
 #: Only changed tiles are labelled: a region is mostly unchanged, and "no change" labels would bury the rest.
 LABEL_EXPRESSION = (
-    f"CASE WHEN \"status\" = '{CAPTIONED}' AND \"change_detected\" THEN "
+    f"CASE WHEN {_SHOWN_CHANGED} THEN "
     f"CASE WHEN length({SHOWN_CAPTION}) > {LABEL_MAX_CHARACTERS} "
     f"THEN left({SHOWN_CAPTION}, {LABEL_MAX_CHARACTERS - 1}) || '…' ELSE {SHOWN_CAPTION} END END"
 )
@@ -335,13 +354,15 @@ MAP_TIP = (
 DISPLAY_EXPRESSION = '"caption"'
 #: The attribute table's order, descending: changed tiles first, then by confidence. QGIS 3.22 sorts on one
 #: expression's value (not an SQL ORDER BY list), so the two keys are folded into one number.
-SORT_EXPRESSION = (
-    f"CASE WHEN \"status\" = '{CAPTIONED}' AND \"change_detected\" THEN 2 ELSE 0 END + coalesce(\"confidence\", 0)"
-)
+SORT_EXPRESSION = f"CASE WHEN {_SHOWN_CHANGED} THEN 2 ELSE 0 END + coalesce(\"confidence\", 0)"
+#: Attribute table column widths in pixels (-1: QGIS's own): the captions wide enough to read.
+COLUMN_WIDTHS = {"caption": 420, "reviewed_caption": 320}
 
 
-def category(status: str, change_detected: bool | None) -> str:
+def category(status: str, change_detected: bool | None, reviewed_caption: str | None = None) -> str:
     """The :class:`Category` value of a tile (what :data:`CATEGORY_EXPRESSION` gives in QGIS)."""
+    if reviewed_caption:
+        return UNCHANGED if captions.is_no_change(reviewed_caption) else CHANGED
     if status == CAPTIONED:
         return CHANGED if change_detected else UNCHANGED
     return status
@@ -361,47 +382,44 @@ def _options(parent: ElementTree.Element, values: dict[str, str], name: str | No
     return element
 
 
-def _fill_symbol(parent: ElementTree.Element, name: str, entry: Category) -> None:
+def _fill_symbol(parent: ElementTree.Element, name: str, fill: str, outline: str, style: str, width: float) -> None:
     symbol = ElementTree.SubElement(
         parent, "symbol", {"type": "fill", "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0"}
     )
     layer = ElementTree.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
     _options(layer, {
-        "color": _rgba(entry.colour, entry.fill_opacity), "style": "solid" if entry.fill_opacity else "no",
-        "outline_color": _rgba(entry.colour), "outline_style": entry.outline_style,
-        "outline_width": str(OUTLINE_WIDTH_MM), "outline_width_unit": "MM", "joinstyle": "miter",
+        "color": fill, "style": "no" if fill.endswith(",0") else "solid", "outline_color": outline,
+        "outline_style": style, "outline_width": str(width), "outline_width_unit": "MM", "joinstyle": "miter",
     })
-    defined = ElementTree.SubElement(layer, "data_defined_properties")
-    collection = ElementTree.SubElement(defined, "Option", {"type": "Map"})
-    ElementTree.SubElement(collection, "Option", {"name": "name", "value": "", "type": "QString"})
-    properties = ElementTree.SubElement(collection, "Option", {"name": "properties", "type": "Map"})
-    width = ElementTree.SubElement(properties, "Option", {"name": "outlineWidth", "type": "Map"})
-    expression = f"CASE WHEN {REVIEWED_EXPRESSION} THEN {REVIEWED_OUTLINE_WIDTH_MM} ELSE {OUTLINE_WIDTH_MM} END"
-    ElementTree.SubElement(width, "Option", {"name": "active", "value": "true", "type": "bool"})
-    ElementTree.SubElement(width, "Option", {"name": "expression", "value": expression, "type": "QString"})
-    ElementTree.SubElement(width, "Option", {"name": "type", "value": "3", "type": "int"})  # an expression
-    ElementTree.SubElement(collection, "Option", {"name": "type", "value": "collection", "type": "QString"})
 
 
 def style_qml() -> str:
-    """The default style as QGIS QML (3.22 and later): a categorized renderer on :data:`CATEGORY_EXPRESSION` with
-    a simple fill per :data:`CATEGORIES` entry (thicker outlines on reviewed tiles), labels from
-    :data:`LABEL_EXPRESSION`, the map tip, the display expression and the attribute table's sort."""
+    """The default style as QGIS QML (3.22 and later): a rule-based renderer with a rule per :data:`CATEGORIES`
+    entry on :data:`CATEGORY_EXPRESSION` (a simple fill each), then the "reviewed" rule over them (an outline of
+    its own on reviewed tiles, a legend entry of its own); labels from :data:`LABEL_EXPRESSION`, the map tip, the
+    display expression, the attribute table's sort and column widths."""
     root = ElementTree.Element("qgis", {
         "version": "3.22.0", "styleCategories": "Symbology|Labeling|Fields|MapTips|AttributeTable",
         "labelsEnabled": "1",
     })
     renderer = ElementTree.SubElement(root, "renderer-v2", {
-        "type": "categorizedSymbol", "attr": CATEGORY_EXPRESSION, "symbollevels": "0", "forceraster": "0",
-        "enableorderby": "0",
+        "type": "RuleRenderer", "symbollevels": "0", "forceraster": "0", "enableorderby": "0",
     })
-    categories = ElementTree.SubElement(renderer, "categories")
+    rules = ElementTree.SubElement(renderer, "rules", {"key": "{ccexpert-rules}"})
     symbols = ElementTree.SubElement(renderer, "symbols")
     for index, entry in enumerate(CATEGORIES):
-        ElementTree.SubElement(categories, "category", {
-            "value": entry.value, "label": entry.label, "symbol": str(index), "render": "true",
+        ElementTree.SubElement(rules, "rule", {
+            "key": f"{{ccexpert-{entry.value}}}", "label": entry.label, "symbol": str(index),
+            "filter": f"({CATEGORY_EXPRESSION}) = '{entry.value}'",
         })
-        _fill_symbol(symbols, str(index), entry)
+        _fill_symbol(symbols, str(index), _rgba(entry.colour, entry.fill_opacity), _rgba(entry.colour),
+                     entry.outline_style, OUTLINE_WIDTH_MM)
+    reviewed = str(len(CATEGORIES))
+    ElementTree.SubElement(rules, "rule", {
+        "key": "{ccexpert-reviewed}", "label": REVIEWED_LABEL, "symbol": reviewed, "filter": REVIEWED_EXPRESSION,
+    })
+    _fill_symbol(symbols, reviewed, _rgba(REVIEWED_COLOUR, 0), _rgba(REVIEWED_COLOUR), "solid",
+                 REVIEWED_OUTLINE_WIDTH_MM)
     labeling = ElementTree.SubElement(root, "labeling", {"type": "simple"})
     settings = ElementTree.SubElement(labeling, "settings", {"calloutType": "simple"})
     text = ElementTree.SubElement(settings, "text-style", {
@@ -419,9 +437,15 @@ def style_qml() -> str:
     ElementTree.SubElement(settings, "rendering", {"drawLabels": "1", "obstacle": "1"})
     ElementTree.SubElement(root, "previewExpression").text = DISPLAY_EXPRESSION
     ElementTree.SubElement(root, "mapTip").text = MAP_TIP
-    ElementTree.SubElement(root, "attributetableconfig", {
+    table = ElementTree.SubElement(root, "attributetableconfig", {
         "sortExpression": SORT_EXPRESSION, "sortOrder": "1", "actionWidgetStyle": "dropDown",  # 1: descending
     })
+    columns = ElementTree.SubElement(table, "columns")
+    for name in ("fid", *FIELD_NAMES):
+        ElementTree.SubElement(columns, "column", {
+            "type": "field", "name": name, "width": str(COLUMN_WIDTHS.get(name, -1)), "hidden": "0",
+        })
+    ElementTree.SubElement(columns, "column", {"type": "actions", "width": "-1", "hidden": "1"})
     ElementTree.SubElement(root, "layerGeometryType").text = "2"  # polygons
     ElementTree.indent(root, " ")
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ElementTree.tostring(root, "unicode")

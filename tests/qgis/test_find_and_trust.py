@@ -170,7 +170,7 @@ def test_the_locator_filter_finds_tiles_zooms_to_one_and_opens_it_in_the_review_
         assert shown.center().distance(extent.center()) < 1e-6
         panel = plugin.review.panel
         assert panel is not None and not panel.isHidden() and panel.current().fid == fid
-        assert layer.selectedFeatureIds() == [fid]
+        assert panel.highlighted().boundingBox() == extent and not layer.selectedFeatureIds()
 
         found.clear()
         locator.fetchResults(f"{PREFIX} roads 2021-13", QgsLocatorContext())
@@ -246,7 +246,7 @@ def test_p_right_comes_with_the_tenth_review_and_follows_the_reviews(
             values = sorted((row[3], row[-1]) for row in stored.values()
                             if row[0] == interval and row[1] == schema.CAPTIONED and row[2] == flag)
             assert all(b[1] >= a[1] - 1e-12 for a, b in zip(values, values[1:])), (interval, flag)
-    assert "p_right fitted on 10 reviews" in panel.message.text()
+    assert "p_right fitted on 10 reviews" in panel.saved.text()
     assert "p_right" in layer.fields().names()  # QGIS reads the field the fit added
     shown = {item.fid: item.p_right for item in panel.items()}
     assert all(shown[fid] == pytest.approx(row[-1], abs=1e-12) for fid, row in stored.items() if row[-1] is not None)
@@ -302,5 +302,5 @@ def test_a_file_written_before_p_right_gets_the_field_from_the_dock(
     assert "p_right" not in layer.fields().names() and "9 so far" in panel.trust.text()
     panel.set_order(Order.TILE_ID, unreviewed_only=True)
     QTest.keyClick(panel.widget(), Qt.Key.Key_A)
-    assert "p_right" in layer.fields().names() and "p_right fitted on 10 reviews" in panel.message.text()
+    assert "p_right" in layer.fields().names() and "p_right fitted on 10 reviews" in panel.saved.text()
     assert sum(1 for row in rows(path).values() if row[-1] is not None) == 2 * (SIDE * SIDE - 1)

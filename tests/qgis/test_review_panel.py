@@ -1,6 +1,8 @@
 """The review panel on GeoPackages that ``ccexpert caption-region`` wrote (the demo model, in the project's .venv):
 its images are the pixels the command captioned, its keys and buttons write the review fields and nothing else,
-runs keep the review, the style shows reviewed tiles, change polygons are drawn, and what is missing is said.
+runs keep the review, the style shows reviewed tiles (and what the analyst said of them), change polygons are drawn,
+what is missing is said, the map outlines the current tile without selecting it, and the dock opens wide enough,
+with the keys working, where the analyst stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, QgsVectorLayer
+from qgis.core import (
+    QgsExpression,
+    QgsExpressionContext,
+    QgsExpressionContextUtils,
+    QgsMapRendererSequentialJob,
+    QgsMapSettings,
+    QgsProject,
+    QgsVectorLayer,
+)
 from qgis.PyQt.QtCore import QSize, Qt
 from qgis.PyQt.QtGui import QColor, QImage
 from qgis.PyQt.QtTest import QTest
@@ -294,8 +304,11 @@ def test_the_map_follows_the_current_tile(panel: ReviewPanel, project: QgsProjec
         assert extent.contains(item.extent) and min(extent.width(), extent.height()) < 2 * item.extent.width()
         assert (extent.center().x(), extent.center().y()) == pytest.approx(
             (item.extent.center().x(), item.extent.center().y()))
-        assert layer.selectedFeatureIds() == [item.fid]
+        outline = panel.highlighted()  # an outline on the map, not a selection painted over the tile
+        assert outline is not None and outline.boundingBox() == item.extent and not layer.selectedFeatureIds()
         panel.skip()
+    panel.close()
+    assert panel.highlighted() is None
 
 
 def test_runs_again_keep_the_review(panel: ReviewPanel, project: QgsProject, runs, tmp_path):
@@ -353,7 +366,7 @@ def outline_pixels(layer: QgsVectorLayer, item_extent, colour: str) -> int:
     return int((np.abs(strip - target).sum(axis=2) < 60).sum())
 
 
-def test_the_layers_style_draws_reviewed_tiles_with_a_thicker_outline(
+def test_the_layers_style_outlines_reviewed_tiles_with_a_legend_entry_of_their_own(
     panel: ReviewPanel, project: QgsProject, runs, tmp_path
 ):
     _, layer = open_run(project, runs, "town", tmp_path, town_rasters(runs))
@@ -361,11 +374,78 @@ def test_the_layers_style_draws_reviewed_tiles_with_a_thicker_outline(
     panel.set_order(Order.TILE_ID)
     item = panel.current()
     assert item is not None and not item.changed  # r0_c0: the top row is unchanged
-    green = next(c.colour for c in schema.CATEGORIES if c.value == schema.UNCHANGED)
-    before = outline_pixels(layer, item.extent, green)
+    before = outline_pixels(layer, item.extent, schema.REVIEWED_COLOUR)
     panel.accept()
-    after = outline_pixels(layer, item.extent, green)  # the project's layer, as the panel left it
-    assert before > 0 and after > 1.8 * before
+    after = outline_pixels(layer, item.extent, schema.REVIEWED_COLOUR)  # the project's layer, as the panel left it
+    assert before == 0 and after > 0
+    legend = [entry.label() for entry in layer.renderer().legendSymbolItems()]
+    assert legend == ["changed", "unchanged", "skipped (no data)", "failed (run again)", "reviewed"]
+
+
+def test_a_changed_tile_marked_no_change_is_drawn_unchanged(panel: ReviewPanel, project: QgsProject, runs, tmp_path):
+    _, layer = open_run(project, runs, "town", tmp_path, town_rasters(runs))
+    panel.set_layer(layer)
+    panel.set_order(Order.CHANGED_FIRST)
+    item = panel.current()
+    assert item is not None and item.changed
+    red = next(c.colour for c in schema.CATEGORIES if c.value == schema.CHANGED)
+    assert category_on_map(layer, item.fid) == schema.CHANGED and outline_pixels(layer, item.extent, red) > 0
+    panel.no_change()
+    assert category_on_map(layer, item.fid) == schema.UNCHANGED  # the analyst's word, not the model's flag
+    assert outline_pixels(layer, item.extent, red) == 0
+
+
+def category_on_map(layer: QgsVectorLayer, fid: int) -> str:
+    """The category the layer's style gives a feature."""
+    context = QgsExpressionContext(QgsExpressionContextUtils.globalProjectLayerScopes(layer))
+    context.setFeature(next(layer.getFeatures(f"fid = {fid}")))
+    return QgsExpression(schema.CATEGORY_EXPRESSION).evaluate(context)
+
+
+def test_what_was_saved_is_said_apart_from_the_tile_shown(panel: ReviewPanel, project: QgsProject, runs, tmp_path):
+    _, layer = open_run(project, runs, "town", tmp_path, town_rasters(runs))
+    panel.set_layer(layer)
+    panel.set_order(Order.TILE_ID)
+    first = panel.current().tile_id
+    panel.accept()
+    assert panel.saved.text() == f"Saved: {first} accepted." and "Saved" not in panel.message.text()
+    assert panel.current().tile_id != first
+
+
+def test_the_dock_opens_wide_enough_for_two_tiles_with_the_keys_working_where_the_analyst_stopped(
+    qgis_iface, project: QgsProject, runs, tmp_path
+):
+    path, layer = open_run(project, runs, "town", tmp_path, town_rasters(runs))
+    window = qgis_iface.mainWindow()
+    window.show()
+    QApplication.setActiveWindow(window)
+    qgis_iface.setActiveLayer(layer)
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        panel = plugin.review.show_panel()
+        QApplication.processEvents()
+        scroll = panel.images_scroll
+        assert panel.before_view.width() == panel.after_view.width() == 384
+        assert scroll.horizontalScrollBar().maximum() == 0  # both tiles whole, side by side
+        assert scroll.viewport().width() >= 2 * 384
+        focused = QApplication.focusWidget()
+        assert focused is not None and (focused is panel.widget() or panel.widget().isAncestorOf(focused))
+        panel.set_order(Order.TILE_ID)
+        key(panel, Qt.Key.Key_S)
+        key(panel, Qt.Key.Key_A)
+        stopped = panel.current().tile_id  # the third tile: one skipped, one accepted
+        panel.close()
+        assert plugin.review.show_panel().current().tile_id == stopped  # reopened
+    finally:
+        plugin.unload()
+        window.hide()
+    again = classFactory(qgis_iface)  # another session: a new dock
+    again.initGui()
+    try:
+        assert again.review.show_panel().current().tile_id == stopped
+    finally:
+        again.unload()
 
 
 def test_change_polygons_are_drawn_where_the_layer_has_them(panel: ReviewPanel, project: QgsProject, runs, tmp_path):
