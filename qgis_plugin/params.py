@@ -7,6 +7,7 @@ values, safe to hand to a background task) against the current project and map c
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 
@@ -205,13 +206,18 @@ def job_from_params(
     )
 
 
-def result_title(params: CaptionParams) -> str:
-    """The result layer's name in the project: ``CCExpert 2016→2021`` (the first and last dates), else the layer
-    name (``CCExpert captions``)."""
-    given = [text.strip() for text in params.dates if text.strip()]
-    if len(given) == len(params.layer_ids) >= 2:
+def run_title(dates: Sequence[str], rasters: int, layer_name: str) -> str:
+    """A run's layer name in the project: ``CCExpert 2016→2021`` (the first and last of ``rasters`` dates, where
+    every one is given), else the output layer's name (``CCExpert captions``)."""
+    given = [text.strip() for text in dates if text.strip()]
+    if len(given) == rasters >= 2:
         return f"CCExpert {given[0]}→{given[-1]}"
-    return f"CCExpert {params.layer_name}"
+    return f"CCExpert {layer_name}"
+
+
+def result_title(params: CaptionParams) -> str:
+    """The dialog's run's layer name (:func:`run_title`)."""
+    return run_title(params.dates, len(params.layer_ids), params.layer_name)
 
 
 def distinct_name(title: str, taken: set[str]) -> str:

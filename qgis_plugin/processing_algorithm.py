@@ -30,11 +30,11 @@ from qgis.core import (
 )
 
 from .area import polygons_in_crs, rectangle_in_crs
-from .auth import load_token
+from .auth import is_session_token, load_token
 from .captions_gpkg import CAPTIONED, DEFAULT_LAYER, FAILED, SKIPPED_NODATA, companion_layer
 from .errors import CaptionRunError
 from .job import Job, run_job
-from .params import AreaMode, CaptionParams, date_roles, parse_backend_urls, parse_bands, raster_input
+from .params import AreaMode, CaptionParams, date_roles, parse_backend_urls, parse_bands, raster_input, run_title
 from .qgis_compat import DOUBLE, INTEGER, POLYGON_SOURCE, RASTER_SOURCE, ProcessingException, project
 from .result_layer import layer_uri, style_and_keep
 from .styling import style_changes_layer, style_history_layer
@@ -164,8 +164,10 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
             "RETRY_BUDGET", "Keep trying for (s) when no backend answers", DOUBLE, chosen.retry_budget_s,
             minValue=0.0,
         ))
+        # A token the dialog kept for its session only is no configuration Processing could list.
+        stored = "" if is_session_token(chosen.auth_config_id) else chosen.auth_config_id
         self.addParameter(QgsProcessingParameterAuthConfig(
-            "AUTH_CONFIG", "Backend token", chosen.auth_config_id, optional=True,
+            "AUTH_CONFIG", "Backend token", stored, optional=True,
         ))
         self.addParameter(QgsProcessingParameterString("LAYER_NAME", "Layer name", chosen.layer_name))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -231,11 +233,14 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
             raise ProcessingException(summary.message())
         feedback.pushInfo(summary.message())
         if summary.written or summary.already_done:
+            # Named as the dialog names its layers: "CCExpert 2019→2023", "CCExpert 2019→2023 — history".
+            title = run_title(job.dates, len(job.rasters), job.layer_name)
             loaded = {"captions": job.layer_name, **{kind: companion_layer(job.layer_name, kind)
                                                       for kind in ("history", "changes")}}
             for kind, name in loaded.items():
                 if kind == "captions" or _has_layer(job.output, name):
-                    details = QgsProcessingContext.LayerDetails(name, context.project(), "OUTPUT")
+                    shown = title if kind == "captions" else f"{title} — {kind}"
+                    details = QgsProcessingContext.LayerDetails(shown, context.project(), "OUTPUT")
                     details.setPostProcessor(_STYLERS[kind])
                     context.addLayerToLoadOnCompletion(layer_uri(job.output, name), details)
         return {"OUTPUT": job.output, **{name: summary.counts[status] for name, status in _COUNTS.items()}}

@@ -1,6 +1,8 @@
 """At the end of a run, on the main thread: the captions layer in the project, styled, described (the model in
-words in its metadata) and, for a dated run, in time; the series' history layer and the changes layer beside it;
-and a summary message."""
+words in its metadata) and, for a dated run, in time with its rasters; the series' history layer and the changes
+layer beside it, in the run's group at the top of the layer tree (changes over captions over history, so that the
+history, which has no time of its own, never hides what the Temporal Controller animates); and a summary message
+short enough for one line of the message bar, with the whole of it under "Show more"."""
 
 from __future__ import annotations
 
@@ -8,13 +10,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from osgeo import gdal
-from qgis.core import Qgis, QgsLayerMetadata, QgsMapLayer, QgsMessageLog, QgsProject, QgsVectorLayer
+from qgis.core import (
+    Qgis,
+    QgsLayerMetadata,
+    QgsLayerTreeGroup,
+    QgsMapLayer,
+    QgsMessageLog,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
 
 from .captions_gpkg import companion_layer
 from .job import JobSummary, model_words
 from .shared_modules import dates
 from .styling import style_captions_layer, style_changes_layer, style_history_layer
-from .temporal import cover_dates, set_interval_temporal, set_temporal
+from .temporal import cover_dates, set_interval_temporal, set_raster_temporal, set_temporal
 
 LOG_TAG = "CCExpert"
 #: The keyword vocabulary of the layers' metadata.
@@ -48,6 +59,31 @@ def _open(output: str, layer_name: str, title: str) -> QgsVectorLayer | None:
     return layer if layer.isValid() else None
 
 
+def add_captions_layer(project: QgsProject, layer: QgsVectorLayer, group_name: str) -> None:
+    """Add a run's captions layer in a group of its own at the top of the layer tree (wherever the analyst's
+    current layer is: QGIS would otherwise insert it there, in the middle of the tree)."""
+    project.addMapLayer(layer, False)
+    root = project.layerTreeRoot()
+    assert root is not None, "a project has a layer tree"
+    group = root.findGroup(group_name) or root.insertGroup(0, group_name)
+    assert group is not None, "a group was found or made"
+    group.insertLayer(0, layer)
+
+
+def _add_beside(project: QgsProject, layer: QgsVectorLayer, captions: QgsVectorLayer, above: bool) -> None:
+    """Add a companion layer just above (changes) or below (history) the captions layer, in its group."""
+    project.addMapLayer(layer, False)
+    root = project.layerTreeRoot()
+    assert root is not None, "a project has a layer tree"
+    node = root.findLayer(captions.id())
+    parent = node.parent() if node is not None else None
+    if node is None or not isinstance(parent, QgsLayerTreeGroup):  # the analyst removed the captions layer
+        root.insertLayer(0, layer)
+        return
+    index = parent.children().index(node)
+    parent.insertLayer(index if above else index + 1, layer)
+
+
 def style_and_keep(layer: QgsVectorLayer) -> None:
     """Style a captions layer with the schema's QML. The writer keeps the same QML in the GeoPackage as the layer's
     default style (never over one saved there before), so the file opens styled anywhere."""
@@ -72,9 +108,9 @@ def describe(layer: QgsMapLayer, summary: JobSummary, what: str, labels: Sequenc
     layer.setMetadata(metadata)
 
 
-def _companion(project: QgsProject, summary: JobSummary, kind: str, title: str) -> QgsVectorLayer | None:
-    """The run's history or changes layer in the project (reloaded when shown already), styled; None where the
-    file has no such layer (two dates; a model without a change map)."""
+def _companion(project: QgsProject, summary: JobSummary, kind: str, captions: QgsVectorLayer) -> QgsVectorLayer | None:
+    """The run's history or changes layer in the project (reloaded when shown already), styled, beside the captions
+    layer; None where the file has no such layer (two dates; a model without a change map)."""
     name = companion_layer(summary.layer_name, kind)
     layer = shown_layer(project, summary.output, name)
     if layer is not None:
@@ -85,22 +121,23 @@ def _companion(project: QgsProject, summary: JobSummary, kind: str, title: str) 
     if dataset is None or dataset.GetLayerByName(name) is None:
         return None
     dataset = None  # closed before QGIS opens the file
-    layer = _open(summary.output, name, f"{title} — {kind}")
+    layer = _open(summary.output, name, f"{captions.name()} — {kind}")
     if layer is None:
         return None
     (style_history_layer if kind == "history" else style_changes_layer)(layer)
-    project.addMapLayer(layer)
+    _add_beside(project, layer, captions, above=kind == "changes")
     return layer
 
 
 def show_result(
     summary: JobSummary, project: QgsProject, message_bar, title: str, labels: Sequence[str] = (),
-    controller: object = None,
+    controller: object = None, rasters: Sequence[QgsRasterLayer] = (),
 ) -> QgsVectorLayer | None:
     """Add (or refresh) the captions layer and its companions and say what the run did; returns the captions layer.
 
     ``labels`` are the run's dates as typed: where every date is known the layer follows the Temporal Controller
-    (``controller``, the map canvas's) and the project's time range covers them.
+    (``controller``, the map canvas's), the project's time range covers them, and each of ``rasters`` (the dates'
+    layers, in order) shows from its date until the next one's, unless the analyst gave it a time already.
     """
     shown = shown_layer(project, summary.output, summary.layer_name)
     if shown is not None:
@@ -110,7 +147,7 @@ def show_result(
     else:
         shown = open_captions_layer(summary.output, summary.layer_name, title)
         if shown is not None:
-            project.addMapLayer(shown)
+            add_captions_layer(project, shown, title)
     if shown is not None and summary.model_id:
         describe(shown, summary, "Change captions, one polygon per tile and interval", labels)
         parsed = [dates.DateLabel.parse(label) for label in labels if label]
@@ -118,25 +155,52 @@ def show_result(
         if dated:
             set_temporal(shown)
             cover_dates(project, controller, parsed)
+            if len(rasters) == len(parsed):
+                set_raster_temporal(rasters, parsed)
         for kind, what in (("history", "Each tile's changes over the dates"),
                            ("changes", "Changed places from the model's change map")):
-            companion = _companion(project, summary, kind, shown.name())  # None where the file has none
+            companion = _companion(project, summary, kind, shown)  # None where the file has none
             if companion is not None:
                 describe(companion, summary, what, labels)
                 if kind == "changes" and dated:
                     set_interval_temporal(companion, parsed)
-    if summary.error and not summary.canceled:
-        level = Qgis.MessageLevel.Critical
-    elif summary.canceled or summary.counts.get("failed"):
-        level = Qgis.MessageLevel.Warning
-    else:
-        level = Qgis.MessageLevel.Success
-    message = summary.message()
-    if summary.model_id and not (summary.error and not summary.written):
-        message += f" Captions by {model_words(_info(summary))}."
-    QgsMessageLog.logMessage(message, LOG_TAG, level)
-    message_bar.pushMessage("CCExpert", message, level, 0 if level == Qgis.MessageLevel.Critical else 15)
+    say_summary(summary, message_bar, title)
     return shown
+
+
+def summary_level(summary: JobSummary) -> Qgis.MessageLevel:
+    """The message bar's level for a run's end: failed, canceled (or with failed tiles), or done."""
+    if summary.error and not summary.canceled:
+        return Qgis.MessageLevel.Critical
+    if summary.canceled or summary.counts.get("failed"):
+        return Qgis.MessageLevel.Warning
+    return Qgis.MessageLevel.Success
+
+
+def short_summary(summary: JobSummary) -> str:
+    """One line for the message bar: what this run did, or why it stopped and what to do; the file by its name."""
+    counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in summary.counts.items() if count)
+    name = Path(summary.output).name
+    before = f" ({summary.already_done} of {summary.tiles} tiles done before)" if summary.already_done else ""
+    if summary.canceled:
+        return f"Canceled. {counts or 'Nothing new'} kept in {name}{before}: run again to resume."
+    if summary.error and not (summary.written or summary.already_done):
+        return summary.error
+    if summary.error:
+        return f"{summary.error.rstrip('.')}. {counts or 'Nothing new'} kept in {name}: run again to resume."
+    model = f", by {summary.model_name}" if summary.model_name else ""
+    return f"{counts or 'nothing new to caption'}{before} in {name}{model}."
+
+
+def say_summary(summary: JobSummary, message_bar, title: str) -> None:
+    """The run's last word on the message bar (one line; "Show more" has all of it) and in the log panel."""
+    level = summary_level(summary)
+    details = summary.message()
+    if summary.model_id and not (summary.error and not summary.written):
+        details += f" Captions by {model_words(_info(summary))}."
+    QgsMessageLog.logMessage(details, LOG_TAG, level)
+    message_bar.pushMessage(title, short_summary(summary), details, level,
+                            0 if level == Qgis.MessageLevel.Critical else 15)
 
 
 def _info(summary: JobSummary) -> dict[str, object]:

@@ -6,7 +6,8 @@ from its first to its last. A feature of the interval 2016→2018 says what chan
 label's last day, the end excluded): 2016→2018 from 2017-01-01 until 2018 is over, 2018→2021 from 2019-01-01. The
 intervals of a series follow one another without overlapping. The layer computes both from its ``date_before`` and
 ``date_after`` fields (expressions, so the file needs no date columns of its own); the changes layer, which has
-no dates, from its ``interval`` and the run's dates.
+no dates, from its ``interval`` and the run's dates. Each date's raster shows from its date until the next date
+begins, so that the imagery under the captions changes with them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from qgis.core import (
     QgsDateTimeRange,
     QgsInterval,
     QgsProject,
+    QgsRasterLayer,
+    QgsRasterLayerTemporalProperties,
     QgsTemporalNavigationObject,
     QgsVectorLayer,
     QgsVectorLayerTemporalProperties,
@@ -99,6 +102,19 @@ def set_interval_temporal(layer: QgsVectorLayer, labels: Sequence[dates.DateLabe
     properties.setEndExpression(by_interval(labels[1:]))
     properties.setLimitMode(Qgis.VectorTemporalLimitMode.IncludeBeginExcludeEnd)
     properties.setIsActive(True)
+
+
+def set_raster_temporal(layers: Sequence[QgsRasterLayer], labels: Sequence[dates.DateLabel]) -> None:
+    """Each date's raster shows from the first day of its date until the next date's first day (the last one until
+    its date is over); a raster the analyst gave a time already keeps it."""
+    for index, (layer, label) in enumerate(zip(layers, labels)):
+        properties = layer.temporalProperties()
+        if not isinstance(properties, QgsRasterLayerTemporalProperties) or properties.isActive():
+            continue
+        end = labels[index + 1].first if index + 1 < len(labels) else label.last + timedelta(days=1)
+        properties.setMode(Qgis.RasterTemporalMode.FixedTemporalRange)
+        properties.setFixedTemporalRange(QgsDateTimeRange(_start_of(label.first), _start_of(end), True, False))
+        properties.setIsActive(True)
 
 
 def cover_dates(project: QgsProject, controller: object, labels: Sequence[dates.DateLabel]) -> None:

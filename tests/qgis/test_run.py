@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsVectorLayer
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsRuleBasedRenderer, QgsVectorLayer
 
 from qgis_plugin import classFactory
 from qgis_plugin.backend_client import pairs_body
@@ -161,7 +161,8 @@ def test_full_run_writes_every_tile_with_the_backends_caption(
     assert {r[0]: r[2] for r in written[:2]} == expected
     assert all(0.0 <= r[4] <= 1.0 and r[3] in (0, 1) for r in written)
     assert {r[5:] for r in written} == {("before.tif", "after.tif", backend.info()["model_id"])}
-    assert len(successes) == 1 and "4 captioned" in successes[0] and str(output) in successes[0]
+    assert len(successes) == 1  # one line: what the run did, where, by which model ("Show more" has the rest)
+    assert successes[0].startswith("CCExpert 2019→2021:4 captioned in changes.gpkg, by ")  # the bar: "title: text"
 
 
 def test_full_run_adds_the_styled_layer_with_footprints_on_the_raster_grid(full_run) -> None:
@@ -170,8 +171,9 @@ def test_full_run_adds_the_styled_layer_with_footprints_on_the_raster_grid(full_
     assert len(layers) == 1
     layer = layers[0]
     assert isinstance(layer, QgsVectorLayer) and layer.featureCount() == 4
-    assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)
-    assert {c.value() for c in layer.renderer().categories()} >= {"changed", "unchanged"}
+    assert isinstance(layer.renderer(), QgsRuleBasedRenderer)
+    assert [rule.label() for rule in layer.renderer().rootRule().children()] == [
+        "changed", "unchanged", "skipped (no data)", "failed (run again)", "reviewed"]
     assert layer.labelsEnabled() and layer.displayExpression() == '"caption"'
     assert layer.crs().authid() == "EPSG:32631"
     extent = layer.extent()
@@ -203,7 +205,7 @@ def test_caption_regions_geopackage_opens_in_qgis_with_the_plugins_style(
     opened = QgsVectorLayer(f"{output}|layername=captions", "command", "ogr")  # styled by the file alone
     (shown,) = QgsProject.instance().mapLayersByName("CCExpert 2019→2021")
     assert opened.isValid() and opened.featureCount() == 4
-    assert isinstance(opened.renderer(), QgsCategorizedSymbolRenderer) and style_facts(opened) == style_facts(shown)
+    assert isinstance(opened.renderer(), QgsRuleBasedRenderer) and style_facts(opened) == style_facts(shown)
 
 
 def test_caption_region_resumes_the_plugins_geopackage_with_nothing_left_to_do(

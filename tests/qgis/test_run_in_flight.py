@@ -1,6 +1,8 @@
 """The plugin keeps a GPU busy and holds on: several requests in flight through QGIS's network stack, Cancel and
-resume, several backends with one dying, the layer on the map while the run goes, a backend restarted mid-run, the
-output never an input, one run per output, and the backend decoding exactly the pixels the plugin read.
+resume, several backends with one dying, the layer on the map while the run goes (reopened only while the writer
+waits: no "Cannot reopen datasource"), a backend that dies said at once and the run's summary the message bar's last
+word, a backend restarted mid-run, the output never an input, one run per output, and the backend decoding exactly
+the pixels the plugin read.
 
 Backends here are the stand-in GPU backend (bench/standin_backend.py: a real HTTP server that sleeps per model batch
 instead of running a model; standard library only, so it runs on Debian's Python like this suite).
@@ -21,9 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import Qgis, QgsProject
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsTask
 
 from qgis_plugin import classFactory
+from qgis_plugin import plugin as plugin_module
+from qgis_plugin import task as task_module
+from qgis_plugin.captions_gpkg import CaptionsGeoPackage
 from qgis_plugin.errors import CaptionRunError
 from qgis_plugin.job import Job, RasterInput, RunProgress, run_job
 from qgis_plugin.params import CaptionParams, parse_backend_urls
@@ -76,8 +81,8 @@ def job(scene: tuple[Path, Path], output: Path, *urls: str, **changes) -> Job:
 def params(project: QgsProject, scene: tuple[Path, Path], output: Path, url: str, **changes) -> CaptionParams:
     """What the dialog would collect for the scene (no token: the stand-in needs none)."""
     before, after = add_raster(project, scene[0], "before"), add_raster(project, scene[1], "after")
-    return CaptionParams(layer_ids=(before.id(), after.id()), tile_size=TILE, backend_url=url,
-                         output=str(output), batch_size=1, **changes)
+    return CaptionParams(**{"layer_ids": (before.id(), after.id()), "tile_size": TILE, "backend_url": url,
+                            "output": str(output), "batch_size": 1, **changes})
 
 
 def stored(output: Path) -> list[tuple[str, str, str]]:
@@ -167,7 +172,7 @@ def test_the_layer_is_on_the_map_from_the_first_batches_and_grows_with_its_count
     task = plugin.start(params(project, scene, output, standin.url, dates=("2019", "2021")))
     seen: list[tuple[int, int, int, str]] = []  # (tiles done, layers, features shown, name) after the plugin's slot
 
-    def look(progress: RunProgress) -> None:  # no assert here: an exception in a Qt slot aborts QGIS
+    def look(progress: RunProgress, window: object) -> None:  # no assert here: an exception in a slot aborts QGIS
         shown = [layer for layer in project.mapLayers().values() if layer.source().startswith(str(output))]
         if shown:
             seen.append((progress.done, len(shown), shown[0].featureCount(), shown[0].name()))
@@ -183,6 +188,93 @@ def test_the_layer_is_on_the_map_from_the_first_batches_and_grows_with_its_count
     assert re.search(r"\d+ changed, \d+ unchanged, 0 skipped \(no data\), 0 failed \(run again\)$", name)
     (layer,) = [layer for layer in project.mapLayers().values() if layer.source().startswith(str(output))]
     assert layer.name() == "CCExpert 2019→2021" and layer.featureCount() == len(TILES)  # the plain title at the end
+
+
+def test_the_layer_is_reopened_only_while_the_writer_waits_so_no_critical_message_comes(
+    plugin: CCExpertPlugin, project: QgsProject, scene: tuple[Path, Path], tmp_path: Path, request, monkeypatch,
+) -> None:
+    # The most reloads there can be: one after every batch, each waited for (so none is skipped), 64 batches.
+    monkeypatch.setattr(task_module, "REFRESH_S", 0.0)
+    monkeypatch.setattr(task_module, "WINDOW_WAIT_S", 300.0)
+    writes: list[int] = []  # 1 while a batch is being written
+    clashes: list[str] = []
+    reloads: list[int] = []
+    write, show = CaptionsGeoPackage.write, plugin_module.LiveLayer._show
+
+    def writing(self, *args, **kwargs):
+        writes.append(1)
+        try:
+            return write(self, *args, **kwargs)
+        finally:
+            writes.pop()
+
+    def showing(self, layer):
+        if writes:
+            clashes.append("the layer was reopened while a batch was being written")
+        reloads.append(1)
+        return show(self, layer)
+
+    monkeypatch.setattr(CaptionsGeoPackage, "write", writing)
+    monkeypatch.setattr(plugin_module.LiveLayer, "_show", showing)
+    critical: list[str] = []
+
+    def logged(message: str, tag: str, level) -> None:
+        if level == Qgis.MessageLevel.Critical:
+            critical.append(f"{tag}: {message}")
+
+    log = QgsApplication.messageLog()
+    log.messageReceived.connect(logged)
+    request.addfinalizer(lambda: log.messageReceived.disconnect(logged))
+    standin = start_standin(request, "--batch-s", "0.01", python=sys.executable)
+    output = tmp_path / "reloaded.gpkg"
+    task = plugin.start(params(project, scene, output, standin.url, tile_size=32, in_flight=4))
+    wait_until(lambda: task not in plugin.tasks, "the run")
+    assert task.summary.error is None and task.summary.written == 64
+    assert not clashes and not critical and not plugin.iface.messageBar().get_messages(Qgis.Critical)
+    assert len(reloads) >= 64  # the layer was added, then reloaded after each batch
+    (layer,) = [layer for layer in project.mapLayers().values() if layer.source().startswith(str(output))]
+    assert layer.featureCount() == 64
+
+
+def test_a_backend_that_dies_is_said_at_once_and_the_runs_summary_is_the_last_word(
+    plugin: CCExpertPlugin, project: QgsProject, scene: tuple[Path, Path], tmp_path: Path, request,
+) -> None:
+    manager = QgsApplication.taskManager()
+    bar = plugin.iface.messageBar()
+    said: list[str] = []  # everything the bar was told, in order
+    push = bar.pushMessage
+
+    def recorded(title, text, *args):
+        said.append(f"{title}: {text}")
+        return push(title, text, *args)
+
+    def qgis_notice(task_id: int, status: int) -> None:  # what QGIS's main window says when a task ends
+        if status in (QgsTask.TaskStatus.Complete, QgsTask.TaskStatus.Terminated):
+            said.append("QGIS: Task complete")
+
+    # QGIS's window connects its notice when it starts, before any plugin: connect it first here too.
+    manager.statusChanged.disconnect(plugin._task_status)
+    manager.statusChanged.connect(qgis_notice)
+    manager.statusChanged.connect(plugin._task_status)
+    request.addfinalizer(lambda: manager.statusChanged.disconnect(qgis_notice))
+    bar.pushMessage = recorded
+    request.addfinalizer(lambda: delattr(bar, "pushMessage"))
+    standin = start_standin(request, "--batch-s", "0.2", "--max-batch", "1", python=sys.executable)
+    # A long retry budget: the run is still trying when the test looks (it cancels it then).
+    task = plugin.start(params(project, scene, tmp_path / "dies.gpkg", standin.url, in_flight=1,
+                               retry_budget_s=3600.0))
+    wait_until(lambda: task.progress() > 0, "the first batch")
+    standin.stop()  # killed
+    wait_until(lambda: bar.items() or task not in plugin.tasks, "the run to say the backend does not answer")
+    assert task in plugin.tasks  # still trying, and it says so
+    (item,) = bar.items()
+    assert item.level() == Qgis.MessageLevel.Warning and f"the backend at {standin.url}" in item.text()
+    assert re.search(r"Trying again until \d\d:\d\d:\d\d \(3600 s\); then the run stops", item.text())
+    assert task.description() == f"CCExpert: {task.title} — {item.text()}"
+    task.cancel()
+    wait_until(lambda: task not in plugin.tasks, "the canceled run")
+    assert not bar.items() and task.description() == f"CCExpert: {task.title}"  # the warning is taken back
+    assert said[-2] == "QGIS: Task complete" and said[-1].startswith(f"{task.title}: Canceled.")
 
 
 @pytest.mark.slow

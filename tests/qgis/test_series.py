@@ -2,8 +2,9 @@
 metadata), captioned by a real ``ccexpert serve`` that the plugin started on this machine, through the dialog as an
 analyst drives it. Features per interval with their dates, rasters and kind of change; the history layer with its
 timeline; the changes layer from the model's change maps; the model named in words; the layer in time (Temporal
-Controller, a filter by time); either tool resumes the other's series; repeated runs get distinct names; and the
-README's screenshots.
+Controller, a filter by time, the rasters too); the run's layers in a group of their own at the top of the layer
+tree, the history below the captions; either tool resumes the other's series; repeated runs get distinct names; and
+the README's screenshots.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from pathlib import Path
 import pytest
 from qgis.core import (
     Qgis,
+    QgsApplication,
     QgsCategorizedSymbolRenderer,
     QgsDateTimeRange,
+    QgsLayerTreeGroup,
+    QgsLayerTreeLayer,
     QgsMapRendererSequentialJob,
     QgsMapSettings,
     QgsProject,
@@ -126,6 +130,14 @@ def run(plugin: CCExpertPlugin, demo: str, town: list[Path], controller, tmp_pat
     dialog.area_radios[CaptionParams().area_mode].setChecked(True)
     dialog.output.setFilePath(str(output))
     chosen = [(row.combo.currentLayer(), row.date.text()) for row in dialog.date_rows]
+    logged: list[str] = []
+    log = QgsApplication.messageLog()
+
+    def keep(message: str, tag: str, level) -> None:
+        if tag == "CCExpert":
+            logged.append(message)
+
+    log.messageReceived.connect(keep)
     dialog.request_run()
     status = dialog.status_label.text()
     connection = dialog.connection_label.text()
@@ -135,10 +147,11 @@ def run(plugin: CCExpertPlugin, demo: str, town: list[Path], controller, tmp_pat
     assert dialog.grab().save(str(SCREENSHOTS / "plugin-dialog.png"))
     dialog.request_run()  # Start
     wait_until(lambda: not plugin.tasks, "the series run")
+    log.messageReceived.disconnect(keep)
     yield {
         "output": output, "layers": list(reversed(layers)), "chosen": chosen, "status": status,
         "connection": connection, "messages": plugin.iface.messageBar().get_messages(Qgis.MessageLevel.Success),
-        "url": plugin.local_backend.url,
+        "url": plugin.local_backend.url, "logged": logged,
         # The backend's access log so far: the requests of this run (Run's timed one, then Start's).
         "requests": [line for line in plugin.local_backend.log.read_text().splitlines() if '"POST /v1/' in line],
     }
@@ -217,13 +230,34 @@ def test_the_changes_layer_holds_the_demo_models_changed_places(run: dict) -> No
 
 def test_the_model_is_named_in_words_in_the_message_bar_and_the_layer_metadata(run: dict) -> None:
     note = "trained on synthetic scenes only: not for real imagery"
-    (message,) = run["messages"]
-    assert f"Captions by CCExpert demo model ({note})." in message
+    (message,) = run["messages"]  # one line on the bar; its "Show more" and the log panel have the rest
+    assert message == f"{TITLE}:18 captioned in town.gpkg, by CCExpert demo model."  # the bar shows "title: text"
+    assert any(f"Captions by CCExpert demo model ({note})." in line for line in run["logged"])
     metadata = project_layer(TITLE).metadata()
     assert f"Model: CCExpert demo model ({note})." in metadata.abstract()
     assert "Model id: demo_model@" in metadata.abstract() and LABELS[0] in metadata.abstract()
     keywords = metadata.keywords()["CCExpert"]
     assert "CCExpert demo model" in keywords and any(word.startswith("demo_model@") for word in keywords)
+
+
+def test_the_runs_layers_are_a_group_at_the_top_with_the_history_below_the_captions(run: dict) -> None:
+    root = QgsProject.instance().layerTreeRoot()
+    top = root.children()[0]
+    assert isinstance(top, QgsLayerTreeGroup) and top.name() == TITLE
+    names = [child.layer().name() for child in top.children() if isinstance(child, QgsLayerTreeLayer)]
+    assert names == [f"{TITLE} — changes", TITLE, f"{TITLE} — history"]  # the untimed history cannot hide them
+    assert root.findLayer(project_layer(TITLE).id()).parent() is not root
+
+
+def test_the_rasters_follow_the_temporal_controller_too(run: dict) -> None:
+    spans = []
+    for layer in run["layers"]:
+        properties = layer.temporalProperties()
+        assert properties.isActive()
+        span = properties.fixedTemporalRange()
+        spans.append((span.begin(), span.end()))
+    assert spans == [(at("2016-06-15"), at("2018-06-15")), (at("2018-06-15"), at("2021-06-15")),
+                     (at("2021-06-15"), at("2021-06-16"))]
 
 
 def test_the_layer_follows_the_temporal_controller_and_filters_by_time(
