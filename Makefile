@@ -40,9 +40,13 @@ plugin:
 demo: venv
 	$(BIN)/python -m ccexpert_core.demo
 
+# QGIS 4 (Qt 6): flake8-qgis checks the rules of QGIS's pyqt5_to_pyqt6 script (QGS4xx) over the plugin; enums scoped
+# as Qt 6 wants them, the zip by the plugin repository's rules and Bandit over it are tests of the QGIS suite
+# (tests/qgis/test_plugin_repository.py).
 test: venv qgis-venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/flake8 --select=QGS4 qgis_plugin
 	$(BIN)/python -m pytest
 	@mkdir -p -m 700 $(QGIS_VENV)/runtime
 	QT_QPA_PLATFORM=offscreen GDAL_PAM_ENABLED=NO XDG_RUNTIME_DIR=$(CURDIR)/$(QGIS_VENV)/runtime \

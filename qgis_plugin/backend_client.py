@@ -124,7 +124,7 @@ class BackendClient:
     sent is let finish: QGIS 3.22 cannot abort a blocking request safely, see :class:`RequestThreads`).
     """
 
-    def __init__(
+    def __init__(  # nosec B107
         self, url: str, token: str = "", is_canceled: Callable[[], bool] = lambda: False, retries: int = 3,
         backoff_s: float = 0.5,
     ) -> None:

@@ -8,7 +8,8 @@ and ``bundled/`` — copies of ``ccexpert_core/geo/grid.py``, ``ccexpert_core/ge
 tiler, one set of pixel rules, one captions layer schema and style, one wire format, one scheduler of batches in
 flight, one set of checks on a run's files, one reading of dates, one change kind from a caption's words, one
 ranking of tiles for a query, one calibration of p_right; nothing to install in QGIS's Python). They sit side by side
-in bundled/, so a module may import another bundled one relatively (``from . import schema``).
+in bundled/, so a module may import another bundled one relatively (``from . import schema``). The README's plugin
+section goes in as ``help.md`` with the screenshots it shows (``docs/``), for the dialog's Help to show offline.
 
 Usage: python3 scripts/build_plugin.py [--out DIR]   → DIR/ccexpert_qgis-VERSION.zip (default DIR: dist)
 """
@@ -23,6 +24,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the plugin's help module (stdlib only) finds the README's section
+from qgis_plugin.help import HELP_FILE, README, images, plugin_section  # noqa: E402
 PLUGIN_FOLDER = "ccexpert_qgis"
 SOURCE = REPO / "qgis_plugin"
 #: What goes from qgis_plugin/ into the zip besides LICENSE: the modules and the icon.
@@ -44,8 +47,8 @@ BUNDLED = {
 }
 BUNDLED_INIT = '"""Copies of the project\'s pure modules (ccexpert_core), made by `make plugin`: do not edit here."""\n'
 REQUIRED_METADATA = (
-    "name", "qgisMinimumVersion", "description", "version", "author", "email", "about", "tracker", "repository",
-    "homepage", "tags", "category", "icon", "experimental", "hasProcessingProvider",
+    "name", "qgisMinimumVersion", "qgisMaximumVersion", "description", "version", "author", "email", "about",
+    "tracker", "repository", "homepage", "tags", "category", "icon", "experimental", "hasProcessingProvider",
 )
 
 
@@ -91,6 +94,10 @@ def build(out_dir: Path) -> Path:
             text = path.read_text(encoding="utf-8")
             check_bundled(name, text)
             archive.writestr(f"{PLUGIN_FOLDER}/bundled/{name}", text)
+        section = plugin_section(README.read_text(encoding="utf-8"))
+        archive.writestr(f"{PLUGIN_FOLDER}/{HELP_FILE.name}", section)
+        for image in images(section):
+            archive.write(REPO / image, f"{PLUGIN_FOLDER}/{image}")
     return target
 
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from xml.etree import ElementTree
+# The style's XML is only written here, never parsed (Bandit's B405 is about parsing untrusted XML).
+from xml.etree import ElementTree  # nosec B405
 
 if TYPE_CHECKING or __package__ == "ccexpert_core.geo":
     from .. import captions
@@ -386,7 +387,7 @@ def _fill_symbol(parent: ElementTree.Element, name: str, fill: str, outline: str
     symbol = ElementTree.SubElement(
         parent, "symbol", {"type": "fill", "name": name, "alpha": "1", "clip_to_extent": "1", "force_rhr": "0"}
     )
-    layer = ElementTree.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
+    layer = ElementTree.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})  # nosec B105
     _options(layer, {
         "color": fill, "style": "no" if fill.endswith(",0") else "solid", "outline_color": outline,
         "outline_style": style, "outline_width": str(width), "outline_width_unit": "MM", "joinstyle": "miter",

@@ -52,7 +52,7 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
     metadata.read(plugins / "ccexpert_qgis" / "metadata.txt")
     assert all(metadata["general"].get(key) for key in REQUIRED_METADATA)
     assert metadata["general"]["qgisMinimumVersion"] == "3.22" and metadata["general"]["hasProcessingProvider"] == "yes"
-    assert metadata["general"]["supportsQt6"] == "True"  # QGIS 4
+    assert metadata["general"]["qgisMaximumVersion"] == "4.99"  # QGIS 4 (test_plugin_repository.py has the rest)
 
     sys.path.insert(0, str(plugins))
     qgis.utils.plugin_paths.insert(0, str(plugins))
@@ -67,6 +67,10 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
             assert Path(module.__file__).parent == plugins / "ccexpert_qgis" / "bundled"
         # The bundled search reads the bundled vocabulary and dates (its neighbours), not the project's.
         assert shared.search.captions is shared.captions and shared.search.dates is shared.dates
+        # Help reads the README's section from the zip, and finds its screenshots beside it.
+        text, folder = sys.modules["ccexpert_qgis.help"].help_text()
+        assert folder == plugins / "ccexpert_qgis" and text.startswith("## QGIS plugin")
+        assert all((folder / image).is_file() for image in sys.modules["ccexpert_qgis.help"].images(text))
         assert registry_has_algorithm()
         assert qgis.utils.unloadPlugin("ccexpert_qgis")
         assert not registry_has_algorithm()
