@@ -109,7 +109,8 @@ def cost_split(before: Path, after: Path, url: str, sample: int = 48) -> dict[st
         with tempfile.TemporaryDirectory() as tmp:
             options = {"key": "value"}
             with CaptionsLayer(Path(tmp) / "o.gpkg", spatial_ref(pair.grid.crs), options, "b", "a", "m") as layer:
-                records = [TileRecord(t, grid.footprint(t), "captioned", r) for t, r in zip(tiles, results)]
+                records = [TileRecord(t, grid.footprint(t), "captioned", r.caption, r.change_detected, r.confidence)
+                           for t, r in zip(tiles, results)]
                 start = time.perf_counter()
                 for i in range(0, len(records), 8):
                     layer.write(records[i : i + 8])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +24,11 @@ from osgeo import gdal, ogr, osr
 
 from .errors import CaptionRunError
 from .shared_modules import grid as tiling
-from .shared_modules import schema
+from .shared_modules import run_contract, schema
+from .tile_reader import same_crs
+
+#: The one record of a tile and interval, both tools'.
+TileRecord = run_contract.TileRecord
 
 #: The command's layer name; its options table is named for it.
 DEFAULT_LAYER = schema.CAPTIONS_LAYER
@@ -59,27 +62,15 @@ def field_definition(field: schema.Field) -> ogr.FieldDefn:
     return definition
 
 
-@dataclass(frozen=True)
-class TileRecord:
-    """What a run learned about one tile, ready to be written."""
-
-    tile: tiling.Tile
-    footprint: Sequence[tiling.Point]
-    status: str
-    caption: str | None = None
-    change_detected: bool | None = None
-    confidence: float | None = None
-    #: Which interval of the date series (0 for two dates), and its dates as given (None where unknown).
-    interval: int = 0
-    date_before: str | None = None
-    date_after: str | None = None
-    #: One of the schema's CHANGE_KINDS, or None.
-    change_kind: str | None = None
-    #: The interval's two rasters, where they are not the layer's (a series compares other dates per interval).
-    before_source: str | None = None
-    after_source: str | None = None
-    #: Polygons around the changed places from the model's change map (None: the model gives no change map).
-    changes: list[tiling.Polygon] | None = None
+def other_options(path: str, stored: Mapping[str, str], options: Mapping[str, str]) -> str | None:
+    """Why an output whose layer stored ``stored`` must not be resumed with ``options`` (None: it may be): the
+    contract's comparison, the CRS compared by what it is."""
+    key = run_contract.changed_option(stored, options, same_crs)
+    if key is None:
+        return None
+    return run_contract.other_options(
+        path, stored, options, key, "run again with the same options to resume, or choose another output file or "
+        "layer name")
 
 
 def companion_layer(layer_name: str, kind: str) -> str:
@@ -213,13 +204,9 @@ class CaptionsGeoPackage:
         table = self._options_layer()
         stored = {feature.GetField("key"): feature.GetField("value") for feature in table}
         if stored and self.layer.GetFeatureCount() > 0:
-            changed = [key for key in options if stored.get(key) != options[key]]
-            if changed:
-                key = changed[0]
-                raise CaptionRunError(
-                    f"{self.path} holds tiles made with other options ({key}: {stored.get(key)} there, {options[key]} "
-                    "now): run again with the same options to resume, or choose another output file or layer name"
-                )
+            refusal = other_options(self.path, stored, options)
+            if refusal is not None:
+                raise CaptionRunError(refusal)
             return
         with self._transaction():
             for feature in list(table):
@@ -251,10 +238,11 @@ class CaptionsGeoPackage:
         finally:
             self.layer.SetAttributeFilter(None)
 
-    def write(self, records: Sequence[TileRecord], series_intervals: int = 0) -> None:
+    def write(self, records: Sequence[TileRecord], history: Mapping[int, tuple[int, int]] | None = None) -> None:
         """Write a batch in one transaction: its features (a feature written before is updated, its review kept,
-        never duplicated), their change areas and, with ``series_intervals`` (a series' consecutive intervals), the
-        history of each of its tiles; a kill or a full disk anywhere in it leaves all of the batch or none of it."""
+        never duplicated), their change areas and, with ``history`` (a series' intervals that compare a date with
+        the next: :meth:`run_contract.Dating.consecutive`), the history of each of its tiles; a kill or a full disk
+        anywhere in it leaves all of the batch or none of it."""
         if not records:
             return
         now = _now()
@@ -264,16 +252,16 @@ class CaptionsGeoPackage:
         changes = self._companion(
             "changes", ogr.wkbMultiPolygon, schema.CHANGES_FIELDS, schema.CHANGES_DESCRIPTION, schema.KEY
         ) if mapped else None
-        history = self._companion(
+        told = self._companion(
             "history", ogr.wkbPolygon, schema.HISTORY_FIELDS, schema.HISTORY_DESCRIPTION, ("tile_id",)
-        ) if series_intervals else None
+        ) if history else None
         written = self._written(records)
         with self._transaction():
             self._write_features(records, written, now)
             if changes is not None:
                 self._write_changes(changes, mapped, now)
-            if history is not None:
-                self._write_history(history, records, series_intervals, now)
+            if told is not None and history:
+                self._write_history(told, records, history, now)
 
     def _write_features(self, records: Sequence[TileRecord], written: Mapping[tuple[str, int], int], now: str) -> None:
         before_source, after_source, model_id = self.sources
@@ -282,17 +270,7 @@ class CaptionsGeoPackage:
             fid = written.get(key)
             feature = ogr.Feature(self.layer.GetLayerDefn()) if fid is None else self.layer.GetFeature(fid)
             feature.SetGeometryDirectly(_polygon(record.footprint))
-            values = {
-                "tile_id": record.tile.tile_id, "interval": record.interval, "row": record.tile.row,
-                "col": record.tile.col, "date_before": record.date_before, "date_after": record.date_after,
-                "caption": record.caption,
-                "change_detected": None if record.change_detected is None else int(record.change_detected),
-                "change_kind": record.change_kind, "confidence": record.confidence, "status": record.status,
-                "before_source": record.before_source or before_source,
-                "after_source": record.after_source or after_source, "model_id": model_id,
-                "created_at": now,
-            }
-            _set_fields(feature, schema.RUN_FIELDS, values)
+            _set_fields(feature, schema.RUN_FIELDS, record.values(before_source, after_source, model_id, now))
             done = self.layer.CreateFeature(feature) if fid is None else self.layer.SetFeature(feature)
             if done != ogr.OGRERR_NONE:
                 raise CaptionRunError(f"cannot write tile {record.tile.tile_id} to {self.path}: "
@@ -355,10 +333,11 @@ class CaptionsGeoPackage:
                 raise CaptionRunError(f"cannot write the changes of tile {record.tile.tile_id} to {self.path}: "
                                       f"{gdal.GetLastErrorMsg()}")
 
-    def _write_history(self, layer: ogr.Layer, records: Sequence[TileRecord], intervals: int, now: str) -> None:
+    def _write_history(
+        self, layer: ogr.Layer, records: Sequence[TileRecord], consecutive: Mapping[int, tuple[int, int]], now: str,
+    ) -> None:
         """The ``history`` feature of each tile of ``records`` from what the captions layer holds of its
-        ``intervals`` consecutive intervals (the analyst's caption where one was given); a tile's history is
-        replaced."""
+        ``consecutive`` intervals (the analyst's caption where one was given); a tile's history is replaced."""
         footprints = {record.tile.tile_id: (record.tile, record.footprint) for record in records}
         ids = ", ".join(_literal(tile_id) for tile_id in sorted(footprints))
         entries: dict[str, dict[int, schema.IntervalEntry]] = {tile_id: {} for tile_id in footprints}
@@ -367,13 +346,14 @@ class CaptionsGeoPackage:
         try:
             for feature in self.layer:
                 k = feature.GetField("interval")
-                if not 0 <= k < intervals:
+                if k not in consecutive:
                     continue
+                i, j = consecutive[k]
                 caption = feature.GetField("reviewed_caption") or feature.GetField("caption")
                 changed = None if feature.IsFieldNull("change_detected") else bool(feature.GetField("change_detected"))
                 entries[feature.GetField("tile_id")][k] = schema.IntervalEntry(
-                    feature.GetField("date_before") or f"date {k + 1}",
-                    feature.GetField("date_after") or f"date {k + 2}",
+                    run_contract.history_date(feature.GetField("date_before"), i),
+                    run_contract.history_date(feature.GetField("date_after"), j),
                     feature.GetField("status"), caption, changed,
                 )
         finally:

@@ -1,8 +1,11 @@
 """One captioning run: tile the area, read every date, keep several batches in flight to one or more backends,
-write each batch as it comes back.
+write each batch as it comes back. The run's rules are the command's (the bundled ``run_contract``): its settings,
+dates and intervals, stored options, what is left to do, failure policy, tile-count guard and lock; this module wires
+GDAL, OGR and QGIS's network to them.
 
 A run is a series of two or more dates (two is the common case): every date is read on the first one's grid and
-each consecutive interval is captioned, one feature per tile and interval. Each date's image of a tile is read and
+each interval (consecutive, and the first against the last where asked) is captioned, one feature per tile and
+interval. Each date's image of a tile is read and
 encoded once and sent once: a tile that needs every interval goes in a series request (the backend's vision tower
 sees each image once), a tile that needs only some (a resume, nodata in a date), or a backend that takes pairs
 only, gets its intervals' pairs. A series also gets the ``history`` layer; a model with a change-map head the
@@ -34,18 +37,29 @@ from osgeo import gdal
 
 from .area import tile_area
 from .backend_client import BackendClient, Request, RequestThreads, pairs_body, series_body
-from .captions_gpkg import CAPTIONED, DEFAULT_LAYER, FAILED, SKIPPED_NODATA, CaptionsGeoPackage, TileRecord
+from .captions_gpkg import (
+    CAPTIONED,
+    DEFAULT_LAYER,
+    FAILED,
+    SKIPPED_NODATA,
+    CaptionsGeoPackage,
+    TileRecord,
+    other_options,
+)
 from .change_map import tile_changes
 from .errors import BackendUnavailable, CaptionRunError
 from .png import encode_tile
-from .shared_modules import captions, dates, inflight, run_files, schema
+from .shared_modules import captions, inflight, pixels, run_contract, run_files, schema
 from .shared_modules import grid as tiling
-from .tile_reader import RasterSeriesReader, crs_name, format_bounds
+from .tile_reader import RasterSeriesReader, crs_name, crs_text, format_bounds
 
 #: How long a run keeps trying by default when no backend answers (a backend restart takes about 20 s).
 RETRY_BUDGET_S = 60.0
 #: Threads reading and encoding batches (each with its own GDAL datasets).
 READERS = 2
+#: How the output's lock and messages name this tool.
+TOOL = "the CCExpert QGIS plugin"
+Interval = tuple[int, int]
 
 class Feedback(Protocol):
     """What a run reports to and asks of whoever runs it (a task, or Processing's ``QgsProcessingFeedback``)."""
@@ -75,9 +89,10 @@ class RasterInput:
         return Path(self.source.split("|")[0])
 
 
-@dataclass(frozen=True)
-class Job:
-    """Everything a run needs, resolved to plain values on the main thread (layers, area, token)."""
+@dataclass(frozen=True, kw_only=True)
+class Job(run_contract.RunSettings):
+    """Everything a run needs, resolved to plain values on the main thread (layers, area, token): the run's settings
+    (the command's, :class:`run_contract.RunSettings`) and the plugin's own."""
 
     #: Two or more rasters in time order: BEFORE and AFTER, or a series.
     rasters: tuple[RasterInput, ...]
@@ -87,21 +102,8 @@ class Job:
     #: Each raster's date as given (2016, 2016-05, 2016-05-12; "" where unknown), in the same order.
     dates: tuple[str, ...] = ()
     token: str = field(default="", repr=False)
-    #: Polygons in BEFORE's CRS (rings of (x, y), exterior first); None: wherever every raster has pixels.
+    #: Polygons in the first raster's CRS (rings of (x, y), exterior first); None: wherever every raster has pixels.
     area: tuple[tiling.Polygon, ...] | None = None
-    tile_size: int = 384
-    #: Pixels ("32") or a share of the tile ("10%").
-    overlap: str = "0"
-    #: Metres per pixel to resample every date to; None keeps BEFORE's.
-    resolution: float | None = None
-    #: 1-based band numbers (one or three); None for the first three.
-    bands: tuple[int, ...] | None = None
-    #: Values mapped to 0 and 255; None for a 2–98 % stretch of data that is not 8-bit.
-    value_range: tuple[float, float] | None = None
-    #: An interval with a larger share of nodata in either of its dates is skipped.
-    max_nodata: float = 0.5
-    #: Pairs per request (a tile of a series brings one pair per interval).
-    batch_size: int = 8
     layer_name: str = DEFAULT_LAYER
     #: Requests kept open at each backend; None: enough for ``inflight.QUEUED_MODEL_BATCHES`` of its model
     #: batches.
@@ -110,26 +112,17 @@ class Job:
     retry_budget_s: float = RETRY_BUDGET_S
 
     @property
-    def before(self) -> RasterInput:
-        """The first date's raster (its grid is the run's)."""
-        return self.rasters[0]
+    def intervals(self) -> tuple[Interval, ...]:
+        """The intervals captioned per tile (:func:`run_contract.run_intervals`)."""
+        return run_contract.run_intervals(len(self.rasters), self.first_to_last)
 
-    @property
-    def after(self) -> RasterInput:
-        """The last date's raster."""
-        return self.rasters[-1]
-
-    @property
-    def intervals(self) -> int:
-        """How many consecutive intervals are captioned per tile."""
-        return len(self.rasters) - 1
+    def names(self) -> list[str]:
+        """Each raster's name, as features and stored options record it."""
+        return [raster.name for raster in self.rasters]
 
     def roles(self) -> list[str]:
-        """How messages name the dates: BEFORE and AFTER, or ``date 2018`` (``date 3`` undated) in a series, as
-        the command names them."""
-        if len(self.rasters) == 2:
-            return ["BEFORE", "AFTER"]
-        return [f"date {label or k + 1}" for k, label in enumerate(self.labels())]
+        """How messages name the dates: BEFORE and AFTER, or ``date 2018`` in a series, as the command names them."""
+        return run_contract.date_roles(len(self.rasters), self.labels())
 
     def labels(self) -> list[str]:
         """Each date's label ("" where unknown), one per raster."""
@@ -201,37 +194,26 @@ def model_words(info: Mapping[str, Any]) -> str:
     return f"{name} ({note})" if note else name
 
 
-def _labels(job: Job) -> list[dates.DateLabel | None]:
-    """The job's dates parsed (None where not given); refused where not dates or not in time order."""
-    labels: list[dates.DateLabel | None] = []
-    roles = ["BEFORE", "AFTER"] if len(job.rasters) == 2 else [f"date {k + 1}" for k in range(len(job.rasters))]
-    for role, text in zip(roles, job.labels()):
-        try:
-            labels.append(dates.DateLabel.parse(text) if text.strip() else None)
-        except ValueError as error:
-            raise CaptionRunError(f"{role}: {error}") from None
-    known = [label for label in labels if label is not None]
-    if len(known) == len(labels):
-        try:
-            dates.check_order(known, [raster.name for raster in job.rasters])
-        except ValueError as error:
-            raise CaptionRunError(str(error)) from None
-    return labels
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """The run contract's refusals as the plugin's errors."""
+    try:
+        yield
+    except run_contract.RunRefused as error:
+        raise CaptionRunError(str(error)) from None
+
+
+def _dating(job: Job) -> run_contract.Dating:
+    """The job's dates (parsed, in time order where all are known), rasters and intervals."""
+    return run_contract.Dating.of(run_contract.parse_labels(job.labels(), job.names()), job.names(), job.intervals)
 
 
 def _run_options(reader: RasterSeriesReader, grid: tiling.TileGrid, job: Job, model_id: str) -> dict[str, str]:
-    """What decides a tile's pixels and caption, worded as the command words it (its keys, ``dates`` included),
-    so each can resume the other."""
-    crs = crs_name(reader.grid.wkt)
-    stored = tiling.run_options(
-        grid, crs if crs.startswith("EPSG:") else reader.grid.wkt, reader.bands, job.value_range, job.max_nodata,
-        job.before.name, job.after.name, model_id,
-    )
-    labels = _labels(job)
-    # As the command: only where there is something to say, so that plain two-date outputs resume as before.
-    if len(job.rasters) > 2 or any(labels):
-        stored["dates"] = ";".join(f"{label or ''}={raster.name}" for label, raster in zip(labels, job.rasters))
-    return stored
+    """What decides a tile's pixels and caption, as the contract words it for both tools (either resumes the
+    other's output)."""
+    dating = _dating(job)
+    return run_contract.stored_options(grid, crs_text(reader.grid.wkt), reader.bands, job.value_range,
+                                       job.max_nodata, dating.names, dating.labels, dating.intervals, model_id)
 
 
 def _check(job: Job) -> None:
@@ -240,21 +222,19 @@ def _check(job: Job) -> None:
         raise CaptionRunError("choose two or more rasters, one per date")
     if len({raster.path for raster in job.rasters}) < len(job.rasters):
         raise CaptionRunError("the same raster is chosen for two dates: choose one raster per date")
-    if job.batch_size < 1:
-        raise CaptionRunError(f"the batch size must be at least 1, not {job.batch_size}")
     if job.in_flight is not None and job.in_flight < 1:
         raise CaptionRunError(f"the requests in flight must be at least 1, not {job.in_flight}")
     if not job.retry_budget_s >= 0:
         raise CaptionRunError(f"the retry budget must be 0 seconds or more, not {job.retry_budget_s}")
-    if not 0 <= job.max_nodata <= 1:
-        raise CaptionRunError(f"the nodata share must be between 0 and 1, not {job.max_nodata}")
     if not job.backend_urls:
         raise CaptionRunError("give the URL of a backend")
     if not job.layer_name.strip():
         raise CaptionRunError("give the output layer a name")
     if not job.output.strip():
         raise CaptionRunError("choose an output GeoPackage file")
-    _labels(job)
+    with _refusals():
+        job.check()
+        _dating(job)
     try:
         run_files.check_run_paths(
             {f"the {role} raster": raster.path for role, raster in zip(job.roles(), job.rasters)},
@@ -282,12 +262,15 @@ def _tiles(
     reader: RasterSeriesReader, job: Job, log: Callable[[str], None]
 ) -> tuple[tiling.TileGrid, list[tiling.Tile]]:
     """The run's grid and the tiles of its area."""
+    with _refusals():
+        overlap = run_contract.overlap_px(job.overlap, job.tile_size)
     try:
-        overlap = tiling.parse_overlap(job.overlap, job.tile_size)
         grid = tiling.TileGrid(reader.grid.width, reader.grid.height, reader.grid.transform, job.tile_size, overlap)
         area = tile_area(job.area, log) if job.area else tiling.Area.from_bounds(reader.overlap_bounds)
     except ValueError as error:
         raise CaptionRunError(str(error)) from None
+    with _refusals():
+        run_contract.check_tile_count(grid, area.bounds, job)
     tiles = grid.tiles(area)
     if not tiles:
         raise CaptionRunError(
@@ -297,23 +280,28 @@ def _tiles(
     return grid, tiles
 
 
-def _finished_keys(output: str, layer_name: str) -> set[tuple[str, int]]:
-    """(tile_id, interval) already captioned or skipped in an existing output, read only (nothing is created)."""
+def _existing(output: str, layer_name: str) -> tuple[dict[str, str], set[tuple[str, int]]]:
+    """An existing output's stored options and its (tile_id, interval) already captioned or skipped, read only
+    (nothing is created; a killed writer's journal is rolled back first)."""
     if not Path(output).is_file():
-        return set()
-    try:  # a writer killed mid-commit leaves what read-only reading cannot undo
-        run_files.roll_back_for_reading(Path(output), "the CCExpert QGIS plugin")
+        return {}, set()
+    try:
+        run_files.roll_back_for_reading(Path(output), TOOL)
     except ValueError as error:
         raise CaptionRunError(str(error)) from None
     dataset = gdal.OpenEx(output, gdal.OF_VECTOR | gdal.OF_READONLY, allowed_drivers=["GPKG"])
     layer = dataset.GetLayerByName(layer_name) if dataset is not None else None
     if layer is None:
-        return set()
+        return {}, set()
+    table = dataset.GetLayerByName(schema.options_table(layer_name))
+    stored = {} if table is None or not layer.GetFeatureCount() else {
+        str(f.GetField("key")): str(f.GetField("value") or "") for f in table}
     statuses = ", ".join(f"'{status}'" for status in schema.FINAL_STATUSES)
     layer.SetAttributeFilter(f"status IN ({statuses})")
     layer.SetIgnoredFields(["OGR_GEOMETRY"])
     names = {layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())}
-    return {(f.GetField("tile_id"), f.GetField("interval") if "interval" in names else 0) for f in layer}
+    finished = {(f.GetField("tile_id"), f.GetField("interval") if "interval" in names else 0) for f in layer}
+    return stored, finished
 
 
 @dataclass(frozen=True)
@@ -354,20 +342,28 @@ def _duration(seconds: float) -> str:
 def plan_job(job: Job, timed: BackendClient | None = None, backends: int = 1) -> RunPlan:
     """Count the job's tiles and what an earlier run left of them; with ``timed``, caption one request of tiles
     still to do at that backend and estimate the run from its speed (shared by ``backends`` alike). Raises
-    :class:`CaptionRunError` for what the run would refuse (inputs, dates, output, area)."""
+    :class:`CaptionRunError` for what the run would refuse (inputs, dates, an output made with other options, area,
+    too many tiles)."""
     _check(job)
+    intervals = len(job.intervals)
     with _reader(job, lambda message: None) as reader:
         grid, tiles = _tiles(reader, job, lambda message: None)
-        finished = _finished_keys(job.output, job.layer_name)
-        needed = {t.tile_id: [k for k in range(job.intervals) if (t.tile_id, k) not in finished] for t in tiles}
-        pending = [tile for tile in tiles if needed[tile.tile_id]]
-        plan = RunPlan(len(tiles), job.intervals, len(tiles) - len(pending),
-                       sum(len(wanted) for wanted in needed.values()))
+        stored, finished = _existing(job.output, job.layer_name)
+        wanted = _run_options(reader, grid, job, timed.info()["model_id"] if timed is not None else "")
+        if timed is None:
+            del wanted["model_id"]  # known once a backend is asked
+        refusal = other_options(job.output, stored, wanted) if stored else None
+        if refusal is not None:
+            raise CaptionRunError(refusal)
+        needed = run_contract.still_to_do(tiles, intervals, finished)
+        pending = [tile for tile in tiles if tile.tile_id in needed]
+        plan = RunPlan(len(tiles), intervals, len(tiles) - len(pending), sum(map(len, needed.values())))
         if timed is None or not pending:
             return plan
         reader.fit_stretch(tiles, job.value_range)
-        size = _tiles_per_batch(min(job.batch_size, timed.limits.max_pairs_per_request), job.intervals)
-        prepared = _prepare(reader, pending[:size], needed, job.max_nodata, timed.compress, _as_series(job, [timed]))
+        with _refusals():
+            size = job.tiles_per_batch(intervals, timed.limits.max_pairs_per_request)
+        prepared = _prepare(reader, pending[:size], needed, job, timed.compress, _as_series(job, [timed]))
     if not prepared.requests:  # every pair of those tiles is skipped for nodata: nothing to time
         return plan
     start = time.monotonic()
@@ -384,27 +380,7 @@ def plan_job(job: Job, timed: BackendClient | None = None, backends: int = 1) ->
 
 def _as_series(job: Job, clients: Sequence[BackendClient]) -> bool:
     """Whether the job's tiles go in series requests: three or more dates, and every backend takes them."""
-    return job.intervals > 1 and all(client.takes_series for client in clients)
-
-
-def _tiles_per_batch(pairs_per_request: int, intervals: int) -> int:
-    """Tiles in a request of at most ``pairs_per_request`` pairs (one per interval), at least one."""
-    return max(1, pairs_per_request // intervals)
-
-
-@contextmanager
-def _locked(output: str) -> Iterator[None]:
-    """Hold the output's lock file while the run writes (a second run on the same output is refused, not mixed in;
-    the command takes the same lock)."""
-    lock = run_files.OutputLock(Path(output), "the CCExpert QGIS plugin")
-    try:
-        lock.acquire()
-    except (run_files.OutputBusy, ValueError) as error:
-        raise CaptionRunError(str(error)) from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return len(job.rasters) > 2 and all(client.takes_series for client in clients)
 
 
 def run_job(job: Job, feedback: Feedback, on_batch: Callable[[RunProgress], None] | None = None) -> JobSummary:
@@ -413,29 +389,25 @@ def run_job(job: Job, feedback: Feedback, on_batch: Callable[[RunProgress], None
     ``on_batch`` is told after each batch is written (from this thread). Problems the analyst can fix end in
     ``summary.error`` (never raised); work written before them is kept.
     """
-    summary = JobSummary(job.output, job.layer_name, intervals=max(1, job.intervals))
+    summary = JobSummary(job.output, job.layer_name, intervals=len(job.intervals))
     log = feedback.pushInfo
     try:
         _check(job)
-        with _locked(job.output), _reader(job, log) as reader:
+        with _refusals(), run_contract.output_locked(Path(job.output), TOOL), _reader(job, log) as reader:
             grid, tiles = _tiles(reader, job, log)
             summary.tiles = len(tiles)
             with _Backends(job, feedback.isCanceled) as backends:
                 summary.model_id, summary.model_name = backends.model_id, backends.model_name
                 summary.model_note = backends.model_note
+                names = job.names()
                 with CaptionsGeoPackage(
                     job.output, job.layer_name, reader.grid.wkt, _run_options(reader, grid, job, summary.model_id),
-                    job.before.name, job.after.name, summary.model_id,
+                    names[0], names[-1], summary.model_id,
                 ) as output:
-                    finished = output.finished_keys()
-                    needed = {t.tile_id: [k for k in range(job.intervals) if (t.tile_id, k) not in finished]
-                              for t in tiles}
-                    pending = [tile for tile in tiles if needed[tile.tile_id]]
+                    needed = run_contract.still_to_do(tiles, len(job.intervals), output.finished_keys())
+                    pending = [tile for tile in tiles if tile.tile_id in needed]
                     summary.already_done = len(tiles) - len(pending)
-                    series = f"{job.intervals} intervals of {len(job.rasters)} dates; " if job.intervals > 1 else ""
-                    log(f"{len(tiles)} tiles cover the area; {series}{summary.already_done} already in {job.output}, "
-                        f"{len(pending)} to do; up to {backends.in_flight} requests in flight to "
-                        f"{len(backends.clients)} backend(s); captions by {model_words(backends.infos[0])}")
+                    _log_start(job, backends, summary, len(pending), log)
                     reader.fit_stretch(tiles, job.value_range)
                     _caption_in_flight(reader, grid, backends, output, pending, needed, job, summary, feedback,
                                        on_batch)
@@ -443,6 +415,14 @@ def run_job(job: Job, feedback: Feedback, on_batch: Callable[[RunProgress], None
         summary.error = str(error)
         summary.canceled = feedback.isCanceled()
     return summary
+
+
+def _log_start(job: Job, backends: _Backends, summary: JobSummary, pending: int, log: Callable[[str], None]) -> None:
+    count = len(job.intervals)
+    series = f"{count} intervals of {len(job.rasters)} dates; " if count > 1 else ""
+    log(f"{summary.tiles} tiles cover the area; {series}{summary.already_done} already in {job.output}, {pending} to "
+        f"do; up to {backends.in_flight} requests in flight to {len(backends.clients)} backend(s); captions by "
+        f"{model_words(backends.infos[0])}")
 
 
 class _Backends:
@@ -462,15 +442,12 @@ class _Backends:
         first = self.infos[0]
         self.model_id, self.model_name = str(first["model_id"]), str(first.get("model_name") or first["model_id"])
         self.model_note: str | None = first.get("model_note")
-        pairs = min([job.batch_size] + [client.limits.max_pairs_per_request for client in self.clients])
-        if job.intervals > pairs:
-            raise CaptionRunError(
-                f"a tile of {len(job.rasters)} dates brings {job.intervals} pairs, and a request takes at most "
-                f"{pairs}: raise the batch size, or caption fewer dates at a time"
-            )
-        #: Tiles per request: every interval of a tile goes in the same request as its images.
-        self.tiles_per_batch = _tiles_per_batch(pairs, job.intervals)
-        pairs = self.tiles_per_batch * job.intervals
+        intervals = len(job.intervals)
+        with _refusals():
+            #: Tiles per request: every interval of a tile goes in the same request as its images.
+            self.tiles_per_batch = job.tiles_per_batch(
+                intervals, min(client.limits.max_pairs_per_request for client in self.clients))
+        pairs = self.tiles_per_batch * intervals
         self.in_flight = sum(job.in_flight or inflight.default_in_flight(info, pairs) for info in self.infos)
         self.compress = any(client.compress for client in self.clients)
         self.series = _as_series(job, self.clients)
@@ -518,30 +495,31 @@ class _Prepared:
 
 
 def _prepare(
-    reader: RasterSeriesReader, tiles: Sequence[tiling.Tile], needed: Mapping[str, Sequence[int]], max_nodata: float,
+    reader: RasterSeriesReader, tiles: Sequence[tiling.Tile], needed: Mapping[str, Sequence[int]], job: Job,
     compress: bool, as_series: bool,
 ) -> _Prepared:
     """Read every date of each tile once, skip the intervals with too much nodata in either of their dates, and
     encode each date's image once: ``as_series``, the tiles that need every interval in one series request, the
     others' intervals in a pairs request (only the bytes are kept: a batch in flight holds no arrays)."""
+    intervals = job.intervals
     series: list[tuple[tiling.Tile, list[bytes]]] = []
     pairs: list[tuple[tiling.Tile, int, tuple[bytes, bytes]]] = []
     for tile in tiles:
         read = reader.read_dates(tile)
-        missing = [1.0 - float(valid.mean()) for _, valid in read]
-        wanted = [k for k in needed[tile.tile_id] if max(missing[k], missing[k + 1]) <= max_nodata]
-        if as_series and len(wanted) == len(read) - 1:
+        missing = [pixels.nodata_share(valid) for _, valid in read]
+        wanted = [k for k in needed[tile.tile_id] if not run_contract.skipped(missing, intervals[k], job.max_nodata)]
+        if as_series and len(wanted) == len(intervals):
             series.append((tile, [encode_tile(image, compress) for image, _ in read]))
             continue
-        encoded = {index: encode_tile(read[index][0], compress) for index in {i for k in wanted for i in (k, k + 1)}}
-        pairs += [(tile, k, (encoded[k], encoded[k + 1])) for k in wanted]
+        used = {date for k in wanted for date in intervals[k]}
+        encoded = {date: encode_tile(read[date][0], compress) for date in used}
+        pairs += [(tile, k, (encoded[intervals[k][0]], encoded[intervals[k][1]])) for k in wanted]
     requests = []
     if series:
-        intervals = [(k, k + 1) for k in range(len(series[0][1]) - 1)]
         requests.append(series_body([images for _, images in series], intervals, [t.tile_id for t, _ in series]))
     if pairs:
         requests.append(pairs_body([pair for _, _, pair in pairs], [tile.tile_id for tile, _, _ in pairs]))
-    to_caption = [(tile, k) for tile, images in series for k in range(len(images) - 1)]
+    to_caption = [(tile, k) for tile, _ in series for k in range(len(intervals))]
     to_caption += [(tile, k) for tile, k, _ in pairs]
     wanted_by_tile = {tile.tile_id: list(needed[tile.tile_id]) for tile in tiles}
     return _Prepared(list(tiles), wanted_by_tile, to_caption, requests)
@@ -575,21 +553,8 @@ class _LayerCategories:
         return counts
 
 
-@dataclass(frozen=True)
-class _Dating:
-    """What each interval's features say of their dates and rasters."""
-
-    labels: list[dates.DateLabel | None]
-    names: list[str]
-
-    def of(self, interval: int) -> dict[str, Any]:
-        label = lambda k: None if self.labels[k] is None else str(self.labels[k])  # noqa: E731
-        return {"date_before": label(interval), "date_after": label(interval + 1),
-                "before_source": self.names[interval], "after_source": self.names[interval + 1]}
-
-
 def _records(
-    grid: tiling.TileGrid, prepared: _Prepared, results: list[dict[str, Any]] | None, dating: _Dating,
+    grid: tiling.TileGrid, prepared: _Prepared, results: list[dict[str, Any]] | None, dating: run_contract.Dating,
 ) -> list[TileRecord]:
     """The batch's records, one per tile and interval: skipped, captioned with its result, or failed where
     ``results`` is None."""
@@ -599,7 +564,7 @@ def _records(
     for tile in prepared.tiles:
         footprint = grid.footprint(tile)
         for k in prepared.needed[tile.tile_id]:
-            dated = dating.of(k)
+            dated = dating.fields(k)
             if (tile, k) not in sent:
                 records.append(TileRecord(tile, footprint, SKIPPED_NODATA, interval=k, **dated))
             elif (tile, k) not in answered:
@@ -616,26 +581,58 @@ def _records(
     return records
 
 
+class _BatchWriter:
+    """Writes finished batches (features, change areas, a series' histories), keeps the layer's categories, the
+    summary and the progress current, and stops the run as the contract's failure policy says."""
+
+    def __init__(self, grid: tiling.TileGrid, output: CaptionsGeoPackage, job: Job, summary: JobSummary,
+                 feedback: Feedback, on_batch: Callable[[RunProgress], None] | None) -> None:
+        self.grid, self.output, self.summary, self.feedback, self.on_batch = grid, output, summary, feedback, on_batch
+        self.dating = _dating(job)
+        # As the command: a series has a history layer, two dates none.
+        self.history = self.dating.consecutive() if len(job.rasters) > 2 else None
+        self.categories = _LayerCategories(job.output, job.layer_name)
+        self.failures = run_contract.FailurePolicy()
+        self.done = summary.already_done
+
+    def report(self) -> None:
+        """The progress over the whole area's tiles, and the layer's categories."""
+        self.feedback.setProgress(100.0 * self.done / self.summary.tiles)
+        if self.on_batch is not None:
+            self.on_batch(RunProgress(self.done, self.summary.tiles, self.categories.counts()))
+
+    def write(self, batch: inflight.Done[list[tiling.Tile], _Prepared, tuple[str, list[dict[str, Any]]]]) -> None:
+        """Write one finished batch: its tiles failed where the backends failed it."""
+        error = batch.error
+        if error is not None and not isinstance(error, CaptionRunError):
+            raise error  # a bug, not the backend's answer: the task logs its traceback
+        url, results = batch.result if error is None and batch.result is not None else ("", None)
+        records = _records(self.grid, batch.prepared, results, self.dating)
+        self.output.write(records, self.history)
+        self.categories.update(records)
+        for record in records:
+            self.summary.counts[record.status] += 1
+        if url and results:
+            self.summary.by_backend[url] = self.summary.by_backend.get(url, 0) + len(results)
+        self.done += len(batch.prepared.tiles)
+        self.report()
+        if error is not None:
+            ids = [tile.tile_id for tile in batch.prepared.tiles]
+            self.feedback.pushInfo(f"warning: captioning tiles {ids[0]}..{ids[-1]} failed: {error}")
+        stop = self.failures.after_batch(error)
+        if stop is not None:
+            raise CaptionRunError(stop)  # the summary says what was kept and how to resume
+
+
 def _caption_in_flight(
     reader: RasterSeriesReader, grid: tiling.TileGrid, backends: _Backends, output: CaptionsGeoPackage,
     pending: list[tiling.Tile], needed: Mapping[str, Sequence[int]], job: Job, summary: JobSummary,
     feedback: Feedback, on_batch: Callable[[RunProgress], None] | None,
 ) -> None:
-    """Read, caption and write ``pending`` with batches in flight; progress counts the whole area's tiles.
-
-    A batch the backends failed is written as failed (the next run does it again) and stops the run.
-    """
-    categories = _LayerCategories(job.output, job.layer_name)
-    dating = _Dating(_labels(job), [raster.name for raster in job.rasters])
-    done = summary.already_done
-    history = job.intervals > 1  # as the command: a series has a history layer, two dates none
-
-    def report() -> None:
-        feedback.setProgress(100.0 * done / summary.tiles)
-        if on_batch is not None:
-            on_batch(RunProgress(done, summary.tiles, categories.counts()))
-
-    report()
+    """Read, caption and write ``pending`` with batches in flight; progress counts the whole area's tiles. A batch
+    the backends failed is written as failed (the next run does it again)."""
+    writer = _BatchWriter(grid, output, job, summary, feedback, on_batch)
+    writer.report()
     # GDAL datasets are not thread-safe: each reader thread borrows rasters of its own from this queue.
     readers: queue.SimpleQueue[RasterSeriesReader] = queue.SimpleQueue()
     opened: list[RasterSeriesReader] = []
@@ -647,7 +644,7 @@ def _caption_in_flight(
             own = reader.copy()
             opened.append(own)
         try:
-            return _prepare(own, tiles, needed, job.max_nodata, backends.compress, backends.series)
+            return _prepare(own, tiles, needed, job, backends.compress, backends.series)
         finally:
             readers.put(own)
 
@@ -671,22 +668,8 @@ def _caption_in_flight(
     )
     try:
         for batch in finished:
-            error = batch.error
-            if error is not None and not isinstance(error, CaptionRunError):
-                raise error  # a bug, not the backend's answer: the task logs its traceback
-            url, results = batch.result if error is None and batch.result is not None else ("", None)
-            records = _records(grid, batch.prepared, results, dating)
-            output.write(records, job.intervals if history else 0)
-            categories.update(records)
-            for record in records:
-                summary.counts[record.status] += 1
-            if url and results:
-                summary.by_backend[url] = summary.by_backend.get(url, 0) + len(results)
-            done += len(batch.prepared.tiles)
-            report()
-            if error is not None:
-                raise error
-        summary.canceled = done < summary.tiles and feedback.isCanceled()
+            writer.write(batch)
+        summary.canceled = writer.done < summary.tiles and feedback.isCanceled()
     finally:
         finished.close()  # nothing new starts, and the requests still open are not waited for
         log_notes()

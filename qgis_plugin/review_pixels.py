@@ -16,29 +16,17 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 import numpy as np
-from osgeo import osr
 
 from .errors import CaptionRunError
 from .job import RasterInput
 from .shared_modules import grid as tiling
-from .tile_reader import DateSource, PixelGrid, crs_name, open_raster
-
-#: The options the pixels depend on: a layer without them was not written by a CCExpert run of this schema.
-GRID_OPTIONS = ("crs", "geotransform", "size", "tile_size", "overlap_px", "bands", "value_range")
+from .shared_modules import run_contract
+from .tile_reader import DateSource, PixelGrid, crs_name, crs_text, open_raster, same_crs
 
 
 def missing_option(options: Mapping[str, str]) -> str | None:
     """The first option the pixels depend on that ``options`` lacks (None: all there)."""
-    return next((key for key in GRID_OPTIONS if not options.get(key)), None)
-
-
-def _same_crs(stored: str, wkt: str) -> bool:
-    srs = osr.SpatialReference()
-    if srs.SetFromUserInput(stored) != 0:
-        return crs_name(wkt) == stored
-    other = osr.SpatialReference()
-    other.ImportFromWkt(wkt)
-    return bool(srs.IsSame(other))
+    return next((key for key in run_contract.GRID_OPTIONS if not options.get(key)), None)
 
 
 class RunPixels:
@@ -54,28 +42,14 @@ class RunPixels:
         self, options: Mapping[str, str], first: RasterInput, role: str, tile_ids: Collection[str],
         bounds: tiling.Bounds,
     ) -> None:
-        missing = missing_option(options)
-        if missing is not None:
-            raise CaptionRunError(
-                f"the layer does not record its run's options ({missing} is missing): its tiles' pixels cannot be "
-                "rebuilt"
-            )
         try:
-            self.bands = tuple(int(band) for band in options["bands"].split(","))
-            self.value_range: tuple[float, float] | None = None
-            if not options["value_range"].startswith("stretch"):
-                low, high = (float(value) for value in options["value_range"].split(","))
-                self.value_range = (low, high)
-            self._tile_size, self._overlap = int(options["tile_size"]), int(options["overlap_px"])
-        except ValueError:
-            raise CaptionRunError(
-                f"the layer's run options cannot be read (bands {options['bands']}, value range "
-                f"{options['value_range']}, tile size {options['tile_size']}, overlap {options['overlap_px']})"
-            ) from None
-        self.grid = self._matching_grid(options, first, role)
+            self.run = run_contract.read_stored(options)
+        except run_contract.RunRefused as error:
+            raise CaptionRunError(str(error)) from None
+        self.bands, self.value_range = self.run.bands, self.run.value_range
+        self.grid = self._matching_grid(first, role)
         try:
-            self.tiles = tiling.TileGrid(self.grid.width, self.grid.height, self.grid.transform, self._tile_size,
-                                         self._overlap)
+            self.tiles = self.run.tile_grid(self.grid.width, self.grid.height, self.grid.transform)
         except ValueError as error:
             raise CaptionRunError(f"the layer's run options do not describe a tile grid: {error}") from None
         self._ids = set(tile_ids)
@@ -85,36 +59,32 @@ class RunPixels:
         #: What opening the rasters had to say (bands ignored, alignment).
         self.notices: list[str] = []
 
-    def _stored(self, grid: PixelGrid) -> dict[str, str]:
-        """The grid as a run on it stores it (the run's own wording)."""
-        tiles = tiling.TileGrid(grid.width, grid.height, grid.transform, self._tile_size, self._overlap)
-        words = tiling.run_options(tiles, "", (), None, 0.0, "", "", "")
-        return {key: words[key] for key in ("geotransform", "size")}
+    def _mismatch(self, grid: PixelGrid) -> str | None:
+        """The first of the grid's transform and size that differ from the run's (the run's own wording)."""
+        return self.run.grid_mismatch(self.run.tile_grid(grid.width, grid.height, grid.transform))
 
-    def _matching_grid(self, options: Mapping[str, str], first: RasterInput, role: str) -> PixelGrid:
+    def _matching_grid(self, first: RasterInput, role: str) -> PixelGrid:
         dataset = open_raster(first.source, role)
         native = PixelGrid.of(dataset)
         dataset = None
-        if not _same_crs(options["crs"], native.wkt):
+        if not same_crs(self.run.crs, crs_text(native.wkt)):
             raise CaptionRunError(
                 f"{first.name} does not match the layer's run: its CRS is {crs_name(native.wkt)}, the run's was "
-                f"{options['crs']}"
+                f"{self.run.crs}"
             )
-        stored = {key: options[key] for key in ("geotransform", "size")}
-        found = self._stored(native)
-        if found == stored:
+        key = self._mismatch(native)
+        if key is None:
             return native
         try:
             # A run with a resolution: the same raster, resampled as the run did it.
-            metres = abs(float(stored["geotransform"].split(",")[1])) * native.metres_per_unit()
-            resampled = native.resampled(metres)
+            resampled = native.resampled(self.run.pixel_size() * native.metres_per_unit())
         except (CaptionRunError, ValueError, IndexError):
             resampled = None
-        if resampled is not None and self._stored(resampled) == stored:
+        if resampled is not None and self._mismatch(resampled) is None:
             return resampled
-        key = next(key for key in stored if found[key] != stored[key])
+        found = run_contract.grid_words(self.run.tile_grid(native.width, native.height, native.transform))[key]
         raise CaptionRunError(
-            f"{first.name} does not match the layer's run: its {key} is {found[key]}, the run's was {stored[key]}"
+            f"{first.name} does not match the layer's run: its {key} is {found}, the run's was {self.run.options[key]}"
         )
 
     def tile(self, tile_id: str, bounds: tiling.Bounds) -> tiling.Tile:

@@ -22,7 +22,7 @@ from osgeo import gdal, gdal_array, osr
 
 from .errors import CaptionRunError
 from .shared_modules import grid as tiling
-from .shared_modules import pixels
+from .shared_modules import pixels, run_contract
 
 Log = Callable[[str], None]
 Window = tuple[int, int, int, int]  # x, y, width, height in grid pixels
@@ -34,6 +34,24 @@ def _srs(wkt: str) -> osr.SpatialReference:
     # x = easting/longitude whatever the CRS's axis order, as geotransforms and QGIS have it.
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     return srs
+
+
+def crs_text(wkt: str) -> str:
+    """How a run stores the CRS ``wkt`` (:func:`run_contract.crs_text`: its EPSG code, where it names one)."""
+    srs = _srs(wkt)
+    code = srs.GetAuthorityCode(None) if srs.GetAuthorityName(None) == "EPSG" else None
+    return run_contract.crs_text(int(code) if code and code.isdigit() else None, wkt)
+
+
+def same_crs(first: str, second: str) -> bool:
+    """Whether two stored CRSs (``EPSG:n`` or WKT, as either tool wrote them) are one CRS."""
+    parsed = []
+    for text in (first, second):
+        srs = osr.SpatialReference()
+        if srs.SetFromUserInput(text) != 0:
+            return False
+        parsed.append(srs)
+    return bool(parsed[0].IsSame(parsed[1]))
 
 
 def crs_name(wkt: str) -> str:

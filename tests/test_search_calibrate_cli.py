@@ -44,8 +44,9 @@ def write_layer(path: Path, intervals: tuple[tuple[str, str], ...] = (("2018", "
                 continue
             caption = NO_CHANGE if k % 6 == 5 else CAPTIONS[k % 4]
             result = CaptionResult.from_caption(caption, 0.3 + 0.69 * ((k * 7) % 36) / 35)
-            records.append(TileRecord(tile, ring, schema.CAPTIONED, result, interval=interval, date_before=before,
-                                      date_after=after, change_kind=result.change_kind))
+            records.append(TileRecord(tile, ring, schema.CAPTIONED, result.caption, result.change_detected,
+                                      result.confidence, interval=interval, date_before=before, date_after=after,
+                                      change_kind=result.change_kind))
     with CaptionsLayer(path, srs, {"tile_size": "8"}, "b.tif", "a.tif", "test-model") as writer:
         writer.write(records)
     return path
@@ -186,8 +187,9 @@ def test_p_right_appears_with_enough_reviews_monotone_and_refit_when_a_review_ch
     srs = SpatialRef("WGS 84 / UTM zone 31N", 32631, "EPSG", 32631, RasterioCRS.from_epsg(32631).to_wkt())
     tile = Tile(0, 0, 0, 0, 8, 8)
     with CaptionsLayer(path, srs, {"tile_size": "8"}, "b.tif", "a.tif", "test-model") as writer:
-        writer.write([TileRecord(tile, [(0, 0), (8, 0), (8, -8), (0, -8), (0, 0)], schema.CAPTIONED,
-                                 CaptionResult.from_caption(CAPTIONS[0], 0.5), date_before="2018", date_after="2021")])
+        result = CaptionResult.from_caption(CAPTIONS[0], 0.5)
+        writer.write([TileRecord(tile, [(0, 0), (8, 0), (8, -8), (0, -8), (0, 0)], schema.CAPTIONED, result.caption,
+                                 result.change_detected, result.confidence, date_before="2018", date_after="2021")])
     assert p_rights(path) == {k: v if k != 1 else (*v[:3], 0.5, v[4]) for k, v in second.items()}
 
     # Too few reviews left: the fit is cleared, the table emptied.

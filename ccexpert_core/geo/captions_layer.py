@@ -18,14 +18,12 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo import run_contract, schema
 from ccexpert_core.geo.gpkg import (
     APPLICATION_ID,
     Bounds,
     GeoPackage,
-    Point,
     SpatialRef,
     blob_bounds,
     multipolygon_blob,
@@ -33,7 +31,8 @@ from ccexpert_core.geo.gpkg import (
     quote,
     timestamp,
 )
-from ccexpert_core.geo.grid import Polygon, Tile, TileGrid
+from ccexpert_core.geo.grid import Tile, TileGrid
+from ccexpert_core.geo.run_contract import TileRecord
 
 LAYER = schema.CAPTIONS_LAYER
 CHANGES_LAYER = schema.CHANGES_LAYER
@@ -70,34 +69,12 @@ _UPDATE = (
 
 
 @dataclass(frozen=True)
-class TileRecord:
-    """What a run learned about one tile, ready to be written."""
-
-    tile: Tile
-    footprint: Sequence[Point]
-    status: str
-    result: CaptionResult | None = None
-    #: PNG bytes of the before and after thumbnails, for the report.
-    thumbnails: tuple[bytes, bytes] | None = None
-    #: Polygons around the changed places, where the model gives a change map (None where it does not).
-    changes: list[Polygon] | None = None
-    #: Which interval of the date series (0 for two dates), and its dates as given (None where unknown).
-    interval: int = 0
-    date_before: str | None = None
-    date_after: str | None = None
-    #: One of :data:`ccexpert_core.geo.schema.CHANGE_KINDS`, or None.
-    change_kind: str | None = None
-    #: The interval's two rasters, where they are not the layer's (a series compares other dates per interval).
-    before_source: str | None = None
-    after_source: str | None = None
-
-
-@dataclass(frozen=True)
 class SeriesHistory:
-    """What a series' ``history`` layer is written from: the run's grid and its intervals (date index pairs)."""
+    """What a series' ``history`` layer is written from: the run's grid and the intervals a tile's history tells
+    (those that compare a date with the next: :meth:`~ccexpert_core.geo.run_contract.Dating.consecutive`)."""
 
     grid: TileGrid
-    intervals: Sequence[tuple[int, int]]
+    consecutive: Mapping[int, tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -282,17 +259,7 @@ class CaptionsLayer:
     def _write_features(self, records: Sequence[TileRecord], now: str) -> None:
         connection = self.package.connection
         for record in records:
-            result = record.result
-            values = {
-                "tile_id": record.tile.tile_id, "interval": record.interval, "row": record.tile.row,
-                "col": record.tile.col, "date_before": record.date_before, "date_after": record.date_after,
-                "caption": None if result is None else result.caption,
-                "change_detected": None if result is None else int(result.change_detected),
-                "change_kind": record.change_kind, "confidence": None if result is None else result.confidence,
-                "status": record.status, "before_source": record.before_source or self.before_source,
-                "after_source": record.after_source or self.after_source,
-                "model_id": self.model_id, "created_at": now,
-            }
+            values = record.values(self.before_source, self.after_source, self.model_id, now)
             geom = polygon_blob(record.footprint, self.srs_id)
             key = tuple(values[name] for name in schema.KEY)
             if connection.execute(_UPDATE, (geom, *(values[n] for n in _VALUE_NAMES), *key)).rowcount == 0:
@@ -345,7 +312,7 @@ class CaptionsLayer:
         tile's history is replaced)."""
         if not self.package.table_exists(HISTORY_LAYER):
             self._add_history_layer()
-        consecutive = {k: (i, j) for k, (i, j) in enumerate(history.intervals) if j == i + 1}
+        consecutive = history.consecutive
         ids = [tile.tile_id for tile in tiles]
         marks = ", ".join("?" * len(ids))
         connection = self.package.connection

@@ -121,7 +121,7 @@ class _Writer:
 
     def __init__(self, plan: _Plan, layer: CaptionsLayer, summary: RegionSummary, log: Log, history: bool) -> None:
         self.plan, self.layer, self.summary, self.log = plan, layer, summary, log
-        self.history = SeriesHistory(plan.grid, plan.intervals) if history else None
+        self.history = SeriesHistory(plan.grid, plan.dating.consecutive()) if history else None
         self.failures = contract.FailurePolicy()
 
     def write(self, outcome: BatchOutcome) -> int:
@@ -130,12 +130,15 @@ class _Writer:
         records = []
         for tile in outcome.tiles:
             result = tile.result
-            changes = None if result is None or result.change_map is None else tile_changes(
-                result.change_map, grid.transform, tile.tile)
+            if result is None:
+                records.append(TileRecord(tile.tile, grid.footprint(tile.tile), tile.status, interval=tile.interval,
+                                          thumbnails=tile.thumbnails, **self.plan.dating.fields(tile.interval)))
+                continue
+            changes = None if result.change_map is None else tile_changes(result.change_map, grid.transform, tile.tile)
             records.append(TileRecord(
-                tile.tile, grid.footprint(tile.tile), tile.status, result, tile.thumbnails, changes,
-                interval=tile.interval, change_kind=None if result is None else result.change_kind,
-                **self.plan.dating.fields(tile.interval),
+                tile.tile, grid.footprint(tile.tile), tile.status, result.caption, result.change_detected,
+                result.confidence, tile.interval, change_kind=result.change_kind, changes=changes,
+                thumbnails=tile.thumbnails, **self.plan.dating.fields(tile.interval),
             ))
         self.layer.write(records, self.history)
         for record in records:
@@ -145,7 +148,8 @@ class _Writer:
             self.log(f"warning: captioning tiles {ids[0]}..{ids[-1]} failed: {outcome.error}")
         stop = self.failures.after_batch(outcome.error)
         if stop is not None:
-            raise FailedTilesError(f"{stop} in the GeoPackage: rerun the same command to resume")
+            raise FailedTilesError(f"{stop}; the work done so far is kept in the GeoPackage: rerun the same command to "
+                                   "resume")
         return len({record.tile for record in records})
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from . import grid as tiling
 from . import run_files
@@ -147,6 +148,15 @@ def check_time_order(labels: Sequence[DateLabel | None], names: Sequence[str]) -
             raise RunRefused(str(error)) from None
 
 
+class IntervalFields(TypedDict):
+    """The fields every feature of one interval records: its two dates (as given, or None) and rasters."""
+
+    date_before: str | None
+    date_after: str | None
+    before_source: str | None
+    after_source: str | None
+
+
 @dataclass(frozen=True)
 class Dating:
     """Which dates and rasters each of a run's intervals compares: what every feature of an interval records."""
@@ -161,7 +171,7 @@ class Dating:
         texts = tuple(None if label is None or not str(label) else str(label) for label in labels)
         return cls(texts, tuple(names), tuple(intervals))
 
-    def fields(self, interval: int) -> dict[str, str | None]:
+    def fields(self, interval: int) -> IntervalFields:
         """The fields of one interval's features: its dates (as given, or None) and its rasters' names."""
         i, j = self.intervals[interval]
         return {"date_before": self.labels[i], "date_after": self.labels[j], "before_source": self.names[i],
@@ -175,6 +185,43 @@ class Dating:
 def history_date(label: str | None, index: int) -> str:
     """A date in a tile's history: its label, or ``date 3`` where unknown."""
     return label or f"date {index + 1}"
+
+
+# ----- one tile's record -----
+@dataclass(frozen=True)
+class TileRecord:
+    """What a run learned about one tile in one interval, ready for either tool's writer."""
+
+    tile: tiling.Tile
+    footprint: Sequence[tiling.Point]
+    status: str
+    caption: str | None = None
+    change_detected: bool | None = None
+    confidence: float | None = None
+    #: Which of the run's intervals (0 for two dates), and its dates as given (None where unknown).
+    interval: int = 0
+    date_before: str | None = None
+    date_after: str | None = None
+    #: One of the schema's CHANGE_KINDS, or None.
+    change_kind: str | None = None
+    #: The interval's two rasters, where they are not the layer's (a series compares other dates per interval).
+    before_source: str | None = None
+    after_source: str | None = None
+    #: Polygons around the changed places from the model's change map (None: the model gives no change map).
+    changes: list[tiling.Polygon] | None = None
+    #: PNG bytes of the interval's two thumbnails, for the command's report.
+    thumbnails: tuple[bytes, bytes] | None = None
+
+    def values(self, before_source: str, after_source: str, model_id: str, created_at: str) -> dict[str, object]:
+        """The feature's run fields (the schema's RUN_FIELDS), the layer's rasters where the record names none."""
+        return {
+            "tile_id": self.tile.tile_id, "interval": self.interval, "row": self.tile.row, "col": self.tile.col,
+            "date_before": self.date_before, "date_after": self.date_after, "caption": self.caption,
+            "change_detected": None if self.change_detected is None else int(self.change_detected),
+            "change_kind": self.change_kind, "confidence": self.confidence, "status": self.status,
+            "before_source": self.before_source or before_source, "after_source": self.after_source or after_source,
+            "model_id": model_id, "created_at": created_at,
+        }
 
 
 # ----- the options stored with the output -----
@@ -352,7 +399,7 @@ class FailurePolicy:
         self.in_a_row = 0 if error is None else self.in_a_row + 1
         if self.in_a_row < self.max_in_a_row:
             return None
-        return f"{self.in_a_row} batches in a row failed (last: {error}); the work done so far is kept"
+        return f"{self.in_a_row} batches in a row failed (last: {error})"
 
 
 # ----- the tile-count guard -----

@@ -177,7 +177,9 @@ def test_processing_fails_when_tiles_failed_and_says_how_to_resume(
         failing.shutdown()
         plugin.unload()
     message = str(raised.value)
-    assert "1 captioned, 1 failed" in message and "run again to resume" in message, message
+    # The command's failure policy: failed batches are kept as failed, and three in a row stop the run.
+    assert "3 batches in a row failed" in message and "1 captioned, 3 failed" in message, message
+    assert message.count("run again to resume") == 1, message
     with sqlite3.connect(output) as connection:
         assert dict(connection.execute("SELECT status, count(*) FROM captions GROUP BY status").fetchall()) == \
-            {"captioned": 1, "failed": 1}
+            {"captioned": 1, "failed": 3}

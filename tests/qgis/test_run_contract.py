@@ -1,0 +1,3 @@
+"""The run contract in QGIS's Python, on the module the plugin bundles: the same cases as the project's Python."""
+
+from run_contract_cases import *  # noqa: F403 — the shared cases are this module's tests
