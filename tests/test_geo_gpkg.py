@@ -13,7 +13,6 @@ from xml.etree import ElementTree
 import pytest
 from rasterio.crs import CRS
 
-from ccexpert_core.captions import CaptionResult
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo import schema
 from ccexpert_core.geo.captions_layer import (
@@ -37,8 +36,8 @@ OPTIONS = {"tile_size": "64", "model_id": "m"}
 
 
 def records(grid: TileGrid, status: str = CAPTIONED, caption: str = "a road has been built") -> list[TileRecord]:
-    result = CaptionResult.from_caption(caption, 0.7) if status == CAPTIONED else None
-    return [TileRecord(t, grid.footprint(t), status, result, (b"png1", b"png2")) for t in grid.tiles()]
+    said = (caption, True, 0.7) if status == CAPTIONED else (None, None, None)
+    return [TileRecord(t, grid.footprint(t), status, *said, thumbnails=(b"png1", b"png2")) for t in grid.tiles()]
 
 
 def open_layer(path: Path, crs: str = "EPSG:32631", options: dict[str, str] = OPTIONS) -> CaptionsLayer:
@@ -131,7 +130,7 @@ def layer_with_changes(path: Path) -> Path:
     grid = TileGrid(128, 64, GT, 64)
     square = [[(431001.0, 4828999.0), (431010.0, 4828999.0), (431010.0, 4828990.0), (431001.0, 4828999.0)]]
     with open_layer(path) as layer:
-        layer.write([TileRecord(t, grid.footprint(t), CAPTIONED, None, None, [square]) for t in grid.tiles()])
+        layer.write([TileRecord(t, grid.footprint(t), CAPTIONED, changes=[square]) for t in grid.tiles()])
     return path
 
 
@@ -210,7 +209,7 @@ def test_the_layer_is_the_schemas_and_gdal_reads_the_new_fields(tmp_path: Path) 
     tile = grid.tiles()[0]
     with open_layer(out) as layer:
         layer.write([TileRecord(
-            tile, grid.footprint(tile), CAPTIONED, CaptionResult.from_caption("a road has been built", 0.8),
+            tile, grid.footprint(tile), CAPTIONED, "a road has been built", True, 0.8,
             interval=0, date_before="2016", date_after="2018-05", change_kind="roads",
         )])
     columns = table_info(out, LAYER)
@@ -234,9 +233,9 @@ def test_two_intervals_of_a_tile_are_two_features_and_a_rerun_writes_each_once(t
     tile = grid.tiles()[0]
 
     def series(status: str) -> list[TileRecord]:
-        result = CaptionResult.from_caption("a house appears", 0.6) if status == CAPTIONED else None
+        said = ("a house appears", True, 0.6) if status == CAPTIONED else (None, None, None)
         return [
-            TileRecord(tile, grid.footprint(tile), status, result, (b"b%d" % i, b"a%d" % i), interval=i,
+            TileRecord(tile, grid.footprint(tile), status, *said, thumbnails=(b"b%d" % i, b"a%d" % i), interval=i,
                        date_before=before, date_after=after)
             for i, (before, after) in enumerate([("2016", "2018"), ("2018", "2020")])
         ]

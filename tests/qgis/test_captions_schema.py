@@ -14,14 +14,13 @@ from qgis.gui import QgsAttributeTableFilterModel, QgsAttributeTableModel
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 
-from ccexpert_core.captions import CaptionResult
 from ccexpert_core.geo.captions_layer import CaptionsLayer
-from ccexpert_core.geo.captions_layer import TileRecord as CommandRecord
 from ccexpert_core.geo.gpkg import GeoPackage, SpatialRef, polygon_blob
-from qgis_plugin.captions_gpkg import CaptionsGeoPackage, TileRecord
+from qgis_plugin.captions_gpkg import CaptionsGeoPackage
 from qgis_plugin.errors import CaptionRunError
 from qgis_plugin.result_layer import open_captions_layer
 from qgis_plugin.shared_modules import grid as tiling
+from qgis_plugin.shared_modules import run_contract
 from qgis_plugin.shared_modules import schema
 
 from layer_style import style_facts
@@ -48,15 +47,15 @@ def command_writer(path: Path) -> CaptionsLayer:
 
 def plugin_file(path: Path) -> Path:
     with plugin_writer(path) as writer:
-        writer.write([TileRecord(TILE, RING, schema.CAPTIONED, "a road was built", True, 0.5, 0, "2019", "2021",
+        writer.write([run_contract.TileRecord(TILE, RING, schema.CAPTIONED, "a road was built", True, 0.5, 0, "2019", "2021",
                                  "roads")])
     return path
 
 
 def command_file(path: Path) -> Path:
     with command_writer(path) as writer:
-        writer.write([CommandRecord(TILE, RING, schema.CAPTIONED, CaptionResult("a road was built", True, 0.5),
-                                    interval=0, date_before="2019", date_after="2021", change_kind="roads")])
+        writer.write([run_contract.TileRecord(TILE, RING, schema.CAPTIONED, "a road was built", True, 0.5, interval=0,
+                                 date_before="2019", date_after="2021", change_kind="roads")])
     return path
 
 
@@ -135,8 +134,8 @@ def test_the_attribute_table_lists_changed_tiles_first_then_by_confidence(tmp_pa
              ("changed_high", True, True, 0.8)]
     with command_writer(path) as writer:
         writer.write([
-            CommandRecord(tiling.Tile(0, col, 0, col * 8, 8, 8), RING, schema.CAPTIONED if ok else schema.FAILED,
-                          CaptionResult(name, change, confidence) if ok else None)
+            run_contract.TileRecord(tiling.Tile(0, col, 0, col * 8, 8, 8), RING, schema.CAPTIONED if ok else schema.FAILED,
+                       *((name, change, confidence) if ok else (None, None, None)))
             for col, (name, ok, change, confidence) in enumerate(tiles)
         ])
     layer = open_captions_layer(str(path), "captions", "ordered")
@@ -186,13 +185,13 @@ def test_the_plugin_migrates_an_older_file_and_never_touches_the_review(tmp_path
     path = old_file(tmp_path / "old.gpkg")
     with plugin_writer(path) as writer:
         assert writer.finished_ids() == {"r0_c0"}
-        writer.write([TileRecord(tiling.Tile(0, 1, 0, 8, 8, 8), RING, schema.CAPTIONED, "a house", True, 0.7)])
+        writer.write([run_contract.TileRecord(tiling.Tile(0, 1, 0, 8, 8, 8), RING, schema.CAPTIONED, "a house", True, 0.7)])
     dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_UPDATE)
     dataset.ExecuteSQL("UPDATE captions SET review_status = 'accepted', reviewed_caption = 'a house, yes' "
                        "WHERE tile_id = 'r0_c1'")
     dataset = None  # GDAL 3.6 datasets close when released
     with plugin_writer(path) as writer:  # the tile written again, as a rerun does
-        writer.write([TileRecord(tiling.Tile(0, 1, 0, 8, 8, 8), RING, schema.CAPTIONED, "two houses", True, 0.9)])
+        writer.write([run_contract.TileRecord(tiling.Tile(0, 1, 0, 8, 8, 8), RING, schema.CAPTIONED, "two houses", True, 0.9)])
     with sqlite3.connect(path) as connection:
         names = [row[1] for row in connection.execute("PRAGMA table_info(captions)")]
         rows = connection.execute(
@@ -209,7 +208,7 @@ def test_two_intervals_of_a_tile_are_two_features_of_the_plugins_layer(tmp_path:
     path = tmp_path / "series.gpkg"
     for _ in range(2):  # a rerun writes each interval once
         with plugin_writer(path) as writer:
-            writer.write([TileRecord(TILE, RING, schema.CAPTIONED, "a road", True, 0.5, interval, before, after)
+            writer.write([run_contract.TileRecord(TILE, RING, schema.CAPTIONED, "a road", True, 0.5, interval, before, after)
                           for interval, (before, after) in enumerate([("2016", "2018"), ("2018", "2020")])])
             assert writer.finished_keys() == {("r0_c1", 0), ("r0_c1", 1)}
     with sqlite3.connect(path) as connection:
