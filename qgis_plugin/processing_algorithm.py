@@ -65,10 +65,6 @@ class _StyleLayer(QgsProcessingLayerPostProcessorInterface):
                 set_temporal(layer)
 
 
-#: Processing keeps only a pointer to a post-processor: these live as long as the module.
-_STYLERS = {kind: _StyleLayer(kind) for kind in ("captions", "history", "changes")}
-
-
 def _dates(text: str, count: int) -> tuple[str, ...]:
     """DATES as given: empty, or one date per layer separated by commas."""
     parts = tuple(part.strip() for part in text.split(",")) if text.strip() else ()
@@ -79,6 +75,12 @@ def _dates(text: str, count: int) -> tuple[str, ...]:
 
 class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
     """Caption every tile and interval of the area into the GeoPackage's layer; running again resumes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: This run's post-processors: Processing keeps only a pointer to each, and its context deletes them when
+        #: it is done, so every run has its own (one shared by runs was gone by the second run of a session).
+        self._stylers: list[_StyleLayer] = []
 
     def name(self) -> str:
         return "captionchanges"
@@ -241,7 +243,9 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
                 if kind == "captions" or _has_layer(job.output, name):
                     shown = title if kind == "captions" else f"{title} — {kind}"
                     details = QgsProcessingContext.LayerDetails(shown, context.project(), "OUTPUT")
-                    details.setPostProcessor(_STYLERS[kind])
+                    styler = _StyleLayer(kind)
+                    self._stylers.append(styler)
+                    details.setPostProcessor(styler)
                     context.addLayerToLoadOnCompletion(layer_uri(job.output, name), details)
         return {"OUTPUT": job.output, **{name: summary.counts[status] for name, status in _COUNTS.items()}}
 

@@ -356,6 +356,24 @@ def test_the_processing_algorithm_gives_the_same_output(
         assert a.execute(geometries).fetchall() == b.execute(geometries).fetchall()
 
 
+def test_processing_names_its_layers_as_the_dialog_does(
+    full_run, qgis_processing, backend: Backend, scene: tuple[Path, Path], token_id: str, tmp_path: Path
+) -> None:
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("ccexpert:captionchanges")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    output = tmp_path / "named.gpkg"
+    results, ok = algorithm.run({
+        "LAYERS": [str(scene[0]), str(scene[1])], "DATES": "2019, 2021", "TILE_SIZE": TILE, "BATCH_SIZE": 2,
+        "BACKEND_URL": backend.url, "AUTH_CONFIG": token_id, "OUTPUT": str(output),
+    }, context, QgsProcessingFeedback())
+    assert ok and results["CAPTIONED"] == 4
+    loaded = {uri: details.name for uri, details in context.layersToLoadOnCompletion().items()}
+    assert loaded == {f"{output}|layername=captions": "CCExpert 2019→2021"}  # not "captions"
+
+
 def test_qgis_process_runs_the_algorithm_of_the_installed_zip(
     full_run, backend: Backend, scene: tuple[Path, Path], token_id: str, tmp_path: Path
 ) -> None:
