@@ -98,6 +98,9 @@ class StatusLine(QTextBrowser):
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.viewport().setAutoFillBackground(False)
+        document = self.document()
+        if document is not None:  # a label's margins, so that three lines fit without a scroll bar
+            document.setDocumentMargin(1)
         self.setFixedHeight(self.fontMetrics().lineSpacing() * STATUS_LINES + 8)
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
 

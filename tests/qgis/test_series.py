@@ -367,10 +367,10 @@ def test_screenshots_of_the_map_the_attribute_table_and_the_temporal_controller(
     run: dict, controller: QgsTemporalControllerWidget, qgis_canvas
 ) -> None:
     captions, changes = project_layer(TITLE), project_layer(f"{TITLE} — changes")
-    latest = run["layers"][-1]
-    frame = QgsDateTimeRange(at("2019-01-01"), at("2020-01-01"), True, False)  # the 2018→2021 interval
+    rasters = list(reversed(run["layers"]))  # each shows in its own time: 2021's only on its day
+    frame = QgsDateTimeRange(at("2021-06-15"), at("2021-06-16"), True, False)  # 2018→2021, over the 2021 image
     extent = captions.extent().buffered(8)
-    image = render([changes, captions, latest], extent, QSize(900, 900), frame)
+    image = render([changes, captions, *rasters], extent, QSize(900, 900), frame)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     assert image.save(str(SCREENSHOTS / "plugin-result-map.png"))
 
@@ -402,7 +402,7 @@ def test_screenshots_of_the_map_the_attribute_table_and_the_temporal_controller(
     assert (current.begin(), current.end()) == (at("2019-06-15"), at("2020-06-15"))
     controller.resize(1100, 110)
     panel = controller.grab().toImage()
-    frame_image = render([changes, captions, latest], extent, QSize(1100, 1100), current)
+    frame_image = render([changes, captions, *rasters], extent, QSize(1100, 1100), current)  # over 2018's image
     composite = QImage(1100, 1100 + panel.height(), QImage.Format.Format_RGB32)
     composite.fill(QColor("white"))
     painter = QPainter(composite)
