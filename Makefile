@@ -38,7 +38,7 @@ plugin:
 	$(PYTHON) scripts/build_plugin.py
 
 demo: venv
-	$(BIN)/python -m ccexpert_core.demo
+	$(BIN)/python -m ccexpert_cli.demo
 
 # QGIS 4 (Qt 6): flake8-qgis checks the rules of QGIS's pyqt5_to_pyqt6 script (QGS4xx) over the plugin; enums scoped
 # as Qt 6 wants them, the zip by the plugin repository's rules and Bandit over it are tests of the QGIS suite

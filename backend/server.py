@@ -104,4 +104,4 @@ def _serve_here(options: ServeOptions, settings: ServerSettings, host: str, auth
     return 0
 
 
-__all__ = ["ServeOptions", "check_bind", "serve"]
+__all__ = ["ServeOptions", "ServerSettings", "check_bind", "serve"]

@@ -63,7 +63,7 @@ def _gpu_like(wait_s: float) -> None:
 def serve(wait_s: float, serve_args: list[str]) -> int:
     """The backend process: the real ``ccexpert serve`` over the demo model with a GPU-like model stage."""
     _gpu_like(wait_s)
-    from ccexpert_core.cli import main as cli
+    from ccexpert_cli.main import main as cli
 
     return cli(["serve", *serve_args])
 
@@ -110,7 +110,7 @@ def run_region(code: Path, before: Path, after: Path, out: Path, url: str) -> fl
     env = {**os.environ, "PYTHONPATH": str(code)}
     args = ["--before", str(before), "--after", str(after), "--out", str(out), "--backend", url]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ccexpert_core.cli", "caption-region", *args], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "ccexpert_cli", "caption-region", *args], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=code)
     return time.perf_counter() - start
 

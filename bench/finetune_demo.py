@@ -29,7 +29,7 @@ from pathlib import Path
 
 from affine import Affine
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.captions import NO_CHANGE_SENTENCES, is_no_change
 from ccexpert_core.data import read_cc_json
 from ccexpert_core.data.synthetic import caption_kind, named_kind, synthetic_town, write_dataset

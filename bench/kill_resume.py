@@ -65,7 +65,7 @@ def limited_connect(max_pages: int | None = None, cache_pages: int | None = None
 
 def _child(kill_at: int, max_pages: int | None, argv: list[str]) -> int:
     """The command, with the stand-in engine, killed right after the ``kill_at``th ``extend_extent`` (0: never)."""
-    from ccexpert_core import cli
+    import ccexpert_cli as cli
     from ccexpert_core.geo import engine
     from ccexpert_core.geo.gpkg import GeoPackage
 

@@ -60,7 +60,7 @@ def run_command(code: Path, args: list[str]) -> float:
     """Seconds the command takes (it must succeed)."""
     env = {**os.environ, "PYTHONPATH": str(code)}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ccexpert_core.cli", "caption-region", *args], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "ccexpert_cli", "caption-region", *args], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=code)
     return time.perf_counter() - start
 

@@ -2,7 +2,7 @@
 plugin cannot guess where the project's Python lives), as a QProcess that QGIS stops when the plugin unloads.
 
 The command is one line, e.g. ``/home/me/ccexpert/.venv/bin/ccexpert serve --port 8000`` or
-``/home/me/ccexpert/.venv/bin/python -m ccexpert_core.cli serve``; ``--model`` is added for a chosen model (the
+``/home/me/ccexpert/.venv/bin/python -m ccexpert_cli serve``; ``--model`` is added for a chosen model (the
 default is the shipped demo model), ``--host 127.0.0.1`` and ``--port`` where the command gives none (a free port
 then). The backend is ready once ``/v1/health`` answers; its output goes to a log file beside QGIS's settings.
 """

@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the plugin's help module (stdlib only) finds the README's section
 from qgis_plugin.help import HELP_FILE, README, images, plugin_section  # noqa: E402
+
 PLUGIN_FOLDER = "ccexpert_qgis"
 SOURCE = REPO / "qgis_plugin"
 #: What goes from qgis_plugin/ into the zip besides LICENSE: the modules and the icon.

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+import ccexpert_cli as cli
 from backend.app import create_app
 from backend.state import ServerSettings
-from ccexpert_core import cli, protocol
+from ccexpert_core import protocol
 from ccexpert_core.defaults import DEMO_MODEL_DIR
 
 from backend_server import encode, multipart, random_image, shared_server

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.defaults import default_model, model_note
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
 from ccexpert_core.geo.synthetic import write_geotiff

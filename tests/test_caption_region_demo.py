@@ -7,7 +7,7 @@ from pathlib import Path
 
 import rasterio
 
-from ccexpert_core import demo
+from ccexpert_cli import demo
 from ccexpert_core.defaults import default_model, model_note
 from ccexpert_core.geo.captions_layer import read_tiles
 from ccexpert_core.geo.synthetic import DEMO_CRS, DEMO_SIZE

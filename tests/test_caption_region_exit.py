@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.geo.captions_layer import CAPTIONED, FAILED, read_tiles
 from ccexpert_core.geo.synthetic import synthetic_pair, write_geotiff
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.geo.captions_layer import read_tiles
 from ccexpert_core.geo.run_files import OutputLock
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.captions import MODEL_KINDS
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
 from ccexpert_core.geo.dates import DateLabel

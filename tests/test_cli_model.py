@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ccexpert_core.cli import main
+from ccexpert_cli.main import main
 
 CCEXPERT = Path(sys.executable).parent / "ccexpert"
 

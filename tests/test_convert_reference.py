@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
-from ccexpert_core.cli import main
+from ccexpert_cli.main import main
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.model import build_tiny_model, load_model
 from ccexpert_core.model.convert_reference import convert_reference_checkpoint

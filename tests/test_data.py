@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.captions import NO_CHANGE_SENTENCES
 from ccexpert_core.data import (
     PairSample,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.captions import NO_CHANGE_SENTENCES
 from ccexpert_core.data import read_levircc
 from ccexpert_core.evaluation import METRICS, read_ccexpert_predictions, read_keyed_predictions

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 
 #: A captions file in the LevirCCcaptions.json layout: 1 train pair and 3 test pairs, no images.
 LEVIRCC = {

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.data import read_cc_json
 from ccexpert_core.geo import schema
 from ccexpert_core.geo.dates import DateLabel

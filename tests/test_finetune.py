@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.data import read_cc_json
 from ccexpert_core.data.synthetic import write_dataset
 from ccexpert_core.defaults import DEMO_MODEL_DIR

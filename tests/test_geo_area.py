@@ -14,7 +14,7 @@ import shapely
 from rasterio.crs import CRS
 from rasterio.warp import transform
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.area import area_from_polygons
 from ccexpert_core.geo.area_file import read_area_file

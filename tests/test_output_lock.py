@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.geo.run_files import LOCK_SUFFIX, OutputBusy, OutputLock
 
 from geo_fixtures import FakeEngine, write_pair

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.defaults import default_model
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
@@ -241,7 +241,7 @@ def test_a_cluster_whose_python_lacks_ccexpert_is_one_line(region: tuple[Path, P
 
 
 def test_importing_ccexpert_core_never_imports_ray() -> None:
-    code = ("import sys, ccexpert_core, ccexpert_core.cli, ccexpert_core.geo.region, ccexpert_core.geo.ray_runner; "
+    code = ("import sys, ccexpert_core, ccexpert_cli.main, ccexpert_core.geo.region, ccexpert_core.geo.ray_runner; "
             "print('ray' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "False"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ccexpert_core import cli, protocol
+import ccexpert_cli as cli
+from ccexpert_core import protocol
 from ccexpert_core.defaults import default_model
 
 from backend_server import TOKEN, bearer, encode, multipart, random_image, serve_command

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.geo.gpkg import GeoPackage
 
 from geo_fixtures import FakeEngine

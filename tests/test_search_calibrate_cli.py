@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rasterio.crs import CRS as RasterioCRS
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.captions import CaptionResult
 from ccexpert_core.geo import schema
 from ccexpert_core.geo.calibration import MIN_REVIEWS

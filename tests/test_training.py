@@ -165,7 +165,7 @@ def test_bad_input_is_refused_before_training(values: dict, message: str, data: 
     (data / "empty-captions.json").write_text(json.dumps(
         [{"uid": "a", "img1_path": "train/A/s5_000000.png", "img2_path": "train/B/s5_000000.png", "change_caption": []}]))
     config = write_stage(data, "bad", **{"init": "preset:tiny", "output_dir": "bad", "data": "train/pairs.json", **values})
-    from ccexpert_core.cli import main
+    from ccexpert_cli.main import main
 
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err

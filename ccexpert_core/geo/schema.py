@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
 # The style's XML is only written here, never parsed (Bandit's B405 is about parsing untrusted XML).
 from xml.etree import ElementTree  # nosec B405
 

@@ -20,8 +20,7 @@ from qgis_plugin.captions_gpkg import CaptionsGeoPackage
 from qgis_plugin.errors import CaptionRunError
 from qgis_plugin.result_layer import open_captions_layer
 from qgis_plugin.shared_modules import grid as tiling
-from qgis_plugin.shared_modules import run_contract
-from qgis_plugin.shared_modules import schema
+from qgis_plugin.shared_modules import run_contract, schema
 
 from layer_style import style_facts
 

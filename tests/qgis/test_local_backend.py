@@ -31,9 +31,9 @@ def test_without_a_command_the_dialog_says_how_to_start_a_backend(qgis_iface, au
 
 
 def test_the_command_gets_the_model_and_a_port_and_listens_on_loopback_only() -> None:
-    program, arguments, port = serve_arguments("/opt/cc/.venv/bin/python -m ccexpert_core.cli serve", "/models/x")
+    program, arguments, port = serve_arguments("/opt/cc/.venv/bin/python -m ccexpert_cli serve", "/models/x")
     assert program == "/opt/cc/.venv/bin/python" and 0 < port < 65536
-    assert arguments == ["-m", "ccexpert_core.cli", "serve", "--port", str(port), "--model", "/models/x",
+    assert arguments == ["-m", "ccexpert_cli", "serve", "--port", str(port), "--model", "/models/x",
                          "--host", "127.0.0.1"]
     assert serve_arguments("ccexpert serve --port 8123", "")[1:] == (["serve", "--port", "8123", "--host",
                                                                       "127.0.0.1"], 8123)

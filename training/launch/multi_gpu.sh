@@ -7,4 +7,4 @@ cd "$(dirname "$0")/../.."
 config="$1"; shift
 gpus="${NUM_GPUS:-$(nvidia-smi -L | wc -l)}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions}"
-exec .venv/bin/deepspeed --no_local_rank --num_gpus "$gpus" --module ccexpert_core.cli train --config "$config" "$@"
+exec .venv/bin/deepspeed --no_local_rank --num_gpus "$gpus" --module ccexpert_cli train --config "$config" "$@"

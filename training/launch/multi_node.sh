@@ -8,4 +8,4 @@ config="$1"; shift
 hostfile="${HOSTFILE:-training/launch/hostfile}"
 [ -f "$hostfile" ] || { echo "hostfile not found: $hostfile (one 'hostname slots=N' per line)" >&2; exit 2; }
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions}"
-exec .venv/bin/deepspeed --no_local_rank --hostfile "$hostfile" --module ccexpert_core.cli train --config "$config" "$@"
+exec .venv/bin/deepspeed --no_local_rank --hostfile "$hostfile" --module ccexpert_cli train --config "$config" "$@"

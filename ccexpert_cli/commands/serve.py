@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ccexpert_cli.commands.model import add_model_arguments
 from ccexpert_core import protocol
-from ccexpert_core.commands.model import add_model_arguments
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.options import float_in, int_in
 
@@ -119,8 +119,7 @@ def _check_ray_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the options and serve until interrupted (:func:`backend.server.serve`)."""
     _check_positive(args)
-    from backend.server import ServeOptions, serve
-    from backend.state import ServerSettings
+    from backend.server import ServeOptions, ServerSettings, serve
 
     limits = protocol.Limits(
         max_pairs_per_request=args.max_pairs,

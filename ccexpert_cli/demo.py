@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ccexpert_core import cli
+import ccexpert_cli as cli
 from ccexpert_core.defaults import default_model, model_note
 from ccexpert_core.geo.captions_layer import read_tiles
 from ccexpert_core.geo.synthetic import write_demo_rasters, write_demo_series

@@ -1,6 +1,6 @@
 """The ``ccexpert`` command.
 
-Each subcommand lives in its own module under :mod:`ccexpert_core.commands` with a ``register(subparsers)``
+Each subcommand lives in its own module under :mod:`ccexpert_cli.commands` with a ``register(subparsers)``
 function; heavy imports happen inside the command's handler, so ``ccexpert --help`` stays fast.
 A :class:`~ccexpert_core.errors.CCExpertError` becomes one line on stderr and its exit code (2; 3 for a run that
 ended with failed tiles).
@@ -17,7 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ccexpert_core import __version__, commands
+from ccexpert_cli import commands
+from ccexpert_core import __version__
 from ccexpert_core.errors import CCExpertError
 
 EXIT_USER_ERROR = 2
@@ -31,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand found in :mod:`ccexpert_core.commands`."""
+    """The argument parser with every subcommand found in :mod:`ccexpert_cli.commands`."""
     parser = _Parser(
         prog="ccexpert", description="Describe in plain language what changed between two images of the same place."
     )
