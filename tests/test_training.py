@@ -157,6 +157,8 @@ def test_resume_continues_from_the_saved_step(data: Path) -> None:
         (dict(stage=1, data="missing-images.json"), "image files are missing"),
         (dict(stage=1, data="empty-captions.json"), "change_caption"),
         (dict(stage=1, deepspeed="no-such.json"), "DeepSpeed config not found"),
+        (dict(stage=1, eval_data="val/pairs.json", eval_steps=3, save_steps=4),
+         "save_steps (4) must be a multiple of eval_steps (3)"),
     ],
 )
 def test_bad_input_is_refused_before_training(values: dict, message: str, data: Path, capsys) -> None:

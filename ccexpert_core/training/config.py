@@ -239,6 +239,11 @@ def _validate(config: StageConfig, where: str) -> None:
                  "corrected_repeats"):
         if getattr(config, name) < 1:
             raise CCExpertError(f"{where}: {name} must be at least 1")
+    if config.eval_data is not None and config.save_steps % config.eval_steps:
+        raise CCExpertError(
+            f"{where}: save_steps ({config.save_steps}) must be a multiple of eval_steps ({config.eval_steps}): the "
+            "best evaluated checkpoint is the one kept"
+        )
     if config.max_steps != -1 and config.max_steps < 1:
         raise CCExpertError(f"{where}: max_steps must be -1 (run the epochs) or at least 1, not {config.max_steps}")
     for name in ("epochs", "max_grad_norm"):
