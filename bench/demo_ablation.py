@@ -18,9 +18,12 @@ import resource
 import time
 from pathlib import Path
 
-from ccexpert_core.training.recipes import DEMO_ABLATIONS, REPO, held_out_scores, held_out_set, train_demo_stages
+from ccexpert_core.training.recipes import DEMO_ABLATIONS, held_out_scores, train_demo_stages
 
+REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "out" / "demo-ablation"
+#: The work folder of training/recipes/demo.sh, whose held-out pairs score a model given with --scores-of.
+RECIPE_WORK = REPO / "out" / "demo-recipe"
 
 
 def stage_speeds(final: Path) -> dict[str, float]:
@@ -42,13 +45,14 @@ def main() -> None:
     if args.variant == "full" and not args.scores_of:
         parser.error("'full' scores a trained model: give --scores-of FOLDER (train it with ccexpert train --recipe demo)")
     started = time.time()
+    work = RECIPE_WORK if args.scores_of else WORK / args.variant
     if args.scores_of:
         final = args.scores_of
     else:
         ablation = DEMO_ABLATIONS[args.variant]
-        final = train_demo_stages(WORK / args.variant, ablation["every"], ablation["first"])
+        final = train_demo_stages(work, ablation["every"], ablation["first"])
     minutes = (time.time() - started) / 60
-    scores = held_out_scores(final, held_out_set())
+    scores = held_out_scores(final, work)
     report = {
         "variant": args.variant,
         "model": str(final),

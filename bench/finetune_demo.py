@@ -40,8 +40,9 @@ from ccexpert_core.geo.gpkg import GeoPackage
 from ccexpert_core.geo.synthetic import DEMO_CRS, DEMO_ORIGIN, DEMO_PIXEL_SIZE, DEMO_SEED, write_geotiff
 from ccexpert_core.inference import Captioner
 from ccexpert_core.training.finetune import run_finetune
-from ccexpert_core.training.recipes import REPO, TRAIN_SEED, held_out_set
+from ccexpert_core.training.recipes import TRAIN_SEED, held_out_set
 
+REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "out" / "finetune-demo"
 TOWN_SCENES = 8
 _PLACE = re.compile(r"at the (top left|top right|bottom left|bottom right|top|bottom|left|right|center)\b")
@@ -107,7 +108,7 @@ def follows(model: Path, pairs_json: Path) -> dict[str, float]:
 
 def held_out(model: Path, scorer: CaptionScorer) -> dict[str, float]:
     """S*m and friends of a model on the demo recipe's held-out pairs (seed 1000, never trained on)."""
-    pairs = read_cc_json(held_out_set())
+    pairs = read_cc_json(held_out_set(REPO / "out" / "demo-recipe"))
     results = Captioner.load(model, device="cpu").caption([(p.before_path, p.after_path) for p in pairs], 16)
     predictions = {pair.uid: result.caption for pair, result in zip(pairs, results)}
     scores = evaluate(predictions, {pair.uid: list(pair.captions) for pair in pairs}, scorer=scorer)

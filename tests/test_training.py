@@ -20,10 +20,10 @@ from ccexpert_core.model import build_tiny_model, count_parameters, load_model
 from ccexpert_core.training import STAGES, apply_trainable, load_stage_config, parameter_groups
 from ccexpert_core.training.dataset import CaptionDataset
 from ccexpert_core.training.run import _initial_model
+from ccexpert_core.training.shipped import CONFIGS, DEEPSPEED
 
 REPO = Path(__file__).resolve().parents[1]
 CCEXPERT = Path(sys.executable).parent / "ccexpert"
-ZERO2 = REPO / "training" / "deepspeed" / "zero2.json"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_three_stages_learn_and_each_starts_from_the_previous(data: Path) -> Non
     s1 = write_stage(data, "s1", stage=1, init="preset:tiny", output_dir="s1", max_steps=4, save_steps=4,
                      model_overrides={"change_head": True}, **common)
     s2 = write_stage(data, "s2", stage=2, init="s1/final", output_dir="s2", max_steps=10, save_steps=10,
-                     deepspeed=str(ZERO2), **common)
+                     deepspeed="zero2", **common)
     s3 = write_stage(data, "s3", stage=3, init="s2/final", output_dir="s3", max_steps=4, save_steps=4,
                      eval_data="val/pairs.json", eval_pairs=4, eval_steps=4, **common)
     for config in (s1, s2, s3):
@@ -157,6 +157,7 @@ def test_resume_continues_from_the_saved_step(data: Path) -> None:
         (dict(stage=1, data="missing-images.json"), "image files are missing"),
         (dict(stage=1, data="empty-captions.json"), "change_caption"),
         (dict(stage=1, deepspeed="no-such.json"), "DeepSpeed config not found"),
+        (dict(stage=1, deepspeed="zero4"), "'zero4' is not a shipped DeepSpeed config (zero2, zero3)"),
         (dict(stage=1, eval_data="val/pairs.json", eval_steps=3, save_steps=4),
          "save_steps (4) must be a multiple of eval_steps (3)"),
     ],
@@ -184,7 +185,10 @@ def test_demo_stages_chain_and_ablations_take_one_part_away(tmp_path: Path, vari
     recipe = demo_stage_configs(tmp_path)
     assert [c.output_dir for c in configs] == [tmp_path / name for name in ("stage1", "stage2", "stage3")]
     assert [c.init for c in configs[1:]] == [str(tmp_path / "stage1" / "final"), str(tmp_path / "stage2" / "final")]
-    assert any(c.deepspeed for c in configs)  # ZeRO-2 in one stage
+    # Every path from the work folder, but the DeepSpeed config: the package's own ZeRO-2, in stage II.
+    assert {(c.data, c.eval_data) for c in configs} == {(tmp_path / "data" / "train" / "pairs.json",
+                                                         tmp_path / "data" / "val" / "pairs.json")}
+    assert [c.deepspeed for c in configs] == [None, DEEPSPEED / "zero2.json", None]
     # Same data and steps as the recipe; only the ablated part differs.
     assert [(c.data, c.max_steps, c.trainable) for c in configs] == [(c.data, c.max_steps, c.trainable) for c in recipe]
     overrides = configs[0].model_overrides
@@ -195,6 +199,32 @@ def test_demo_stages_chain_and_ablations_take_one_part_away(tmp_path: Path, vari
         "no-change-loss": ({}, [0.0, 0.0, 0.0]),
     }[variant]
     assert (overrides, weights) == expected
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "{shipped}"], "is a recipe's settings (its paths are relative to the recipe's work folder)"),
+        (["--config", "{config}", "--out", "{out}"], "--out: only for a recipe"),
+        (["--config", "{config}", "--smoke"], "--smoke: only for --recipe demo"),
+        (["--recipe", "finetune", "--smoke", "--out", "{out}"], "--smoke: only for --recipe demo"),
+        (["--recipe", "demo", "--config", "{config}"], "--recipe demo takes no --config"),
+        (["--recipe", "demo", "--data", "{config}"], "--data: only for --recipe finetune"),
+    ],
+)
+def test_recipe_options_are_refused_where_they_do_not_apply(args: list[str], message: str, data: Path,
+                                                            tmp_path: Path, capsys) -> None:
+    from ccexpert_cli.main import main
+
+    config = write_stage(data, "plain", stage=1, init="preset:tiny", output_dir="plain", data="train/pairs.json")
+    # Through training/'s link, as an operator would name it: read from the work folder alone, never beside itself.
+    shipped = REPO / "training" / "configs" / "demo" / "stage1.yaml"
+    assert shipped.resolve() == CONFIGS / "demo" / "stage1.yaml"
+    before = sorted(CONFIGS.rglob("*"))
+    assert main(["train", *(arg.format(shipped=shipped, config=config, out=tmp_path / "out") for arg in args)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted(CONFIGS.rglob("*")) == before and not (data / "plain").exists() and not (tmp_path / "out").exists()
 
 
 def test_change_loss_trains_the_change_map_head_and_the_summary_score(data: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from ccexpert_core.errors import CCExpertError
 from ccexpert_core.options import float_in
 
 #: Options that only the fine-tune recipe takes.
-_FINETUNE_ONLY = ("model", "data", "out", "replay", "replay_share", "merge")
+_FINETUNE_ONLY = ("model", "data", "replay", "replay_share", "merge")
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
@@ -38,20 +38,28 @@ def _finetune(args: argparse.Namespace) -> Path:
     )
 
 
+def _demo(args: argparse.Namespace) -> Path:
+    if args.config:
+        raise CCExpertError("--recipe demo takes no --config (its stages ship with ccexpert: training/configs/demo/)")
+    from ccexpert_core.training.recipes import DEFAULT_DEMO_WORK, run_demo_recipe
+
+    return run_demo_recipe(args.out or DEFAULT_DEMO_WORK, args.overrides, args.smoke)
+
+
 def _train(args: argparse.Namespace) -> int:
+    if args.smoke and args.recipe != "demo":
+        raise CCExpertError("--smoke: only for --recipe demo")
     if args.recipe == "finetune":
         print(_finetune(args))
         return 0
     stray = _given(args, _FINETUNE_ONLY)
     if stray:
         raise CCExpertError(f"{', '.join(stray)}: only for --recipe finetune")
-    if args.recipe:
-        if args.config:
-            raise CCExpertError("--recipe demo takes no --config (its stages are training/configs/demo/)")
-        from ccexpert_core.training.recipes import run_recipe
-
-        print(run_recipe(args.recipe, args.overrides))
+    if args.recipe == "demo":
+        print(_demo(args))
         return 0
+    if args.out is not None:
+        raise CCExpertError("--out: only for a recipe (a stage config names its output_dir)")
     if not args.config:
         raise CCExpertError("give --config STAGE.yaml or --recipe demo|finetune")
     from ccexpert_core.training import load_stage_config, run_stage
@@ -66,19 +74,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train one stage (--config STAGE.yaml) or a recipe (--recipe demo | finetune)",
         description=(
-            "Train one stage from its YAML, or a recipe: demo rebuilds the shipped demo model; finetune teaches a "
-            "model an analyst's reviewed tiles (ccexpert export-dataset) with LoRA on the language model, the DIM "
-            "and the projector trained fully, and writes a new model folder with a model card."
+            "Train one stage from its YAML (relative paths read from its folder), or a recipe, whose settings ship "
+            "with ccexpert: demo makes the shipped demo model in a work folder; finetune teaches a model an "
+            "analyst's reviewed tiles (ccexpert export-dataset) with LoRA on the language model, the DIM and the "
+            "projector trained fully, and writes a new model folder with a model card."
         ),
     )
     train.add_argument("--config", type=Path, help="stage YAML (see training/configs/); with --recipe finetune: "
-                       "fine-tune settings (default: training/configs/finetune/<the model's shape>.yaml)")
+                       "fine-tune settings (default: the shipped training/configs/finetune/<the model's shape>.yaml)")
     train.add_argument("--recipe", choices=["demo", "finetune"],
                        help="demo = the shipped demo model; finetune = learn from reviewed tiles")
+    train.add_argument("--out", type=Path,
+                       help="--recipe demo: its work folder, for the data, the stages and the model (default: "
+                       "./demo-recipe); --recipe finetune: the new model folder (must not exist, or be empty)")
+    train.add_argument("--smoke", action="store_true",
+                       help="--recipe demo: check that it runs here, in a minute or two (a few pairs, one step per "
+                       "stage; the model is not trained)")
     tune = train.add_argument_group("--recipe finetune")
     tune.add_argument("--model", help="the model to fine-tune, a folder (default: the shipped demo model)")
     tune.add_argument("--data", type=Path, help="the analyst's tiles: the CC JSON ccexpert export-dataset wrote")
-    tune.add_argument("--out", type=Path, help="the new model folder (must not exist, or be empty)")
     tune.add_argument("--replay", type=Path,
                       help="a CC JSON or mixture of what the model learned from, mixed in so that it keeps it")
     tune.add_argument("--replay-share", type=float_in(0, 1, low_open=True), metavar="S",

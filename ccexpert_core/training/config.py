@@ -11,6 +11,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from ccexpert_core.errors import CCExpertError
+from ccexpert_core.training.shipped import DEEPSPEED, deepspeed_names, is_shipped
 
 #: Module groups a stage can train (see :mod:`ccexpert_core.training.trainable`).
 MODULE_GROUPS = ("vision", "dim", "projector", "language")
@@ -37,7 +39,8 @@ _STAGE_NAMES = {"1": 1, "2": 2, "3": 3, "I": 1, "II": 2, "III": 3}
 
 @dataclass
 class StageConfig:
-    """Everything one training stage needs. Paths are relative to the YAML file's folder."""
+    """Everything one training stage needs. Paths are relative to the YAML file's folder (a recipe's: to its work
+    folder)."""
 
     stage: int
     #: Where the weights start: a model folder (the previous stage's ``output_dir/final``), a hub id on a machine
@@ -65,7 +68,7 @@ class StageConfig:
     #: "auto": bf16 on CUDA, fp32 on the CPU.
     bf16: bool | str = "auto"
     gradient_checkpointing: bool = True
-    #: A DeepSpeed JSON config (training/deepspeed/zero2.json, zero3.json) or None.
+    #: A DeepSpeed JSON config: a shipped one by name (``zero2``, ``zero3``: training/deepspeed/), a path, or None.
     deepspeed: Path | None = None
     eval_steps: int = 200
     save_steps: int = 200
@@ -106,7 +109,7 @@ class StageConfig:
         return 0.2 * self.learning_rate if self.vision_learning_rate is None else self.vision_learning_rate
 
 
-_PATH_FIELDS = ("output_dir", "data", "eval_data", "deepspeed", "replay")
+_PATH_FIELDS = ("output_dir", "data", "eval_data", "replay")
 
 
 def _parse_stage(value: Any, where: str) -> int:
@@ -156,7 +159,7 @@ def _as(kind: Any, value: Any) -> Any:
         if number is None or not math.isfinite(number) or (kind is int and number != int(number)):
             return _NOT_ONE
         return kind(number)
-    accepted = {bool: bool, str: str, Path: str | Path, list: list, dict: dict}.get(kind, object)
+    accepted: Any = {bool: bool, str: str, Path: str | Path, list: list, dict: dict}.get(kind, object)
     if not isinstance(value, accepted) or (kind is list and not all(isinstance(item, str) for item in value)):
         return _NOT_ONE
     return value
@@ -174,6 +177,19 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
             return converted
     words = " or ".join(_WORDS[kind] for kind in kinds if kind is not type(None))
     raise ValueError(f"{name} must be {words}, not {_shown(value)}")
+
+
+def _deepspeed(value: str, base_dir: Path, where: str) -> Path:
+    """A stage's ``deepspeed`` as a file: a bare name (``zero2``) is a shipped config, anything else a path."""
+    if "/" in value or Path(value).suffix:
+        return (base_dir / value).resolve()
+    path = DEEPSPEED / f"{value}.json"
+    if not path.is_file():
+        raise CCExpertError(
+            f"{where}: deepspeed: {value!r} is not a shipped DeepSpeed config ({', '.join(deepspeed_names())}): name "
+            "one, or give the path of a JSON file"
+        )
+    return path
 
 
 def build_stage_config(
@@ -204,6 +220,8 @@ def build_stage_config(
             origin = (overrides or {}).get(name)
             raise CCExpertError(f"{error} (override {origin})" if origin else f"{where}: {error}") from None
     merged = {**STAGES[stage], **checked, "stage": stage}
+    if merged.get("deepspeed") is not None:
+        merged["deepspeed"] = _deepspeed(str(merged["deepspeed"]), base_dir, where)
     for name in _PATH_FIELDS:
         if merged.get(name) is not None:
             merged[name] = (base_dir / str(merged[name])).resolve()
@@ -261,9 +279,16 @@ def _validate(config: StageConfig, where: str) -> None:
         raise CCExpertError(f"{where}: DeepSpeed config not found: {config.deepspeed}")
 
 
-def load_stage_config(path: str | Path, overrides: list[str] = ()) -> StageConfig:
-    """Read a stage YAML and apply ``KEY=VALUE`` overrides (values parsed as YAML)."""
+def load_stage_config(path: str | Path, overrides: Sequence[str] = (), work: Path | None = None) -> StageConfig:
+    """Read a stage YAML and apply ``KEY=VALUE`` overrides (values parsed as YAML). Relative paths are read from the
+    YAML's folder, or from ``work`` where given: the work folder of a recipe, whose shipped settings must never
+    write beside themselves, into the installed package."""
     path = Path(path)
+    if work is None and is_shipped(path):
+        raise CCExpertError(
+            f"{path} is a recipe's settings (its paths are relative to the recipe's work folder): run "
+            f"`ccexpert train --recipe {path.resolve().parent.name}` instead"
+        )
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -276,4 +301,5 @@ def load_stage_config(path: str | Path, overrides: list[str] = ()) -> StageConfi
     for item in overrides:
         key, value = _parse_override(item)
         values[key], given[key] = value, item.strip()
-    return build_stage_config(values, path.resolve().parent, str(path), given)
+    base = Path(work).resolve() if work is not None else path.resolve().parent
+    return build_stage_config(values, base, str(path), given)

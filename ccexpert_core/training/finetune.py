@@ -2,10 +2,10 @@
 
 Stage III's caption handling on the analyst's pairs, mixed with a replay share of another dataset (so the model
 keeps what it knew); the language model through LoRA adapters (peft), the DIM and the projector trained fully, the
-vision tower frozen: a few hundred tiles cannot teach a vision tower, and would make it forget. The settings are
-``training/configs/finetune/<shape>.yaml``, picked by the model's shape (demo, 0.5b, 7b). The result is a new model
-folder with a model card that says what it was tuned on: a plain model every command loads, or (``merge_lora:
-false``) the adapters alone, merged later with :func:`merge_into`.
+vision tower frozen: a few hundred tiles cannot teach a vision tower, and would make it forget. The settings ship
+with the package (``training/configs/finetune/<shape>.yaml`` in the repository), picked by the model's shape (demo,
+0.5b, 7b). The result is a new model folder with a model card that says what it was tuned on: a plain model every
+command loads, or (``merge_lora: false``) the adapters alone, merged later with :func:`merge_into`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,8 @@ from ccexpert_core.model import PRESETS
 from ccexpert_core.training.config import StageConfig, load_stage_config
 from ccexpert_core.training.lora import merge_adapter
 from ccexpert_core.training.run import run_stage
+from ccexpert_core.training.shipped import is_shipped, recipe_config
 
-REPO = Path(__file__).resolve().parents[2]
-FINETUNE_CONFIGS = REPO / "training" / "configs" / "finetune"
 #: Shapes with fine-tune settings, by the preset they match.
 SHAPES = ("demo", "0.5b", "7b")
 #: What ``ccexpert export-dataset`` writes beside its CC JSON: where the tiles came from and how many of each kind.
@@ -50,7 +50,7 @@ def model_shape(model: str | Path) -> str:
     raise CCExpertError(
         f"{model} has a language model of width {text.get('hidden_size')} and {text.get('num_hidden_layers')} "
         f"layers, none of the shapes with fine-tune settings ({', '.join(SHAPES)}): pass --config SETTINGS.yaml "
-        f"(see {FINETUNE_CONFIGS})"
+        f"(see {recipe_config('finetune', SHAPES[0]).parent})"
     )
 
 
@@ -62,22 +62,23 @@ def _check_out(out: Path) -> None:
 
 def finetune_config(
     model: str, data: Path, out: Path, replay: Path | None = None, replay_share: float | None = None,
-    settings: Path | None = None, overrides: list[str] = (),
+    settings: Path | None = None, overrides: Sequence[str] = (),
 ) -> StageConfig:
-    """The fine-tune's stage config: ``settings`` (default: the model shape's), then the model, the data, the
-    replay and ``overrides``; checked whole before anything trains."""
-    settings = settings or FINETUNE_CONFIGS / f"{model_shape(model)}.yaml"
+    """The fine-tune's stage config: ``settings`` (default: the shipped settings of the model's shape), then the
+    model, the data, the replay and ``overrides``; checked whole before anything trains. Relative paths are read
+    from ``settings``' folder, or from ``out`` for shipped settings."""
+    settings = settings or recipe_config("finetune", model_shape(model))
     placed = [f"init={Path(model).resolve()}", f"data={Path(data).resolve()}", f"output_dir={(out / WORK).resolve()}"]
     if replay is not None:
         placed.append(f"replay={Path(replay).resolve()}")
     if replay_share is not None:
         placed.append(f"replay_share={replay_share}")
-    return load_stage_config(settings, [*placed, *overrides])
+    return load_stage_config(settings, [*placed, *overrides], out.resolve() if is_shipped(settings) else None)
 
 
 def run_finetune(
     data: Path, out: Path, model: str | None = None, replay: Path | None = None, replay_share: float | None = None,
-    settings: Path | None = None, overrides: list[str] = (),
+    settings: Path | None = None, overrides: Sequence[str] = (),
 ) -> Path:
     """Fine-tune ``model`` (default: the shipped demo model) on ``data`` (an export's CC JSON) into the new folder
     ``out``, with its model card and :data:`RECORD`; returns ``out``."""
