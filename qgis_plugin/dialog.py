@@ -62,13 +62,12 @@ from .params import (
     AreaMode,
     CaptionParams,
     check_dates,
-    date_roles,
     job_from_params,
     parse_backend_urls,
     parse_bands,
 )
 from .qgis_compat import DEGREES, POLYGON_LAYERS, RASTER_LAYERS, project
-from .shared_modules import grid as tiling
+from .shared_modules import run_contract
 
 _AREA_LABELS = {
     AreaMode.OVERLAP: "Where every raster has pixels",
@@ -275,6 +274,10 @@ class CaptionDialog(QDialog):
         add_row.addWidget(self.add_date_button)
         add_row.addWidget(QLabel("Dates label the features and drive the Temporal Controller."), 1)
         layout.addLayout(add_row)
+        self.first_to_last = QCheckBox("Also compare the first date with the last")
+        self.first_to_last.setToolTip("A series of three or more dates: one more caption per tile, from the first "
+                                      "date to the last (what changed over the whole series)")
+        layout.addWidget(self.first_to_last)
         group.setLayout(layout)
         for _ in range(2):
             self.add_date_row()
@@ -331,9 +334,11 @@ class CaptionDialog(QDialog):
         self._label_rows()
 
     def _label_rows(self) -> None:
-        for row, role in zip(self.date_rows, date_roles(len(self.date_rows))):
+        for row, role in zip(self.date_rows, run_contract.date_roles(len(self.date_rows))):
             row.label.setText(role.capitalize())
             row.remove.setEnabled(len(self.date_rows) > 2)
+        if hasattr(self, "first_to_last"):  # the rows of the group being built come before the check box
+            self.first_to_last.setEnabled(len(self.date_rows) > 2)
 
     def _layer_changed(self, row: DateRow, layer: QgsMapLayer | None) -> None:
         """Another raster in a row: its date goes with the raster it was for, and the row shows the new one's."""
@@ -397,7 +402,7 @@ class CaptionDialog(QDialog):
     def _tiles_group(self) -> QGroupBox:
         group, form = QGroupBox("Tiles"), QFormLayout()
         self.tile_size = QSpinBox()
-        self.tile_size.setRange(16, 4096)
+        self.tile_size.setRange(32, 4096)
         self.tile_size.setSuffix(" px")
         self.overlap = QLineEdit()
         self.overlap.setPlaceholderText("pixels (32) or percent (10%)")
@@ -432,6 +437,13 @@ class CaptionDialog(QDialog):
         self.batch_size.setRange(1, 256)
         self.batch_size.setSuffix(" pairs per request")
         form.addRow("Batch size", self.batch_size)
+        self.max_tiles = QSpinBox()
+        self.max_tiles.setRange(1, 2_000_000_000)
+        self.max_tiles.setGroupSeparatorShown(True)
+        self.max_tiles.setSuffix(" tiles at most")
+        self.max_tiles.setToolTip("An area that needs more tiles is refused before anything is read (a mistyped "
+                                  "resolution can ask for billions)")
+        form.addRow("Tile limit", self.max_tiles)
         group.setLayout(form)
         return group
 
@@ -538,6 +550,8 @@ class CaptionDialog(QDialog):
         for box in (self.range_min, self.range_max):
             box.setEnabled(params.value_range is not None)
         self.batch_size.setValue(params.batch_size)
+        self.max_tiles.setValue(params.max_tiles)
+        self.first_to_last.setChecked(params.first_to_last)
         self.backend_url.setText(params.backend_url)
         self.in_flight.setValue(params.in_flight)
         self.auth_config_id = params.auth_config_id
@@ -560,7 +574,7 @@ class CaptionDialog(QDialog):
 
     def params(self) -> CaptionParams:
         """The parameters shown, checked; raises :class:`CaptionRunError` with what to correct."""
-        roles = date_roles(len(self.date_rows))
+        roles = run_contract.date_roles(len(self.date_rows))
         layers: list[QgsRasterLayer] = []
         for row, role in zip(self.date_rows, roles):
             layer = row.combo.currentLayer()
@@ -575,7 +589,7 @@ class CaptionDialog(QDialog):
                     "for each date"
                 )
         typed = tuple(row.date.text().strip() for row in self.date_rows)
-        check_dates(typed, [f"{role} ({layer.name()})" for role, layer in zip(roles, layers)])
+        check_dates(typed, [layer.name() for layer in layers])
         mode = list(AreaMode)[max(0, self.area_buttons.checkedId())]
         area_layer = self.area_layer_combo.currentLayer()
         if mode == AreaMode.LAYER and area_layer is None:
@@ -583,13 +597,16 @@ class CaptionDialog(QDialog):
         if mode == AreaMode.RECTANGLE and self._rectangle is None:
             raise CaptionRunError("draw the rectangle on the map first (Draw on map)")
         overlap = self.overlap.text().strip() or "0"
-        try:
-            tiling.parse_overlap(overlap, self.tile_size.value())
-        except ValueError as error:
-            raise CaptionRunError(str(error)) from None
         value_range = (self.range_min.value(), self.range_max.value()) if self.fixed_range.isChecked() else None
-        if value_range is not None and not value_range[0] < value_range[1]:
-            raise CaptionRunError("values: the first number must be below the second")
+        resolution = self.resolution.value() if self.resample.isChecked() else None
+        bands = parse_bands(self.bands.text())
+        try:  # the run's own checks, before anything is opened
+            run_contract.RunSettings(
+                tile_size=self.tile_size.value(), overlap=overlap, bands=bands, value_range=value_range,
+                resolution=resolution, batch_size=self.batch_size.value(), max_tiles=self.max_tiles.value(),
+            ).check()
+        except run_contract.RunRefused as error:
+            raise CaptionRunError(str(error)) from None
         if not self.output.filePath().strip():
             raise CaptionRunError("choose the output GeoPackage")
         urls = parse_backend_urls(self.backend_url.text())
@@ -601,12 +618,12 @@ class CaptionDialog(QDialog):
             rectangle=None if rectangle is None else (
                 rectangle.xMinimum(), rectangle.yMinimum(), rectangle.xMaximum(), rectangle.yMaximum()
             ),
-            rectangle_crs=crs, tile_size=self.tile_size.value(), overlap=overlap,
-            resolution=self.resolution.value() if self.resample.isChecked() else None,
-            bands=parse_bands(self.bands.text()), value_range=value_range,
+            rectangle_crs=crs, tile_size=self.tile_size.value(), overlap=overlap, resolution=resolution, bands=bands,
+            value_range=value_range,
             backend_url=", ".join(urls), in_flight=self.in_flight.value(), auth_config_id=self.auth_config_id,
             output=self._gpkg_path(), layer_name=self.layer_name.text().strip() or "captions",
-            batch_size=self.batch_size.value(),
+            batch_size=self.batch_size.value(), first_to_last=self.first_to_last.isChecked(),
+            max_tiles=self.max_tiles.value(),
         )
 
     def _gpkg_path(self) -> str:

@@ -24,7 +24,7 @@ from .area import polygons_in_crs, rectangle_in_crs
 from .captions_gpkg import DEFAULT_LAYER
 from .errors import CaptionRunError
 from .job import RETRY_BUDGET_S, Job, RasterInput
-from .shared_modules import dates, protocol
+from .shared_modules import protocol, run_contract
 
 SETTINGS_GROUP = "ccexpert"
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8000"
@@ -73,6 +73,10 @@ class CaptionParams:
     output: str = ""
     layer_name: str = DEFAULT_LAYER
     batch_size: int = 8
+    #: A series of three or more dates: also caption the first date against the last (as --first-to-last).
+    first_to_last: bool = False
+    #: Areas that need more tiles are refused (a mistyped resolution can ask for billions).
+    max_tiles: int = run_contract.DEFAULT_MAX_TILES
 
     def save(self, settings: QgsSettings | None = None) -> None:
         """Remember these choices (one JSON value per field under ``ccexpert/``)."""
@@ -154,11 +158,6 @@ def _vector_layer(project: QgsProject, layer_id: str, what: str) -> QgsVectorLay
     return layer
 
 
-def date_roles(count: int) -> list[str]:
-    """How the dialog names the dates: BEFORE and AFTER, or date 1, date 2… in a series."""
-    return ["BEFORE", "AFTER"] if count == 2 else [f"date {k + 1}" for k in range(count)]
-
-
 def raster_input(layer: QgsRasterLayer, role: str) -> RasterInput:
     """A raster layer as the job reads it: through GDAL, so only layers of QGIS's gdal provider."""
     if layer.providerType() != "gdal":
@@ -176,7 +175,7 @@ def job_from_params(
     """The run these choices describe; the area is resolved now, in the BEFORE layer's CRS."""
     if len(params.layer_ids) < 2:
         raise CaptionRunError("choose two or more raster layers, one per date")
-    roles = date_roles(len(params.layer_ids))
+    roles = run_contract.date_roles(len(params.layer_ids))
     layers = [_raster_layer(project, layer_id, f"{role} raster layer") for layer_id, role in
               zip(params.layer_ids, roles)]
     before_layer = layers[0]
@@ -203,6 +202,7 @@ def job_from_params(
         tile_size=params.tile_size, overlap=params.overlap, resolution=params.resolution, bands=params.bands,
         value_range=params.value_range, batch_size=params.batch_size, layer_name=params.layer_name,
         in_flight=params.in_flight or None, retry_budget_s=params.retry_budget_s,
+        first_to_last=params.first_to_last and len(layers) > 2, max_tiles=params.max_tiles,
     )
 
 
@@ -230,18 +230,9 @@ def distinct_name(title: str, taken: set[str]) -> str:
 
 
 def check_dates(texts: tuple[str, ...], names: list[str]) -> None:
-    """Refuse typed dates that are not dates, or that are out of time order where every date is given (the
-    command's rule: each must end before the next begins)."""
-    labels = []
-    for text, name in zip(texts, names):
-        if not text.strip():
-            continue
-        try:
-            labels.append(dates.DateLabel.parse(text))
-        except ValueError as error:
-            raise CaptionRunError(f"{name}: {error}") from None
-    if len(labels) == len(names):
-        try:
-            dates.check_order(labels, names)
-        except ValueError as error:
-            raise CaptionRunError(str(error)) from None
+    """Refuse typed dates that are not dates, or that are out of time order where every date is given (the run
+    contract's rule: each must end before the next begins)."""
+    try:
+        run_contract.parse_labels(list(texts), names)
+    except run_contract.RunRefused as error:
+        raise CaptionRunError(str(error)) from None

@@ -5,7 +5,6 @@ of captions."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from qgis.PyQt.QtWidgets import QAction
 from .auth import load_token
 from .dialog import CaptionDialog
 from .errors import CaptionRunError
-from .job import RunProgress, preflight
+from .job import BackendNote, RunProgress, preflight
 from .local_backend import LocalBackend
 from .locator import CaptionsLocatorFilter
 from .params import CaptionParams, distinct_name, job_from_params, result_title
@@ -30,8 +29,6 @@ from .task import CaptionTask, QuietWindow
 
 MENU = "&CCExpert"
 ICON = Path(__file__).with_name("icon.png")
-#: How the run's failover ends a note about a lone backend that does not answer (``job._Backends``).
-_RETRYING = re.compile(r";? ?trying again for up to ([0-9.]+) s$")
 
 
 class LiveLayer:
@@ -84,17 +81,16 @@ class LiveLayer:
             layer.setName(self.title)
 
 
-def retry_words(note: str, now: QDateTime) -> str:
+def retry_words(note: BackendNote, now: QDateTime) -> str:
     """The failover's note about a backend that does not answer, saying when the run will give up (``now`` is
     when the note came: the retry budget starts then)."""
-    found = _RETRYING.search(note)
-    if found is None:  # several backends: its batches go to the others
-        return note[0].upper() + note[1:]
-    seconds = float(found.group(1))
-    until = now.addMSecs(int(seconds * 1000)).toString("HH:mm:ss")
-    what = note[: found.start()].rstrip(". ")
-    return (f"{what[0].upper()}{what[1:]}. Trying again until {until} ({seconds:g} s); then the run stops, keeping "
-            "what it wrote.")
+    if note.retry_s is None:  # several backends: its batches go to the others
+        text = str(note)
+        return text[0].upper() + text[1:]
+    until = now.addMSecs(int(note.retry_s * 1000)).toString("HH:mm:ss")
+    what = note.text.rstrip(". ")
+    return (f"{what[0].upper()}{what[1:]}. Trying again until {until} ({note.retry_s:g} s); then the run stops, "
+            "keeping what it wrote.")
 
 
 class RetryNotice:
@@ -105,7 +101,7 @@ class RetryNotice:
         self.bar, self.task = bar, task
         self.item: QgsMessageBarItem | None = None
 
-    def warn(self, note: str) -> None:
+    def warn(self, note: BackendNote) -> None:
         """Say ``note`` (a warning of the run's failover) on the bar and in the task's description."""
         text = retry_words(note, QDateTime.currentDateTime())
         self.clear()

@@ -19,6 +19,7 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingParameterAuthConfig,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFileDestination,
@@ -34,9 +35,10 @@ from .auth import is_session_token, load_token
 from .captions_gpkg import CAPTIONED, DEFAULT_LAYER, FAILED, SKIPPED_NODATA, companion_layer
 from .errors import CaptionRunError
 from .job import Job, run_job
-from .params import AreaMode, CaptionParams, date_roles, parse_backend_urls, parse_bands, raster_input, run_title
+from .params import AreaMode, CaptionParams, parse_backend_urls, parse_bands, raster_input, run_title
 from .qgis_compat import DOUBLE, INTEGER, POLYGON_SOURCE, RASTER_SOURCE, ProcessingException, project
 from .result_layer import layer_uri, style_and_keep
+from .shared_modules import run_contract
 from .styling import style_changes_layer, style_history_layer
 from .temporal import set_temporal
 
@@ -132,8 +134,11 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             "AREA", "Area polygons", [POLYGON_SOURCE], area or None, optional=True,
         ))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "FIRST_TO_LAST", "Also caption the first date against the last (three or more dates)", chosen.first_to_last,
+        ))
         self.addParameter(QgsProcessingParameterNumber(
-            "TILE_SIZE", "Tile size (px)", INTEGER, chosen.tile_size, minValue=16,
+            "TILE_SIZE", "Tile size (px)", INTEGER, chosen.tile_size, minValue=32, maxValue=4096,
         ))
         self.addParameter(QgsProcessingParameterString(
             "OVERLAP", "Overlap (pixels, or percent like 10%)", chosen.overlap,
@@ -153,6 +158,9 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
             ))
         self.addParameter(QgsProcessingParameterNumber(
             "BATCH_SIZE", "Batch size (pairs per request)", INTEGER, chosen.batch_size, minValue=1,
+        ))
+        self.addParameter(QgsProcessingParameterNumber(
+            "MAX_TILES", "Refuse areas that need more tiles than", INTEGER, chosen.max_tiles, minValue=1,
         ))
         self.addParameter(QgsProcessingParameterString(
             "BACKEND_URL", "Backend URL (several: comma-separated or one per line)", chosen.backend_url,
@@ -203,7 +211,7 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
                            self.parameterAsDouble(parameters, "VALUE_MAX", context))
         resolution = self.parameterAsDouble(parameters, "RESOLUTION", context)
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
-        roles = date_roles(len(layers))
+        roles = run_contract.date_roles(len(layers))
         # The remembered dates belong to the remembered layers: a script that gives other LAYERS and no DATES
         # means undated rasters, not the dialog's dates.
         dated = self.parameterAsString(parameters, "DATES", context) if "DATES" in parameters or \
@@ -220,6 +228,8 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
             layer_name=self.parameterAsString(parameters, "LAYER_NAME", context) or DEFAULT_LAYER,
             in_flight=self.parameterAsInt(parameters, "IN_FLIGHT", context) or None,
             retry_budget_s=self.parameterAsDouble(parameters, "RETRY_BUDGET", context),
+            first_to_last=self.parameterAsBoolean(parameters, "FIRST_TO_LAST", context) and len(layers) > 2,
+            max_tiles=self.parameterAsInt(parameters, "MAX_TILES", context),
         )
 
     def processAlgorithm(  # noqa: N802

@@ -65,21 +65,22 @@ from .review_store import (
     CaptionsFile,
     Order,
     ReviewItem,
-    RunDates,
     Verdict,
     found,
     has_changes,
+    interval_dates,
     ordered,
     read_items,
     read_options,
     review_of,
+    run_of,
     save_review,
     tile_changes,
     trust_note,
     with_p_right,
 )
 from .shared_modules import grid as tiling
-from .shared_modules import schema
+from .shared_modules import run_contract, schema
 
 #: A coordinate transform's failure (declared by SIP at run time: the stubs lack it).
 _TransformError: type[Exception] = _core.QgsCsException  # type: ignore[attr-defined]
@@ -186,7 +187,7 @@ class ReviewPanel(QgsDockWidget):
         self._layer: QgsVectorLayer | None = None
         self._file: CaptionsFile | None = None
         self._options: dict[str, str] = {}
-        self._dates: RunDates | None = None
+        self._dates: run_contract.StoredRun | None = None
         self._all: list[ReviewItem] = []
         self._items: list[ReviewItem] = []
         self._index = 0
@@ -409,7 +410,7 @@ class ReviewPanel(QgsDockWidget):
         self._layer = layer if isinstance(layer, QgsVectorLayer) else None
         self._file = None if self._layer is None else CaptionsFile.of(self._layer)
         self._options = {} if self._file is None else read_options(self._file)
-        self._dates = RunDates.of(self._options) if missing_option(self._options) is None else None
+        self._dates = run_of(self._options) if missing_option(self._options) is None else None
         self._has_changes = self._file is not None and has_changes(self._file)
         self.polygons_check.setVisible(self._has_changes)
         self._build_raster_rows()
@@ -620,7 +621,7 @@ class ReviewPanel(QgsDockWidget):
         try:
             pixels = self._run_pixels()
             assert self._dates is not None and self._file is not None
-            first, second = self._dates.of_item(item)
+            first, second = interval_dates(self._dates, item)
             tile = pixels.tile(item.tile_id, (item.extent.xMinimum(), item.extent.yMinimum(),
                                               item.extent.xMaximum(), item.extent.yMaximum()))
             rasters = [self._raster(index) for index in (first, second)]

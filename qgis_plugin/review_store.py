@@ -21,7 +21,7 @@ from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QVariant
 
 from .captions_gpkg import companion_layer
 from .errors import CaptionRunError
-from .shared_modules import calibration, schema, search
+from .shared_modules import calibration, run_contract, schema, search
 from .shared_modules import grid as tiling
 
 #: What "No change" saves as the analyst's caption: the first of LEVIR-CC's no-change sentences, which the
@@ -348,46 +348,18 @@ def tile_changes(file: CaptionsFile, tile_id: str, interval: int) -> list[tiling
     return polygons
 
 
-@dataclass(frozen=True)
-class RunDate:
-    """One date of the run: its label as given (empty where unknown) and its raster's file name."""
+def run_of(options: Mapping[str, str]) -> run_contract.StoredRun | None:
+    """The run a layer's stored options describe (its dates, intervals, grid and mapping), None where it cannot be
+    read (the panel says what is missing)."""
+    try:
+        return run_contract.read_stored(options)
+    except run_contract.RunRefused:
+        return None
 
-    label: str
-    name: str
 
-
-@dataclass(frozen=True)
-class RunDates:
-    """The run's dates, in time order, and which two each interval compares (indexes into ``dates``)."""
-
-    dates: tuple[RunDate, ...]
-    intervals: tuple[tuple[int, int], ...]
-
-    @classmethod
-    def of(cls, options: Mapping[str, str]) -> RunDates:
-        """As the run's options store them (a plain two-date run stores its two rasters' names only)."""
-        if options.get("dates"):
-            dates = tuple(RunDate(*entry.split("=", 1)) for entry in options["dates"].split(";"))
-        else:
-            dates = (RunDate("", options.get("before_source", "")), RunDate("", options.get("after_source", "")))
-        if options.get("intervals"):
-            intervals = tuple(
-                (int(i), int(j)) for i, j in (text.split("-") for text in options["intervals"].split(","))
-            )
-        else:
-            intervals = tuple((k, k + 1) for k in range(len(dates) - 1))
-        return cls(dates, intervals)
-
-    def role(self, index: int) -> str:
-        """How messages name a date: BEFORE/AFTER for two dates, else its label."""
-        if len(self.dates) == 2:
-            return ("BEFORE", "AFTER")[index]
-        return f"date {self.dates[index].label or index + 1}"
-
-    def of_item(self, item: ReviewItem) -> tuple[int, int]:
-        """The dates an item's interval compares; raises :class:`CaptionRunError` for an interval the run lacks."""
-        if not 0 <= item.interval < len(self.intervals):
-            raise CaptionRunError(
-                f"tile {item.tile_id}: interval {item.interval} is not one of the run's {len(self.intervals)}"
-            )
-        return self.intervals[item.interval]
+def interval_dates(run: run_contract.StoredRun, item: ReviewItem) -> tuple[int, int]:
+    """The dates an item's interval compares; raises :class:`CaptionRunError` for an interval the run lacks."""
+    if not 0 <= item.interval < len(run.intervals):
+        raise CaptionRunError(f"tile {item.tile_id}: interval {item.interval} is not one of the run's "
+                              f"{len(run.intervals)}")
+    return run.intervals[item.interval]

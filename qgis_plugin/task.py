@@ -71,8 +71,6 @@ class _TaskFeedback:
     def pushInfo(self, text: str) -> None:  # noqa: N802
         warning = text.startswith(WARNING_PREFIX)
         QgsMessageLog.logMessage(text, LOG_TAG, Qgis.MessageLevel.Warning if warning else Qgis.MessageLevel.Info)
-        if warning:
-            self._task.warned.emit(text[len(WARNING_PREFIX):])
 
 
 class CaptionTask(QgsTask):
@@ -84,7 +82,7 @@ class CaptionTask(QgsTask):
     """
 
     batch_written = pyqtSignal(object, object)
-    warned = pyqtSignal(str)
+    warned = pyqtSignal(object)
 
     def __init__(self, job: Job, title: str) -> None:
         super().__init__(f"CCExpert: {title}", QgsTask.Flag.CanCancel)
@@ -103,7 +101,7 @@ class CaptionTask(QgsTask):
         """
         self.writing.acquire()
         try:
-            self.summary = run_job(self.job, _TaskFeedback(self), self._batch_written)
+            self.summary = run_job(self.job, _TaskFeedback(self), self._batch_written, self.warned.emit)
         except Exception:  # a bug, not the analyst's problem: keep its traceback for the report
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)
             return False

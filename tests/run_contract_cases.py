@@ -29,7 +29,7 @@ def test_a_run_captions_consecutive_intervals_and_first_to_last_when_asked() -> 
 def test_labels_are_parsed_and_refused_out_of_order() -> None:
     labels = contract.parse_labels(["2016", "", "2021-05"], ["a.tif", "b.tif", "c.tif"])
     assert [str(label) if label else None for label in labels] == ["2016", None, "2021-05"]
-    with pytest.raises(contract.RunRefused, match="date 2: 'May 2018' is not a date"):
+    with pytest.raises(contract.RunRefused, match=r"date 2 \(b.tif\): 'May 2018' is not a date"):
         contract.parse_labels(["2016", "May 2018", "2021"], ["a.tif", "b.tif", "c.tif"])
     with pytest.raises(contract.RunRefused, match="b.tif"):
         contract.parse_labels(["2021", "2016"], ["a.tif", "b.tif"])

@@ -128,11 +128,11 @@ def parse_labels(texts: Sequence[str | None], names: Sequence[str]) -> list[Date
     which input each date is. :class:`RunRefused` for a label that is no date, or dates out of order."""
     roles = date_roles(len(names))
     labels: list[DateLabel | None] = []
-    for role, text in zip(roles, texts):
+    for role, name, text in zip(roles, names, texts):
         try:
             labels.append(DateLabel.parse(text) if text and text.strip() else None)
         except ValueError as error:
-            raise RunRefused(f"{role}: {error}") from None
+            raise RunRefused(f"{role} ({name}): {error}") from None
     labels += [None] * (len(names) - len(labels))
     check_time_order(labels, names)
     return labels

@@ -356,10 +356,10 @@ def test_run_shows_the_tile_count_and_an_estimate_then_start_runs_what_was_check
     dialog.request_run()
     assert not emitted and dialog.isVisible() and dialog.run_button.text() == "Start"
     status = dialog.status_label.text()
-    assert status.startswith("16 tiles: 16 pairs to caption, about ") and "one request of 4 pairs took" in status
+    assert status.startswith("16 tiles: 16 pairs to caption, about ") and "two requests of 4 pairs took" in status
     assert "stand-in (no model) (a stand-in that sleeps instead of captioning)" in dialog.connection_label.text()
     timed = standin.stats()["pairs"]
-    assert timed == 4  # the estimate comes from one request of the batch size
+    assert timed == 3 * 4  # one request of the batch size to warm the backend up, two timed
     dialog.tile_size.setValue(128)  # changed after the check: checked again, not started
     dialog.request_run()
     assert not emitted and dialog.status_label.text().startswith("4 tiles: 4 pairs to caption")
@@ -434,6 +434,7 @@ def test_processing_starts_from_the_dialogs_remembered_choices(layers: dict, qgi
         area_layer_id=layers["parcels"].id(), tile_size=256, overlap="12", resolution=0.5, bands=(3, 2, 1),
         value_range=(10.0, 900.0), backend_url="http://gpu1:8000, http://gpu2:8000", in_flight=5,
         retry_budget_s=30.0, auth_config_id="abc1234", output="/data/changes.gpkg", layer_name="site", batch_size=12,
+        first_to_last=True, max_tiles=5000,
     )
     chosen.save()
     algorithm = CaptionChangesAlgorithm().create()
@@ -443,6 +444,7 @@ def test_processing_starts_from_the_dialogs_remembered_choices(layers: dict, qgi
         "AREA": layers["parcels"].id(), "TILE_SIZE": 256, "OVERLAP": "12", "RESOLUTION": 0.5, "BANDS": "3,2,1",
         "VALUE_MIN": 10.0, "VALUE_MAX": 900.0, "BATCH_SIZE": 12, "BACKEND_URL": "http://gpu1:8000, http://gpu2:8000",
         "IN_FLIGHT": 5, "RETRY_BUDGET": 30.0, "AUTH_CONFIG": "abc1234", "LAYER_NAME": "site",
+        "FIRST_TO_LAST": True, "MAX_TILES": 5000,
         "OUTPUT": "/data/changes.gpkg",
     }
     CaptionParams().save()
@@ -523,3 +525,52 @@ def test_a_third_date_makes_a_series_and_rows_can_be_removed(
     assert [r.label.text() for r in dialog.date_rows] == ["Before", "After"]
     dialog.remove_date_row(dialog.date_rows[0])  # two stay
     assert len(dialog.date_rows) == 2
+
+
+def test_first_to_last_is_offered_for_a_series_and_kept_with_the_tile_limit(
+    dialog: CaptionDialog, layers: dict, project: QgsProject, tmp_path: Path
+) -> None:
+    assert not dialog.first_to_last.isEnabled()  # two dates: their one interval is first to last already
+    (tmp_path / "third").mkdir()
+    third = add_raster(project, write_pair(tmp_path / "third", 256, seed=3)[1], "ortho 2023")
+    dialog.add_date_row(third)
+    assert dialog.first_to_last.isEnabled()
+    dialog.date_rows[0].combo.setLayer(layers["before"])
+    dialog.date_rows[1].combo.setLayer(layers["after"])
+    dialog.first_to_last.setChecked(True)
+    dialog.max_tiles.setValue(12)
+    dialog.output.setFilePath(str(tmp_path / "series.gpkg"))
+    params = dialog.params()
+    assert (params.first_to_last, params.max_tiles) == (True, 12)
+    job = job_from_params(params, project, QgsRectangle(), UTM, "")
+    assert job.intervals == ((0, 1), (1, 2), (0, 2)) and job.max_tiles == 12
+    dialog.tile_size.setValue(16)  # below the run's smallest tile
+    assert dialog.tile_size.value() == 32
+
+
+def test_run_refuses_an_output_made_with_other_options_before_start(
+    dialog: CaptionDialog, layers: dict, project: QgsProject, tmp_path: Path, request
+) -> None:
+    from qgis_plugin.job import run_job
+
+    from conftest import Feedback
+
+    standin = start_standin(request, "--batch-s", "0", python=sys.executable)
+    output = tmp_path / "made.gpkg"
+    fill(dialog, layers, standin.url, output, token="")
+    dialog.area_radios[AreaMode.OVERLAP].setChecked(True)
+    dialog.tile_size.setValue(128)
+    first = job_from_params(dialog.params(), project, QgsRectangle(), UTM, "")
+    assert run_job(first, Feedback()).error is None  # the output holds 128-px tiles
+    kept = output.read_bytes()
+    before = set(project.mapLayers())
+    dialog.tile_size.setValue(64)  # another grid: the command refuses to resume this output, and so must Run
+    emitted: list[CaptionParams] = []
+    dialog.run_requested.connect(emitted.append)
+    dialog.show()
+    dialog.request_run()
+    status = dialog.status_label.text()
+    assert "holds tiles made with other options (tile_size: 128 there, 64 now)" in status, status
+    assert not emitted and dialog.run_button.text() == "Run"  # no Start offered
+    assert output.read_bytes() == kept and set(project.mapLayers()) == before  # nothing written, nothing added
+    dialog.hide()

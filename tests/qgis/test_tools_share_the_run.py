@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from qgis_plugin.job import Job, RasterInput, run_job
+from qgis_plugin.errors import CaptionRunError
+from qgis_plugin.job import Job, RasterInput, plan_job, run_job
 
 from conftest import CCEXPERT, Feedback
 from rasters import scene_pair, write_geotiff
@@ -143,3 +144,39 @@ def test_a_first_to_last_series_is_resumed_by_the_other_tool_interval_by_interva
                                  first_to_last=True), Feedback())
     assert resumed.error is None and resumed.written == 4 and resumed.already_done == 0
     assert features(by_command) == features(by_plugin)
+
+
+def test_both_tools_refuse_an_area_over_the_tile_limit_before_reading_a_tile(
+    qgis_app, custom_scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    output = tmp_path / "limited.gpkg"
+    with pytest.raises(CaptionRunError, match=r"needs up to 4 tiles of 64 px, over the tile limit \(3\)"):
+        plan_job(plugin_job(list(custom_scene), output, "http://127.0.0.1:9", max_tiles=3))
+    done = command("caption-region", "--before", custom_scene[0], "--after", custom_scene[1], "--out", output,
+                   "--tile-size", TILE, "--max-tiles", 3, "--backend", "http://127.0.0.1:9")
+    assert done.returncode == 2 and "needs up to 4 tiles of 64 px, over --max-tiles (3)" in done.stderr
+    assert not output.exists()
+
+
+def test_processing_captions_first_to_last(
+    qgis_iface, qgis_processing, series: list[Path], tmp_path: Path, request
+) -> None:
+    import processing
+
+    from qgis_plugin import classFactory
+
+    standin = start_standin(request, "--batch-s", "0", python=sys.executable)
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    output = tmp_path / "processing.gpkg"
+    try:
+        processing.run("ccexpert:captionchanges", {
+            "LAYERS": [str(path) for path in series], "DATES": "2016, 2018, 2021", "FIRST_TO_LAST": True,
+            "TILE_SIZE": TILE, "BACKEND_URL": standin.url, "OUTPUT": str(output),
+        })
+    finally:
+        plugin.unload()
+    with sqlite3.connect(output) as connection:
+        stored = dict(connection.execute("SELECT key, value FROM ccexpert_run_options"))
+        intervals = [row[0] for row in connection.execute('SELECT DISTINCT "interval" FROM captions ORDER BY 1')]
+    assert stored["intervals"] == "0-1,1-2,0-2" and intervals == [0, 1, 2]
