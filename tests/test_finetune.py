@@ -45,10 +45,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An export of four reviewed tiles (two corrected) of a region run; returns its CC JSON."""
-    folder = tmp_path_factory.mktemp("export")
+def write_export(folder: Path) -> Path:
+    """An export of four reviewed tiles (two corrected) of a region run in ``folder``; returns its CC JSON."""
     before, after = write_pair(folder)
     gpkg = folder / "captions.gpkg"
     caption_region(before, after, gpkg, lambda: on_this_machine(FakeEngine()), RegionOptions(tile_size=64), log=lambda message: None)
@@ -64,6 +62,11 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert cli.main(["export-dataset", "--captions", str(gpkg), "--before", str(before), "--after", str(after),
                      "--out", str(folder / "dataset")]) == 0
     return folder / "dataset" / "pairs.json"
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_export(tmp_path_factory.mktemp("export"))
 
 
 @pytest.mark.parametrize("share", [0.25, 0.5, 0.8])
