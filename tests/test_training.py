@@ -201,6 +201,14 @@ def test_demo_stages_chain_and_ablations_take_one_part_away(tmp_path: Path, vari
     assert (overrides, weights) == expected
 
 
+@pytest.mark.parametrize("config", sorted((REPO / "training" / "configs").glob("[0-9]*/stage*.yaml")),
+                         ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_the_paper_s_stage_configs_read_their_paths_from_their_folder(config: Path) -> None:
+    stage = load_stage_config(config)
+    assert stage.output_dir.is_relative_to(REPO / "out") and stage.data.is_relative_to(REPO / "data")
+    assert stage.deepspeed == DEEPSPEED / "zero2.json"  # named `zero2`: the shipped one, from any folder
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
