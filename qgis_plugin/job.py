@@ -184,7 +184,8 @@ class JobSummary:
             return self.error
         if self.error:
             return f"{self.error.rstrip('.')}. {done}. Kept in {where}: run again to resume."
-        return f"{done}. Written to {where}."
+        failed = self.counts.get(FAILED, 0)
+        return f"{done}. Written to {where}" + (f": run again to caption the {failed} failed." if failed else ".")
 
 
 def model_words(info: Mapping[str, Any]) -> str:

@@ -189,7 +189,9 @@ def short_summary(summary: JobSummary) -> str:
     if summary.error:
         return f"{summary.error.rstrip('.')}. {counts or 'Nothing new'} kept in {name}: run again to resume."
     model = f", by {summary.model_name}" if summary.model_name else ""
-    return f"{counts or 'nothing new to caption'}{before} in {name}{model}."
+    failed = summary.counts.get("failed", 0)
+    again = f": run again to caption the {failed} failed" if failed else ""  # as the command's exit status 3 says
+    return f"{counts or 'nothing new to caption'}{before} in {name}{model}{again}."
 
 
 def say_summary(summary: JobSummary, message_bar, title: str) -> None:
