@@ -6,8 +6,12 @@ almost no CPU (it does not decode the images). Against it, a client's tiles/s as
 Standard library only, so that the main suite, the QGIS suite (Debian's Python) and the benchmarks all run it::
 
     python bench/standin_backend.py --port 8123 --batch-s 0.5 --max-batch 16 [--die-after-requests K]
+                                    [--hold-after-requests K]
 
-It records what it saw (``GET /standin/stats``): requests and pairs, the most requests open at once, batch sizes.
+It records what it saw (``GET /standin/stats``): requests and pairs, the most requests open at once, batch sizes,
+requests held. With ``--hold-after-requests K`` it answers K requests and holds every later one, unanswered, until
+``POST /standin/release`` (then it answers them and every request after): a test stops a run at that moment, with
+requests in flight, whatever the machine's load.
 Captions are a function of the tile id, so two runs through any mix of stand-ins give the same GeoPackage.
 """
 
@@ -70,10 +74,29 @@ class FakeGpu:
 class StandIn:
     """What the handler needs: the fake GPU, counters, and when to die."""
 
-    def __init__(self, gpu: FakeGpu, model_id: str, die_after_requests: int | None) -> None:
+    def __init__(
+        self, gpu: FakeGpu, model_id: str, die_after_requests: int | None, hold_after_requests: int | None = None,
+    ) -> None:
         self.gpu, self.model_id, self.die_after_requests = gpu, model_id, die_after_requests
+        self.hold_after_requests = hold_after_requests
+        self.released = threading.Event()
         self.lock = threading.Lock()
-        self.requests = self.pairs = self.open = self.max_open = 0
+        self.requests = self.pairs = self.open = self.max_open = self.held = 0
+
+    def hold(self, number: int) -> None:
+        """Hold request ``number`` until released, where it comes after the ones to answer."""
+        if self.hold_after_requests is None or number <= self.hold_after_requests:
+            return
+        with self.lock:
+            self.held += 1
+        self.released.wait()
+        with self.lock:
+            self.held -= 1
+
+    def release(self) -> dict:
+        """Answer the held requests and every later one."""
+        self.released.set()
+        return {"released": True}
 
     def info(self) -> dict:
         """An API v1 info body."""
@@ -92,7 +115,8 @@ class StandIn:
         """What the stand-in saw so far."""
         batches = list(self.gpu.batches)
         return {"requests": self.requests, "pairs": self.pairs, "max_open_requests": self.max_open,
-                "batches": len(batches), "mean_batch_size": sum(batches) / len(batches) if batches else 0.0}
+                "batches": len(batches), "mean_batch_size": sum(batches) / len(batches) if batches else 0.0,
+                "held": self.held}
 
 
 def caption_for(tile_id: str) -> tuple[str, bool]:
@@ -132,6 +156,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         standin = self.standin
+        if self.path == "/standin/release":
+            self._send(200, standin.release())
+            return
         with standin.lock:
             standin.requests += 1
             number = standin.requests
@@ -141,6 +168,7 @@ class Handler(BaseHTTPRequestHandler):
             if standin.die_after_requests is not None and number > standin.die_after_requests:
                 os._exit(1)  # as a crashed backend: connections drop, nothing is answered
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            standin.hold(number)
             pairs = body.count(b'name="before"')
             # Tile ids follow the images: look for them only from the first one on (a scan of megabytes costs).
             first = body.find(b'name="tile_ids"')
@@ -169,9 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-wait-ms", type=float, default=20.0, help="wait for a batch to fill")
     parser.add_argument("--model-id", default="standin")
     parser.add_argument("--die-after-requests", type=int, help="exit without answering the request after this many")
+    parser.add_argument("--hold-after-requests", type=int,
+                        help="answer this many requests, then hold the others until POST /standin/release")
     args = parser.parse_args(argv)
     gpu = FakeGpu(args.batch_s, args.max_batch, args.max_wait_ms / 1000)
-    Handler.standin = StandIn(gpu, args.model_id, args.die_after_requests)
+    Handler.standin = StandIn(gpu, args.model_id, args.die_after_requests, args.hold_after_requests)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"ready {server.server_address[1]}", flush=True)

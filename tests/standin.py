@@ -29,6 +29,12 @@ class StandIn:
         with urllib.request.urlopen(self.url + "/standin/stats", timeout=10) as response:
             return json.load(response)
 
+    def release(self) -> None:
+        """Answer the requests it holds (``--hold-after-requests``) and every later one."""
+        request = urllib.request.Request(self.url + "/standin/release", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
     def stop(self) -> None:
         """Stop it (by its PID)."""
         if self.process.poll() is None:

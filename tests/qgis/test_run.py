@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import urllib.request
 import uuid
 import zipfile
@@ -33,11 +34,11 @@ from conftest import (
     Backend,
     add_raster,
     build_plugin_zip,
-    start_backend,
     wait_until,
 )
 from layer_style import style_facts
 from rasters import ORIGIN, write_pair
+from standin import start_standin
 
 SIZE, TILE = 256, 128  # 2 × 2 tiles
 TILE_IDS = ["r0_c0", "r0_c1", "r1_c0", "r1_c1"]
@@ -244,14 +245,15 @@ def test_caption_region_rewrites_a_failed_tile_of_the_plugins_geopackage_and_kee
         assert connection.execute("SELECT count(*) FROM rtree_captions_geom").fetchone()[0] == 4
 
 def test_cancel_keeps_finished_tiles_and_a_second_run_completes_without_duplicates(
-    plugin: CCExpertPlugin, project: QgsProject, backend: Backend, scene: tuple[Path, Path], token_id: str,
-    tmp_path: Path,
+    plugin: CCExpertPlugin, project: QgsProject, scene: tuple[Path, Path], token_id: str, tmp_path: Path, request,
 ) -> None:
+    # A stand-in that answers one request and holds the next: the cancel lands between batches, whatever the load.
+    standin = start_standin(request, "--batch-s", "0", "--hold-after-requests", "1", python=sys.executable)
     output = tmp_path / "resumed.gpkg"
-    # One request at a time, so that the cancel lands between batches (test_run_in_flight.py cancels with many open).
-    params = make_params(project, scene, backend.url, output, token_id, batch_size=1, in_flight=1)
+    # One request at a time (test_run_in_flight.py cancels with many open).
+    params = make_params(project, scene, standin.url, output, token_id, batch_size=1, in_flight=1)
     task = plugin.start(params)
-    wait_until(lambda: task.progress() > 0, "the first batch")
+    wait_until(lambda: task.progress() > 0 and standin.stats()["held"] >= 1, "the first batch, the next held")
     task.cancel()
     wait_until(lambda: task not in plugin.tasks, "the canceled task to end")
     assert task.summary.canceled and task.summary.error is None
@@ -259,6 +261,7 @@ def test_cancel_keeps_finished_tiles_and_a_second_run_completes_without_duplicat
     assert 1 <= len(kept) < 4 and {r[1] for r in kept} == {"captioned"}
     assert any("Canceled" in m for m in plugin.iface.messageBar().get_messages(Qgis.Warning))
 
+    standin.release()
     second = run_to_end(plugin, params)
     assert second.summary.already_done == len(kept) and second.summary.counts["captioned"] == 4 - len(kept)
     assert [r[0] for r in rows(output)] == TILE_IDS  # unique tile ids, all of them
@@ -268,21 +271,18 @@ def test_cancel_keeps_finished_tiles_and_a_second_run_completes_without_duplicat
 
 
 def test_a_backend_that_stops_mid_run_ends_with_a_clear_message_and_keeps_finished_tiles(
-    plugin: CCExpertPlugin, project: QgsProject, tiny_model: Path, scene: tuple[Path, Path], token_id: str,
-    tmp_path: Path,
+    plugin: CCExpertPlugin, project: QgsProject, scene: tuple[Path, Path], token_id: str, tmp_path: Path, request,
 ) -> None:
-    doomed = start_backend(tiny_model, tmp_path / "doomed")
-    try:
-        output = tmp_path / "interrupted.gpkg"
-        # One request at a time (the backend stops between batches) and a short retry budget (it stays down).
-        params = make_params(project, scene, doomed.url, output, token_id, batch_size=1, in_flight=1,
-                             retry_budget_s=2.0)
-        task = plugin.start(params)
-        wait_until(lambda: task.progress() > 0, "the first batch")
-        doomed.stop()
-        wait_until(lambda: task not in plugin.tasks, "the task to give up")
-    finally:
-        doomed.stop()
+    # It answers one request and holds the next until it is killed: it stops mid-run, whatever the load.
+    doomed = start_standin(request, "--batch-s", "0", "--hold-after-requests", "1", python=sys.executable)
+    output = tmp_path / "interrupted.gpkg"
+    # One request at a time and a short retry budget (it stays down).
+    params = make_params(project, scene, doomed.url, output, token_id, batch_size=1, in_flight=1,
+                         retry_budget_s=2.0)
+    task = plugin.start(params)
+    wait_until(lambda: task.progress() > 0 and doomed.stats()["held"] >= 1, "the first batch, the next held")
+    doomed.stop()
+    wait_until(lambda: task not in plugin.tasks, "the task to give up")
     bar = plugin.iface.messageBar()
     said = bar.get_messages(Qgis.Warning) + bar.get_messages(Qgis.Critical)
     statuses = [r[1] for r in rows(output)]

@@ -122,14 +122,17 @@ def test_the_standin_sees_several_requests_open_at_once_from_the_plugins_job(
 def test_cancel_is_reported_as_canceled_and_a_resume_writes_every_tile_once(
     plugin: CCExpertPlugin, project: QgsProject, scene: tuple[Path, Path], tmp_path: Path, request,
 ) -> None:
-    standin = start_standin(request, "--batch-s", "0.3", "--max-batch", "2", python=sys.executable)
+    # It answers one request and holds the later ones: the run is canceled with batches in flight, however busy
+    # the machine (it cannot end before).
+    standin = start_standin(request, "--batch-s", "0", "--max-batch", "2", "--hold-after-requests", "1",
+                            python=sys.executable)
     output = tmp_path / "canceled.gpkg"
     chosen = params(project, scene, output, standin.url)
     task = plugin.start(chosen)
     ended = []
     task.taskCompleted.connect(lambda: ended.append("completed"))
     task.taskTerminated.connect(lambda: ended.append("terminated"))
-    wait_until(lambda: task.progress() > 0 and standin.stats()["max_open_requests"] >= 2, "batches in flight")
+    wait_until(lambda: task.progress() > 0 and standin.stats()["held"] >= 2, "batches in flight")
     task.cancel()
     wait_until(lambda: task not in plugin.tasks and ended, "the canceled task to end")
     assert ended == ["completed"]  # not "Task failed", which QGIS shows for a task whose run() returns False
@@ -139,6 +142,7 @@ def test_cancel_is_reported_as_canceled_and_a_resume_writes_every_tile_once(
     kept = stored(output)
     assert 1 <= len(kept) < len(TILES) and len({tile for tile, _, _ in kept}) == len(kept)
 
+    standin.release()
     second = plugin.start(chosen)
     wait_until(lambda: second not in plugin.tasks, "the resumed task")
     assert second.summary.already_done == len(kept) and second.summary.written == len(TILES) - len(kept)
@@ -259,12 +263,13 @@ def test_a_backend_that_dies_is_said_at_once_and_the_runs_summary_is_the_last_wo
     request.addfinalizer(lambda: manager.statusChanged.disconnect(qgis_notice))
     bar.pushMessage = recorded
     request.addfinalizer(lambda: delattr(bar, "pushMessage"))
-    standin = start_standin(request, "--batch-s", "0.2", "--max-batch", "1", python=sys.executable)
+    standin = start_standin(request, "--batch-s", "0", "--max-batch", "1", "--hold-after-requests", "1",
+                            python=sys.executable)
     # A long retry budget: the run is still trying when the test looks (it cancels it then).
     task = plugin.start(params(project, scene, tmp_path / "dies.gpkg", standin.url, in_flight=1,
                                retry_budget_s=3600.0))
-    wait_until(lambda: task.progress() > 0, "the first batch")
-    standin.stop()  # killed
+    wait_until(lambda: task.progress() > 0 and standin.stats()["held"] >= 1, "the first batch, the next held")
+    standin.stop()  # killed, with a request open
     wait_until(lambda: bar.items() or task not in plugin.tasks, "the run to say the backend does not answer")
     assert task in plugin.tasks  # still trying, and it says so
     (item,) = bar.items()
@@ -281,11 +286,12 @@ def test_a_backend_that_dies_is_said_at_once_and_the_runs_summary_is_the_last_wo
 def test_the_retry_budget_outlasts_a_backend_restarted_20_s_later(
     plugin: CCExpertPlugin, project: QgsProject, scene: tuple[Path, Path], tmp_path: Path, request,
 ) -> None:
-    first = start_standin(request, "--batch-s", "0.2", "--max-batch", "1", python=sys.executable)
+    first = start_standin(request, "--batch-s", "0", "--max-batch", "1", "--hold-after-requests", "1",
+                          python=sys.executable)
     port = first.url.rsplit(":", 1)[1]
     output = tmp_path / "restarted.gpkg"
     task = plugin.start(params(project, scene, output, first.url))
-    wait_until(lambda: task.progress() > 0, "the first batch")
+    wait_until(lambda: task.progress() > 0 and first.stats()["held"] >= 1, "the first batch, the next held")
     first.stop()
     down_at = time.monotonic()
     wait_until(lambda: time.monotonic() - down_at > 20 or task not in plugin.tasks, "20 s of a backend down")
@@ -314,13 +320,15 @@ def test_an_output_that_is_an_input_raster_is_refused_and_left_as_it_was(
 def test_a_second_run_on_an_output_being_written_is_refused_with_a_clear_message(
     plugin: CCExpertPlugin, project: QgsProject, scene: tuple[Path, Path], tmp_path: Path, request,
 ) -> None:
-    standin = start_standin(request, "--batch-s", "0.2", "--max-batch", "1", python=sys.executable)
+    standin = start_standin(request, "--batch-s", "0", "--max-batch", "1", "--hold-after-requests", "1",
+                            python=sys.executable)
     output = tmp_path / "busy.gpkg"
     task = plugin.start(params(project, scene, output, standin.url))
-    wait_until(lambda: task.progress() > 0, "the first batch")
+    wait_until(lambda: task.progress() > 0 and standin.stats()["held"] >= 1, "the first run, held mid-way")
     second = run_job(job(scene, output, standin.url), Feedback())
     assert second.error and f"{output} is being written by another run (the CCExpert QGIS plugin" in second.error
     assert second.written == 0
+    standin.release()
     wait_until(lambda: task not in plugin.tasks, "the first run")
     assert task.summary.error is None and every_tile_once_captioned_by_the_standin(output)
     assert not output.with_name(output.name + run_files.LOCK_SUFFIX).exists()  # released
