@@ -2,9 +2,10 @@
 ``ccexpert_core/geo/changes.py`` (the command's), on QGIS's GDAL instead of rasterio.
 
 A model with a change-map head gives, per tile, a g×g grid of change probabilities (rows top to bottom, over the
-whole tile). Cells above :data:`CHANGE_THRESHOLD` are changed; the grid is stretched over the tile's pixels (each
-cell covering its share of rows and columns) and GDAL's Polygonize, 4-connected as rasterio's ``shapes`` (which
-calls it), draws the outlines with the raster's geotransform. A test checks that both give the same polygons.
+whole tile). Cells above the bundled ``pixels.CHANGE_THRESHOLD`` are changed; the grid is stretched over the tile's
+pixels (``pixels.change_map_mask``: each cell covering its share of rows and columns) and GDAL's Polygonize,
+4-connected as rasterio's ``shapes`` (which calls it), draws the outlines with the raster's geotransform. A test
+checks that both give the same polygons.
 """
 
 from __future__ import annotations
@@ -15,17 +16,7 @@ import numpy as np
 from osgeo import gdal, ogr
 
 from .shared_modules import grid as tiling
-
-#: Grid cells with a change probability above this count as changed (the command's threshold).
-CHANGE_THRESHOLD = 0.5
-
-
-def change_mask(change_map: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """The H×W boolean mask of a g×g change map stretched over a tile (each cell covers its share of pixels)."""
-    cells = np.asarray(change_map, dtype=np.float32) > CHANGE_THRESHOLD
-    rows = np.arange(height) * cells.shape[0] // height
-    cols = np.arange(width) * cells.shape[1] // width
-    return cells[rows][:, cols]
+from .shared_modules import pixels
 
 
 def tile_changes(
@@ -33,7 +24,7 @@ def tile_changes(
 ) -> list[tiling.Polygon]:
     """Polygons (lists of rings, exterior first) around the changed cells of a tile's change map; ``transform``
     is the raster's geotransform (GDAL order) and ``tile`` says where the map lies in it."""
-    mask = change_mask(change_map, tile.height, tile.width).astype(np.uint8)
+    mask = pixels.change_map_mask(change_map, tile.height, tile.width).astype(np.uint8)
     if not mask.any():
         return []
     raster = gdal.GetDriverByName("MEM").Create("", tile.width, tile.height, 1, gdal.GDT_Byte)

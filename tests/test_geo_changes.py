@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ccexpert_core.geo.changes import change_map_mask, change_polygons, tile_changes
+from ccexpert_core.geo.changes import change_polygons, tile_changes
 from ccexpert_core.geo.grid import Tile
+from ccexpert_core.geo.pixels import change_map_mask
 
 GT = (431000.0, 0.5, 0.0, 4829000.0, 0.0, -0.5)
 

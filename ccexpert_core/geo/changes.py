@@ -13,17 +13,7 @@ from affine import Affine
 from rasterio.features import shapes
 
 from ccexpert_core.geo.grid import GeoTransform, Polygon, Tile, pixel_to_geo
-
-#: Grid cells with a change probability above this count as changed.
-CHANGE_THRESHOLD = 0.5
-
-
-def change_map_mask(change_map: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """The H×W boolean mask of a g×g change map stretched over a tile (each cell covers its share of pixels)."""
-    grid = np.asarray(change_map, dtype=np.float32) > CHANGE_THRESHOLD
-    rows = np.arange(height) * grid.shape[0] // height
-    cols = np.arange(width) * grid.shape[1] // width
-    return grid[rows][:, cols]
+from ccexpert_core.geo.pixels import change_map_mask
 
 
 def tile_changes(change_map: Sequence[Sequence[float]], transform: GeoTransform, tile: Tile) -> list[Polygon]:

@@ -108,3 +108,15 @@ def to_rgb(
 def nodata_share(valid: np.ndarray) -> float:
     """The share of a tile's pixels that are nodata in one date (``valid`` as :func:`to_rgb` gives it)."""
     return 1.0 - float(valid.mean())
+
+
+#: A change map's cells with a change probability above this count as changed (both tools' ``changes`` layer).
+CHANGE_THRESHOLD = 0.5
+
+
+def change_map_mask(change_map: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """The H×W boolean mask of a g×g change map stretched over a tile (each cell covers its share of pixels)."""
+    cells = np.asarray(change_map, dtype=np.float32) > CHANGE_THRESHOLD
+    rows = np.arange(height) * cells.shape[0] // height
+    cols = np.arange(width) * cells.shape[1] // width
+    return cells[rows][:, cols]

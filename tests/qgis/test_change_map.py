@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qgis_plugin.change_map import change_mask, tile_changes
+from qgis_plugin.change_map import tile_changes
 from qgis_plugin.shared_modules import grid as tiling
+from qgis_plugin.shared_modules import pixels
 
 from conftest import VENV_PYTHON, require_project_venv
 
@@ -57,7 +58,7 @@ def test_gdal_polygonize_gives_the_commands_polygons(qgis_app) -> None:
 
 
 def test_the_mask_stretches_each_cell_over_its_share_of_the_tile() -> None:
-    mask = change_mask([[0.9, 0.1], [0.2, 0.6]], 5, 3)
+    mask = pixels.change_map_mask([[0.9, 0.1], [0.2, 0.6]], 5, 3)
     assert mask.shape == (5, 3)
     assert mask.tolist() == [[True, True, False], [True, True, False], [True, True, False], [False, False, True],
                              [False, False, True]]
