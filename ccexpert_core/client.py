@@ -142,11 +142,9 @@ class BackendClient:
     def info(self) -> protocol.InfoBody:
         """``GET /v1/info``, fetched afresh (and kept for :attr:`model_id` and :attr:`limits`)."""
         body: protocol.InfoBody = self._json(self._request("GET", protocol.INFO_PATH))
-        if body.get("api_version") != protocol.API_VERSION:
-            raise CCExpertError(
-                f"the backend at {self.url} speaks API v{body.get('api_version')}, "
-                f"this client v{protocol.API_VERSION}: update the older of the two"
-            )
+        problem = protocol.version_problem(dict(body), self.url, "this client")
+        if problem is not None:
+            raise CCExpertError(problem)
         self._info = body
         return body
 

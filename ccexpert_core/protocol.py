@@ -188,6 +188,15 @@ class SeriesBody(TypedDict):
     results: list[SeriesItem]
 
 
+def version_problem(info: dict[str, Any], url: str, client: str) -> str | None:
+    """Why ``client`` (speaking this API version) cannot use the backend at ``url`` whose ``/v1/info`` is ``info``;
+    None where it can."""
+    if info.get("api_version") == API_VERSION:
+        return None
+    return (f"the backend at {url} speaks API v{info.get('api_version')}, {client} v{API_VERSION}: update the older "
+            "of the two")
+
+
 def format_intervals(intervals: list[tuple[int, int]]) -> str:
     """``[(0, 1), (1, 2)]`` → ``"0-1,1-2"`` (the :data:`FIELD_INTERVALS` value)."""
     return ",".join(f"{i}-{j}" for i, j in intervals)

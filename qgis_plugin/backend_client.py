@@ -153,11 +153,9 @@ class BackendClient:
         body = self._json(answer)
         if "api_version" not in body:
             raise self._not_a_backend(f"its {protocol.INFO_PATH} has no api_version")
-        if body.get("api_version") != protocol.API_VERSION:
-            raise CaptionRunError(
-                f"the backend at {self.url} speaks API v{body.get('api_version')}, "
-                f"this plugin v{protocol.API_VERSION}: update the older of the two"
-            )
+        problem = protocol.version_problem(body, self.url, "this plugin")
+        if problem is not None:
+            raise CaptionRunError(problem)
         self._info = body
         return body
 
