@@ -11,7 +11,6 @@ import argparse
 import math
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ccexpert_core import protocol
@@ -19,6 +18,7 @@ from ccexpert_core.errors import CCExpertError
 
 if TYPE_CHECKING:
     from ccexpert_core.geo.dates import DateLabel
+    from ccexpert_core.geo.sources import RasterLocation
 
 _OVERLAP = re.compile(r"^\s*(\d+|\d+(\.\d+)?%)\s*$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -133,12 +133,27 @@ def date_label_value(text: str) -> "DateLabel":
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def dated_path_value(text: str) -> "tuple[DateLabel, Path]":
-    """``LABEL=PATH``: a date label and the raster of that date."""
+def raster_value(text: str) -> "RasterLocation":
+    """A raster GDAL opens: a local path, an ``http(s)://``, ``s3://``, ``gs://`` or ``az://`` URL or a GDAL path
+    (``/vsicurl/…``, ``/vsis3/…``), or a STAC item's JSON; a URL is never read as a local path."""
+    from ccexpert_core.geo.sources import RasterLocation
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a raster's path or URL, not empty")
+    return RasterLocation.of(text)
+
+
+def dated_path_value(text: str) -> "tuple[DateLabel | None, RasterLocation]":
+    """``LABEL=RASTER``: a date label and the raster of that date (as :func:`raster_value` reads it); a STAC item
+    may come without its label (``--date item.json``), which the item's date then gives."""
     from ccexpert_core.geo.dates import parse_date_argument
 
     try:
-        label, path = parse_date_argument(text)
+        label, raster = parse_date_argument(text)
     except ValueError as error:
+        from ccexpert_core.geo.stac import is_item
+
+        if is_item(raster_value(text)):
+            return None, raster_value(text)
         raise argparse.ArgumentTypeError(str(error)) from None
-    return label, Path(path)
+    return label, raster_value(raster)

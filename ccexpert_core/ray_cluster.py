@@ -227,12 +227,12 @@ class RayCluster:
         return [node for node in ray.nodes() if node.get("Alive")]
 
     def check_nodes(
-        self, modules: Sequence[str] = CAPTION_MODULES, rasters: Sequence[tuple[str, Path]] = (),
+        self, modules: Sequence[str] = CAPTION_MODULES, rasters: Sequence[tuple[str, str]] = (),
         model: str | None = None,
     ) -> None:
         """Ask every node, once, whether it can do the work: ``modules`` importable with this ccexpert version,
-        each ``(role, path)`` raster readable, the ``model`` folder present (None: the default model, which every
-        node must have the same). Raises CCExpertError naming the node and what to do."""
+        each ``(role, GDAL path)`` raster readable (a file, or a URL), the ``model`` folder present (None: the
+        default model, which every node must have the same). Raises CCExpertError naming the node and what to do."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -240,7 +240,7 @@ class RayCluster:
 
         check = ray.remote(_node_check())
         nodes = self.alive_nodes()
-        raster_paths = [(role, str(path)) for role, path in rasters]
+        raster_paths = list(rasters)
         calls = [
             check.options(
                 num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),

@@ -153,14 +153,14 @@ def test_an_engine_that_keeps_failing_stops_the_run(tmp_path: Path) -> None:
 def test_a_reader_error_reaches_the_caller_and_keeps_written_batches(tmp_path: Path, monkeypatch) -> None:
     before, after = write_pair(tmp_path, size=160)
     out = tmp_path / "out.gpkg"
-    original = RasterSeries.read_dates
+    original = RasterSeries.read_tiles
 
-    def read_dates(dates: RasterSeries, tile):
-        if tile.row == 2:
+    def read_tiles(dates: RasterSeries, tiles):
+        if any(tile.row == 2 for tile in tiles):
             raise MemoryError("out of memory while reading")
-        return original(dates, tile)
+        return original(dates, tiles)
 
-    monkeypatch.setattr(RasterSeries, "read_dates", read_dates)
+    monkeypatch.setattr(RasterSeries, "read_tiles", read_tiles)
     with pytest.raises(MemoryError):
         run(before, after, out, FakeEngine())
     assert len(statuses(out)) == 4  # the first batch (row 0 and part of row 1) was written

@@ -18,6 +18,7 @@ from ccexpert_core.options import (
     int_in,
     numbers,
     overlap_value,
+    raster_value,
 )
 
 if TYPE_CHECKING:
@@ -48,14 +49,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "written, or the work done kept); 130 when interrupted (the work done kept)."
         ),
     )
-    parser.add_argument("--before", type=Path, help="the earlier raster (any format GDAL reads)")
-    parser.add_argument("--after", type=Path, help="the later raster")
+    parser.add_argument(
+        "--before", type=raster_value, metavar="RASTER",
+        help="the earlier raster: any GDAL reads, as a path, an http(s)://, s3://, gs:// or az:// URL or a /vsi… path "
+             "(credentials from the environment, as GDAL reads them), or a STAC item's JSON (file or URL)",
+    )
+    parser.add_argument("--after", type=raster_value, metavar="RASTER", help="the later raster (as --before)")
     parser.add_argument("--before-date", type=date_label_value, metavar="DATE",
                         help="BEFORE's date (2016, 2016-05 or 2016-05-12; default: its metadata, if it says)")
     parser.add_argument("--after-date", type=date_label_value, metavar="DATE", help="AFTER's date")
     parser.add_argument(
-        "--date", type=dated_path_value, action="append", metavar="DATE=PATH",
-        help="a series instead of --before/--after: repeat for two or more dates, in time order (2016=a.tif)",
+        "--date", type=dated_path_value, action="append", metavar="DATE=RASTER",
+        help="a series instead of --before/--after: repeat for two or more dates, in time order (2016=a.tif); a STAC "
+             "item may come without its date, which the item gives (--date item.json)",
+    )
+    parser.add_argument(
+        "--stac-asset", metavar="NAME",
+        help="which asset of the STAC items to read, by name or role (default: the 'visual' one, else 'rgb', else "
+             "the item's only raster)",
     )
     parser.add_argument(
         "--first-to-last", action="store_true", help="for a series, also caption the first date against the last"
@@ -138,7 +149,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _dates(args: argparse.Namespace) -> list:  # -> list[DateInput]
     """The run's dates: ``--date`` repeated, or ``--before``/``--after`` with their optional dates."""
     from ccexpert_core.errors import CCExpertError
-    from ccexpert_core.geo.region import DateInput
+    from ccexpert_core.geo.region import DateInput, log_to_stderr
+    from ccexpert_core.geo.stac import dated_rasters
 
     pair_given = [name for name in ("before", "after", "before_date", "after_date") if getattr(args, name)]
     if args.date:
@@ -146,13 +158,15 @@ def _dates(args: argparse.Namespace) -> list:  # -> list[DateInput]
             raise CCExpertError(f"give either --date (repeated) or --before/--after, not both "
                                 f"(--{pair_given[0].replace('_', '-')} with --date)")
         if len(args.date) < 2:
-            raise CCExpertError("a series needs two or more dates: repeat --date DATE=PATH, in time order")
-        return [DateInput(path, label) for label, path in args.date]
-    if args.before is None or args.after is None:
-        raise CCExpertError("give --before and --after (two rasters), or --date DATE=PATH repeated for a series")
-    if args.first_to_last:
+            raise CCExpertError("a series needs two or more dates: repeat --date DATE=RASTER, in time order")
+        given = [(f"--date {label or raster}", raster, label) for label, raster in args.date]
+    elif args.before is None or args.after is None:
+        raise CCExpertError("give --before and --after (two rasters), or --date DATE=RASTER repeated for a series")
+    elif args.first_to_last:
         raise CCExpertError("--first-to-last is for a series of three or more dates (--date repeated)")
-    return [DateInput(args.before, args.before_date), DateInput(args.after, args.after_date)]
+    else:
+        given = [("--before", args.before, args.before_date), ("--after", args.after, args.after_date)]
+    return [DateInput(*dated) for dated in dated_rasters(given, args.stac_asset, log_to_stderr)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,7 +237,7 @@ def _captioning(args: argparse.Namespace, dates: list) -> Iterator[Callable[[], 
 
     def on_ray() -> Captioning:
         print_model_note(model)
-        return region.open(model, [(role, date.path) for role, date in zip(roles, dates)])
+        return region.open(model, [(role, date.raster) for role, date in zip(roles, dates)])
 
     try:
         yield on_ray

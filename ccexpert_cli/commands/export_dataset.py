@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ccexpert_core.options import dated_path_value
+from ccexpert_core.options import dated_path_value, raster_value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,12 +21,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--captions", type=Path, required=True, help="the GeoPackage caption-region or QGIS wrote")
-    parser.add_argument("--before", type=Path, help="the run's earlier raster (a two-date run)")
-    parser.add_argument("--after", type=Path, help="the run's later raster")
     parser.add_argument(
-        "--date", type=dated_path_value, action="append", metavar="DATE=PATH",
+        "--before", type=raster_value, metavar="RASTER",
+        help="the run's earlier raster, as the run was given it (a path, a URL or a STAC item; a two-date run)",
+    )
+    parser.add_argument("--after", type=raster_value, metavar="RASTER", help="the run's later raster")
+    parser.add_argument(
+        "--date", type=dated_path_value, action="append", metavar="DATE=RASTER",
         help="a date of the run and its raster, instead of --before/--after: repeat for each date (2016=a.tif)",
     )
+    parser.add_argument("--stac-asset", metavar="NAME", help="the STAC items' asset the run read (as caption-region)")
     parser.add_argument("--out", type=Path, required=True, help="the dataset folder to write (new, or empty)")
     parser.add_argument(
         "--include-unreviewed", action="store_true",
@@ -40,15 +44,19 @@ def run(args: argparse.Namespace) -> int:
     """Export, and say what was exported."""
     from ccexpert_core.errors import CCExpertError
     from ccexpert_core.geo.export import DatedRaster, export_dataset
+    from ccexpert_core.geo.stac import dated_rasters
 
     if args.date and (args.before or args.after):
         raise CCExpertError("give either --date (repeated) or --before/--after, not both")
     if args.date:
-        rasters = [DatedRaster(path, label) for label, path in args.date]
+        given = [(f"--date {label or raster}", raster, label) for label, raster in args.date]
     elif args.before and args.after:
-        rasters = [DatedRaster(args.before), DatedRaster(args.after)]
+        given = [("--before", args.before, None), ("--after", args.after, None)]
     else:
-        raise CCExpertError("give the run's rasters: --before and --after, or --date DATE=PATH for each date")
+        raise CCExpertError("give the run's rasters: --before and --after, or --date DATE=RASTER for each date")
+    # --before/--after are matched to the run's two dates by position, whatever date a STAC item gives them.
+    rasters = [DatedRaster(raster, label if args.date else None)
+               for raster, label in dated_rasters(given, args.stac_asset, print)]
     summary = export_dataset(args.captions, args.out, rasters, args.include_unreviewed, args.layer)
     counts = summary.counts
     parts = [f"{counts['corrected']} corrected", f"{counts['accepted']} accepted"]

@@ -4,8 +4,8 @@ A reviewed feature's caption is the analyst's (``corrected``: ``reviewed_caption
 ``caption``); unreviewed captioned features join only when asked. Each chip holds exactly the pixels the run gave
 the model for that tile and interval: the run's grid, bands and 8-bit mapping are rebuilt from the options stored
 with the layer (``ccexpert_run_options``) by the same code that read them (:class:`~ccexpert_core.geo.raster.
-RasterSeries`), from the rasters the run read, which are checked by name, grid, size and CRS (and against the
-layer's thumbnails where the run stored them).
+RasterSeries`), from the rasters the run read — local files or URLs, as the run was given them — which are checked
+by name, grid, size and CRS (and against the layer's thumbnails where the run stored them).
 
 One limit: for data that is not 8-bit captioned without ``--range``, the run fitted its 2-98 % stretch over the tiles
 of its area; the export fits it over the layer's tiles, which are the same for a run that went to its end (a run
@@ -44,9 +44,10 @@ from ccexpert_core.geo import schema
 from ccexpert_core.geo.dates import DateLabel
 from ccexpert_core.geo.gpkg import timestamp
 from ccexpert_core.geo.grid import Tile, TileGrid
-from ccexpert_core.geo.raster import RasterSeries, crs_text, open_raster, same_crs
+from ccexpert_core.geo.raster import RasterSeries, crs_text, open_raster, read_environment, same_crs
 from ccexpert_core.geo.report import thumbnail
 from ccexpert_core.geo.run_files import roll_back_for_reading
+from ccexpert_core.geo.sources import RasterLocation
 
 #: What the export writes in its folder.
 PAIRS_JSON = "pairs.json"
@@ -59,11 +60,15 @@ _UNREVIEWED = "unreviewed"
 
 @dataclass(frozen=True)
 class DatedRaster:
-    """A raster the user gives for the export, with the date label it was given under (``--date LABEL=PATH``) or
-    None (``--before`` / ``--after``)."""
+    """A raster the user gives for the export (a path or URL, made a
+    :class:`~ccexpert_core.geo.sources.RasterLocation`), with the date label it was given under
+    (``--date LABEL=RASTER``) or None (``--before`` / ``--after``)."""
 
-    path: Path
+    location: RasterLocation
     label: DateLabel | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "location", RasterLocation.of(self.location))
 
 
 @dataclass
@@ -186,8 +191,10 @@ def _selected(
     return chosen, left_out
 
 
-def _match_rasters(run: contract.StoredRun, rasters: Sequence[DatedRaster], needed: set[int]) -> dict[int, Path]:
-    """Which given raster is each run date (index → path), every needed date given under the run's name."""
+def _match_rasters(
+    run: contract.StoredRun, rasters: Sequence[DatedRaster], needed: set[int],
+) -> dict[int, RasterLocation]:
+    """Which given raster is each run date (index → where it is), every needed date given under the run's name."""
     if not rasters:
         raise CCExpertError("give the rasters the layer was captioned from: --before and --after, or --date LABEL=PATH")
     labelled = all(raster.label is not None for raster in rasters)
@@ -196,7 +203,7 @@ def _match_rasters(run: contract.StoredRun, rasters: Sequence[DatedRaster], need
             raise CCExpertError(
                 f"the layer's run read {len(run.dates)} dates ({run.described()}): give each as --date LABEL=PATH"
             )
-        given = dict(enumerate(raster.path for raster in rasters))
+        given = dict(enumerate(raster.location for raster in rasters))
         roles = {0: "--before", 1: "--after"}
     else:
         labels = {date.label: index for index, date in enumerate(run.dates) if date.label}
@@ -206,7 +213,7 @@ def _match_rasters(run: contract.StoredRun, rasters: Sequence[DatedRaster], need
             if text not in labels:
                 known = ", ".join(labels) or "none: give --before and --after"
                 raise CCExpertError(f"--date {text}=…: the layer's run has no date {text} (its dates: {known})")
-            given[labels[text]] = raster.path
+            given[labels[text]] = raster.location
             roles[labels[text]] = f"--date {text}"
     for index in sorted(needed | {0}):  # the first date: its grid is the run's
         label, name = run.dates[index].label, run.dates[index].name
@@ -221,7 +228,7 @@ def _match_rasters(run: contract.StoredRun, rasters: Sequence[DatedRaster], need
     return {index: path for index, path in given.items() if index in needed | {0}}
 
 
-def _open_rasters(paths: dict[int, Path], run: contract.StoredRun) -> tuple[RasterSeries, list[int]]:
+def _open_rasters(paths: dict[int, RasterLocation], run: contract.StoredRun) -> tuple[RasterSeries, list[int]]:
     """The given dates (in time order, the run's first date first) on the run's grid and their run indexes; the
     grid, size and CRS must be the stored ones (resampled to a resolution as the run did, where it did)."""
     order = sorted(paths)
@@ -303,21 +310,23 @@ def export_dataset(
     except IndexError:
         raise CCExpertError(f"{captions}: a feature's interval is not one of the run's {len(run.intervals)}") from None
     paths = _match_rasters(run, rasters, {index for pair in wanted for index in pair})
-    series, order = _open_rasters(paths, run)
-    with series:
-        grid = _grid(series, run)
-        tiles = {tile.tile_id: tile for tile in grid.tiles()}
-        stray = sorted({feature.tile_id for feature in data.features} - set(tiles))
-        if stray:
-            raise CCExpertError(f"{captions}: tile {stray[0]} is not in the grid its run options describe")
-        # The run fitted its 8-bit mapping over its area's tiles: the layer's tiles.
-        series.fit_stretch([tiles[tile_id] for tile_id in {f.tile_id for f in data.features}], run.value_range)
-        created = not out.exists()
-        try:
-            return _write(out, Path(captions), chosen, run, series, order, tiles, data, left_out, include_unreviewed)
-        except BaseException:
-            _remove_written(out, created)
-            raise
+    with read_environment():  # GDAL's settings for remote rasters, as the run had them
+        series, order = _open_rasters(paths, run)
+        with series:
+            grid = _grid(series, run)
+            tiles = {tile.tile_id: tile for tile in grid.tiles()}
+            stray = sorted({feature.tile_id for feature in data.features} - set(tiles))
+            if stray:
+                raise CCExpertError(f"{captions}: tile {stray[0]} is not in the grid its run options describe")
+            # The run fitted its 8-bit mapping over its area's tiles: the layer's tiles.
+            series.fit_stretch([tiles[tile_id] for tile_id in {f.tile_id for f in data.features}], run.value_range)
+            created = not out.exists()
+            try:
+                return _write(out, Path(captions), chosen, run, series, order, tiles, data, left_out,
+                              include_unreviewed)
+            except BaseException:
+                _remove_written(out, created)
+                raise
 
 
 def _remove_written(out: Path, created: bool) -> None:

@@ -6,14 +6,19 @@ repeated to grey RGB), and data that is not 8-bit is mapped to 8-bit with a perc
 raster over the area or with a fixed value range. Nodata values, masks, alpha bands and pixels outside a raster
 count as nodata. Those value rules are :mod:`ccexpert_core.geo.pixels`, shared with the QGIS plugin; this module
 does the reading.
+
+A date is any raster GDAL opens, where :class:`~ccexpert_core.geo.sources.RasterLocation` says it is: a local file,
+or a COG over HTTP or object storage. Reads follow the raster's blocks: the tiles of a row read side by side are one
+window per date (for a remote COG tiled at the run's tile size, one request for the row's blocks), and a read that
+fails (after GDAL's retries) is an error for those tiles only.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +27,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.env import get_gdal_config
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -32,6 +38,7 @@ from ccexpert_core.geo import run_contract
 from ccexpert_core.geo.gpkg import SpatialRef
 from ccexpert_core.geo.grid import Bounds, GeoTransform, Tile, pixel_to_geo, tiles_window
 from ccexpert_core.geo.pixels import STATS_READ_SIZE, Stretch, decimated_shape, pick_bands, to_rgb
+from ccexpert_core.geo.sources import READDIR_OPTION, REMOTE_READDIR, RasterLocation, cloud_defaults
 
 #: GDAL's block cache during a run. Its default (5 % of the RAM) fills up as a region is read, so memory would
 #: grow with the region; this holds a row of tiles' blocks of common rasters. ``GDAL_CACHEMAX`` overrides it
@@ -40,6 +47,12 @@ READ_CACHE_BYTES = 64 * 2**20
 
 #: GDAL counts pixels along a side in a C int.
 MAX_GRID_SIDE = 2**31 - 1
+#: The widest window (in pixels) read at once for tiles side by side: a few MB of 8-bit RGB a row of tiles.
+ROW_READ_PIXELS = 8192
+
+#: Opening a remote raster sets GDAL's directory-listing option for a moment, process-wide on the main thread: no
+#: other raster of this module opens meanwhile (a local one would miss its side files).
+_OPENING = threading.Lock()
 
 Log = Callable[[str], None]
 
@@ -99,12 +112,18 @@ class PixelGrid:
         return PixelGrid(self.crs, transform, width, height)
 
 
-def bounded_read_cache() -> rasterio.Env:
-    """A rasterio environment with GDAL's block cache at :data:`READ_CACHE_BYTES` (unless ``GDAL_CACHEMAX`` is
-    set); the cache size is process-wide, so it also holds for the reader thread."""
-    if "GDAL_CACHEMAX" in os.environ:
-        return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES)
+def read_environment() -> rasterio.Env:
+    """A rasterio environment for a run's reads: GDAL's block cache at :data:`READ_CACHE_BYTES` and GDAL's settings
+    for remote rasters (:data:`~ccexpert_core.geo.sources.CLOUD_DEFAULTS`), each unless the user set it (in the
+    environment, as GDAL reads it). Entered on the main thread, the settings are process-wide: they hold for the
+    reader threads too."""
+    cache = {} if _is_set("GDAL_CACHEMAX") else {"GDAL_CACHEMAX": READ_CACHE_BYTES}
+    return rasterio.Env(**cache, **cloud_defaults(_is_set))
+
+
+def _is_set(key: str) -> bool:
+    """Whether GDAL has a value for the setting ``key`` (from the environment or an enclosing environment)."""
+    return get_gdal_config(key) is not None
 
 
 def crs_name(crs: CRS) -> str:
@@ -135,25 +154,58 @@ def spatial_ref(crs: CRS) -> SpatialRef:
     return SpatialRef(crs_name(crs), None, "NONE", None, wkt)
 
 
-def open_raster(path: Path, role: str) -> rasterio.DatasetReader:
-    """Open a georeferenced raster, with errors that say which input is wrong and why."""
-    if not Path(path).is_file():
-        raise CCExpertError(f"{role} raster not found: {path}")
+def open_raster(location: RasterLocation | Path | str, role: str) -> rasterio.DatasetReader:
+    """Open a georeferenced raster, local or remote, with errors that say which input is wrong and why (never a
+    URL's credentials)."""
+    location = RasterLocation.of(location)
+    local = location.local
+    if local is not None and not local.is_file():
+        raise CCExpertError(f"{role} raster not found: {local}")
     try:
         with warnings.catch_warnings():
             # A raster without georeferencing is refused just below, with a clearer message.
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            dataset = rasterio.open(path)
+            dataset = _open_dataset(location)
     except RasterioError as error:
-        raise CCExpertError(f"{role} raster {path} cannot be read: not a raster format GDAL knows ({error})") from None
+        raise CCExpertError(_unreadable(location, role, error)) from None
     if dataset.crs is None:
         dataset.close()
+        side_files = (
+            f" (a remote raster is opened without its side files, such as a .tfw or .aux.xml: set "
+            f"{READDIR_OPTION}=NO to read them)" if location.remote else ""
+        )
         raise CCExpertError(
-            f"{role} raster {path} has no coordinate reference system: give a georeferenced raster "
+            f"{role} raster {location} has no coordinate reference system{side_files}: give a georeferenced raster "
             "(e.g. a GeoTIFF with a CRS)"
         )
     return dataset
 
+
+def _open_dataset(location: RasterLocation) -> rasterio.DatasetReader:
+    """``rasterio.open``, without listing a remote raster's folder or asking for side files (a request each), unless
+    the user set how GDAL lists folders on open."""
+    with _OPENING:
+        if not location.remote or _is_set(READDIR_OPTION):
+            return rasterio.open(location.gdal_path)
+        with rasterio.Env(**{READDIR_OPTION: REMOTE_READDIR}):
+            return rasterio.open(location.gdal_path)
+
+
+def _unreadable(location: RasterLocation, role: str, error: RasterioError) -> str:
+    """Why a raster cannot be opened, in a line without its credentials."""
+    said = _without_credentials(str(error), location)
+    if not location.remote:
+        return f"{role} raster {location} cannot be read: not a raster format GDAL knows ({said})"
+    if "not recognized as being in a supported file format" in said:
+        said = "the server answered, but not with a raster GDAL knows"
+    return (f"{role} raster {location} cannot be read: {said}: check the address, that the server answers from here "
+            "and, for a private bucket or server, the credentials in the environment (AWS_*, GS_*, AZURE_*, "
+            "GDAL_HTTP_*)")
+
+
+def _without_credentials(text: str, location: RasterLocation) -> str:
+    """GDAL's message about ``location``, with the raster named as it is shown (GDAL names it as it was opened)."""
+    return location.redact(text).strip().rstrip(".")
 
 def _pick_bands(count: int, bands: Sequence[int] | None, role: str, log: Log) -> tuple[int, ...]:
     """:func:`~ccexpert_core.geo.pixels.pick_bands` in the command's words (its option, its warnings)."""
@@ -166,10 +218,12 @@ def _pick_bands(count: int, bands: Sequence[int] | None, role: str, log: Log) ->
 class DateSource:
     """One date seen on the working grid: its bands, its 8-bit mapping and its validity mask."""
 
-    def __init__(self, path: Path, role: str, grid: PixelGrid, bands: Sequence[int] | None, log: Log) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, location: RasterLocation | Path | str, role: str, grid: PixelGrid, bands: Sequence[int] | None, log: Log,
+    ) -> None:
+        self.location = RasterLocation.of(location)
         self.role = role
-        self.dataset = open_raster(self.path, role)
+        self.dataset = open_raster(self.location, role)
         try:
             self.bands = _pick_bands(self.dataset.count, bands, role, log)
             self.is_float = np.issubdtype(np.dtype(self.dataset.dtypes[self.bands[0] - 1]), np.floating)
@@ -205,9 +259,34 @@ class DateSource:
     def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(rgb, valid)``: H×W×3 uint8 (invalid pixels black) and the H×W validity of every picked band."""
         shape = None if out_shape is None else (len(self.bands), *out_shape)
-        data = self.view.read(self.bands, window=window, out_shape=shape)
-        masks = self.view.read_masks(self.bands, window=window, out_shape=shape)
+        data, masks = self._values(window, shape)
         return to_rgb(data, masks, self.stretch, self.is_float)
+
+    def read_row(self, tiles: Sequence[Tile]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each of ``tiles`` (side by side in one row of the grid) as :meth:`read` gives it: one window for them all
+        where this date is read on its own grid (the same values, cut apart), each tile alone through a warped view
+        (whose resampling is computed per window)."""
+        if len(tiles) == 1 or self.view is not self.dataset:
+            return [self.read(Window(t.x, t.y, t.width, t.height)) for t in tiles]
+        x0, y0 = tiles[0].x, tiles[0].y
+        data, masks = self._values(Window(x0, y0, max(t.x + t.width for t in tiles) - x0, tiles[0].height), None)
+        return [
+            to_rgb(data[:, :, t.x - x0 : t.x - x0 + t.width], masks[:, :, t.x - x0 : t.x - x0 + t.width], self.stretch,
+                   self.is_float)
+            for t in tiles
+        ]
+
+    def _values(self, window: Window, shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+        """The picked bands' values and masks over ``window``; a failed read (a remote one after GDAL's retries)
+        is a RasterioError that names this date, as it is shown."""
+        try:
+            data = self.view.read(self.bands, window=window, out_shape=shape)
+            masks = self.view.read_masks(self.bands, window=window, out_shape=shape)
+        except RasterioError as error:
+            # rasterio says "Read failed. See previous exception" and chains GDAL's own words (a CURL error…).
+            said = _without_credentials(str(error.__cause__ or error), self.location)
+            raise type(error)(f"{self.role} ({self.location}): {said}") from None
+        return data, masks
 
 
 class RasterSeries:
@@ -220,7 +299,7 @@ class RasterSeries:
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[RasterLocation | Path | str],
         roles: Sequence[str] | None = None,
         bands: Sequence[int] | None = None,
         resolution: float | None = None,
@@ -251,7 +330,7 @@ class RasterSeries:
         for date in self.dates[1:]:
             aligned = PixelGrid.of(date.dataset)
             if aligned != native:
-                log(f"{date.role} ({date.path.name}) is aligned onto {roles[0]}'s grid with bilinear resampling: "
+                log(f"{date.role} ({date.location.name}) is aligned onto {roles[0]}'s grid with bilinear resampling: "
                     f"{_grid_difference(aligned, native)}")
 
     def _check_overlap(self, date: DateSource) -> None:
@@ -264,8 +343,8 @@ class RasterSeries:
             raise CCExpertError(f"{date.role}'s CRS cannot be transformed to {first.role}'s: {error}") from None
         if ax0 >= bx1 or ax1 <= bx0 or ay0 >= by1 or ay1 <= by0:
             raise CCExpertError(
-                f"{first.role} ({first.path.name}) and {date.role} ({date.path.name}) do not overlap: {first.role} "
-                f"covers {format_bounds((bx0, by0, bx1, by1))}, {date.role} covers "
+                f"{first.role} ({first.location.name}) and {date.role} ({date.location.name}) do not overlap: "
+                f"{first.role} covers {format_bounds((bx0, by0, bx1, by1))}, {date.role} covers "
                 f"{format_bounds((ax0, ay0, ax1, ay1))} (in {crs_name(self.grid.crs)})"
             )
 
@@ -290,7 +369,7 @@ class RasterSeries:
         """How to open these rasters again exactly as they are read here, stretch included (call after
         :meth:`fit_stretch`): for reader threads, which need rasters of their own, and for other processes."""
         return SeriesSource(
-            tuple(date.path for date in self.dates), tuple(date.role for date in self.dates), self._bands,
+            tuple(date.location for date in self.dates), tuple(date.role for date in self.dates), self._bands,
             self._resolution, tuple(date.stretch for date in self.dates),
         )
 
@@ -298,6 +377,20 @@ class RasterSeries:
         """Every date's ``(rgb, valid)`` of a tile (see :meth:`DateSource.read`)."""
         window = Window(tile.x, tile.y, tile.width, tile.height)
         return [date.read(window) for date in self.dates]
+
+    def read_tiles(self, tiles: Sequence[Tile]) -> list[list[tuple[np.ndarray, np.ndarray]] | RasterioError]:
+        """For each tile, every date's ``(rgb, valid)`` as :meth:`read_dates` gives it, or the error that kept it
+        from being read. Tiles side by side in a row are read together (:meth:`DateSource.read_row`); a failed read
+        fails the tiles it was for."""
+        read: list[list[tuple[np.ndarray, np.ndarray]] | RasterioError] = []
+        for row in _side_by_side(tiles):
+            try:
+                per_date = [date.read_row(row) for date in self.dates]
+            except RasterioError as error:
+                read.extend(error for _ in row)
+                continue
+            read.extend([reads[k] for reads in per_date] for k in range(len(row)))
+        return read
 
     def overview(self, tiles: Sequence[Tile], max_size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The first date over the tiles' extent, decimated to at most ``max_size`` pixels a side:
@@ -309,10 +402,10 @@ class RasterSeries:
 
 @dataclass(frozen=True)
 class SeriesSource:
-    """What opens a run's rasters as the run reads them: paths, roles, bands, resolution and each date's fitted
-    8-bit mapping. Picklable, so that reader threads and other processes read the very pixels the run would."""
+    """What opens a run's rasters as the run reads them: where they are, roles, bands, resolution and each date's
+    fitted 8-bit mapping. Picklable, so that reader threads and other processes read the very pixels the run would."""
 
-    paths: tuple[Path, ...]
+    locations: tuple[RasterLocation, ...]
     roles: tuple[str, ...]
     bands: tuple[int, ...] | None
     resolution: float | None
@@ -320,10 +413,33 @@ class SeriesSource:
 
     def open(self) -> RasterSeries:
         """The rasters, opened with the run's mapping."""
-        series = RasterSeries(self.paths, self.roles, self.bands, self.resolution, log=lambda message: None)
+        series = RasterSeries(self.locations, self.roles, self.bands, self.resolution, log=lambda message: None)
         for date, stretch in zip(series.dates, self.stretches):
             date.stretch = stretch
         return series
+
+
+def _side_by_side(tiles: Sequence[Tile]) -> Iterator[list[Tile]]:
+    """``tiles`` in their order, in runs of tiles of one grid row that touch or overlap the one before (at most
+    :data:`ROW_READ_PIXELS` wide): what one window reads."""
+    row: list[Tile] = []
+    for tile in tiles:
+        if row and _continues(row, tile):
+            row.append(tile)
+            continue
+        if row:
+            yield row
+        row = [tile]
+    if row:
+        yield row
+
+
+def _continues(row: Sequence[Tile], tile: Tile) -> bool:
+    """Whether ``tile`` lies on ``row``'s grid row, right after its last tile (touching or overlapping it), within
+    :data:`ROW_READ_PIXELS` of its start."""
+    last = row[-1]
+    same_row = (tile.y, tile.height) == (row[0].y, row[0].height)
+    return same_row and last.x < tile.x <= last.x + last.width and tile.x + tile.width - row[0].x <= ROW_READ_PIXELS
 
 
 def _grid_difference(source: PixelGrid, target: PixelGrid) -> str:

@@ -17,7 +17,8 @@ The pipeline, one Ray Data stream::
 - Only pending tiles are ever given to the cluster (region.py resumes); nothing but tile windows goes out and
   nothing but outcomes comes back, so the driver's memory stays bounded by the batches in flight.
 
-The rasters and the model must be readable from every node at the same path (a shared file system);
+The rasters and the model must be readable from every node at the same path (a shared file system) or URL (each
+node's environment then holds the credentials GDAL reads, and reads with the run's GDAL settings);
 :class:`~ccexpert_core.ray_cluster.RayCluster` checks each node before any tile is sent. Ray is imported
 here and only here; ``import ccexpert_core`` never imports it.
 """
@@ -37,8 +38,9 @@ import numpy as np
 
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.grid import Tile
-from ccexpert_core.geo.raster import SeriesSource
+from ccexpert_core.geo.raster import SeriesSource, read_environment
 from ccexpert_core.geo.runner import BatchOutcome, Needed, ReadBatch, Reading, finish_batch, read_batch
+from ccexpert_core.geo.sources import RasterLocation
 from ccexpert_core.model_card import describe_model
 from ccexpert_core.ray_cluster import CAPTION_MODULES, RayCluster, WorkerPlan, last_line, worker_model
 
@@ -102,18 +104,19 @@ def _read_batches(
         tiles = _unpack(packed)
         _trace(trace, "read", tiles)
         messages: list[str] = []
-        try:
-            dates = source.open()
-        except CCExpertError as error:
-            items.append(_Item(int(index), error=(
-                f"a Ray worker on {socket.gethostname()} cannot open the rasters ({error}): on Ray they must be "
-                "readable from every node at the same path (a shared file system)"
-            )))
-            continue
-        try:
-            read = read_batch(dates, tiles, replace(reading, log=messages.append), json.loads(needed) or None)
-        finally:
-            dates.close()
+        with read_environment():
+            try:
+                dates = source.open()
+            except CCExpertError as error:
+                items.append(_Item(int(index), error=(
+                    f"a Ray worker on {socket.gethostname()} cannot open the rasters ({error}): on Ray they must be "
+                    "readable from every node at the same path (a shared file system) or URL"
+                )))
+                continue
+            try:
+                read = read_batch(dates, tiles, replace(reading, log=messages.append), json.loads(needed) or None)
+            finally:
+                dates.close()
         items.append(_Item(int(index), read=read, log=tuple(messages)))
     return {"item": _objects(items)}
 
@@ -153,7 +156,7 @@ class _CaptionActor:
 
 def _absolute(source: SeriesSource) -> SeriesSource:
     """The source with absolute paths: workers would resolve relative ones against their own folders."""
-    return replace(source, paths=tuple(Path(path).absolute() for path in source.paths))
+    return replace(source, locations=tuple(location.absolute() for location in source.locations))
 
 
 @dataclass(frozen=True)
@@ -264,13 +267,20 @@ class RayRegion:
         self.workers, self.gpus_per_worker = workers, gpus_per_worker
         self.log, self.trace = log, trace
 
-    def open(self, model: str, rasters: Sequence[tuple[str, Path]]) -> RayCaptioning:
-        """Connect, plan the workers (one CPU left to read), check that every node can open the ``(role, path)``
+    def open(self, model: str, rasters: Sequence[tuple[str, RasterLocation]]) -> RayCaptioning:
+        """Connect, plan the workers (one CPU left to read), check that every node can open the ``(role, raster)``
         rasters and load ``model`` (what ``--model`` gave, or the default model)."""
         self.cluster.connect()
         plan = self.cluster.plan(self.workers, self.gpus_per_worker, spare_cpus=1)
         loaded = worker_model(model)
-        self.cluster.check_nodes(CAPTION_MODULES, [(role, Path(path).absolute()) for role, path in rasters], loaded)
+        located = [(role, RasterLocation.of(raster).absolute()) for role, raster in rasters]
+        try:
+            self.cluster.check_nodes(CAPTION_MODULES, [(role, where.gdal_path) for role, where in located], loaded)
+        except CCExpertError as error:  # a node names a raster as it was opened: said without its credentials
+            said = str(error)
+            for _, where in located:
+                said = where.redact(said)
+            raise CCExpertError(said) from None
         card = describe_model(model)  # the id a local run of this model writes, without loading it here
         former = () if model.startswith("preset:") else (model, str(Path(model).resolve()))
         captioning = RayCaptioning(card.model_id, loaded, plan, self.cluster.describe(), card.note, former, self.log,

@@ -35,10 +35,11 @@ from ccexpert_core.geo.changes import tile_changes
 from ccexpert_core.geo.dates import DateLabel, date_from_metadata
 from ccexpert_core.geo.gpkg import timestamp
 from ccexpert_core.geo.grid import Area, Bounds, Tile, TileGrid
-from ccexpert_core.geo.raster import RasterSeries, bounded_read_cache, crs_name, crs_text, format_bounds, spatial_ref
+from ccexpert_core.geo.raster import RasterSeries, crs_name, crs_text, format_bounds, read_environment, spatial_ref
 from ccexpert_core.geo.report import Overview, write_report
 from ccexpert_core.geo.run_files import check_run_paths
 from ccexpert_core.geo.runner import BatchOutcome, Captioning, Needed, Reading
+from ccexpert_core.geo.sources import RasterLocation
 from ccexpert_core.series import Interval
 
 OVERVIEW_SIZE = 1024
@@ -87,10 +88,15 @@ class RegionSummary:
 
 @dataclass(frozen=True)
 class DateInput:
-    """One date of a run: its raster, and its date label where known (None: the raster's metadata, if it says)."""
+    """One date of a run: where its raster is (a path or URL is made a
+    :class:`~ccexpert_core.geo.sources.RasterLocation`), and its date label where known (None: the raster's
+    metadata, if it says)."""
 
-    path: Path
+    raster: RasterLocation
     label: DateLabel | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "raster", RasterLocation.of(self.raster))
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,8 @@ def caption_region(
     options: RegionOptions = RegionOptions(), **keywords: object,
 ) -> RegionSummary:
     """:func:`caption_dates` of two rasters (their dates from their metadata, if it says)."""
-    return caption_dates([DateInput(Path(before)), DateInput(Path(after))], out, open_captioning, options, **keywords)
+    dates = [DateInput(RasterLocation.of(before)), DateInput(RasterLocation.of(after))]
+    return caption_dates(dates, out, open_captioning, options, **keywords)
 
 
 def caption_dates(
@@ -181,9 +188,10 @@ def caption_dates(
     out = Path(out)
     with _refusals():
         roles = _checked(dates, out, options)
-    paths = [Path(date.path) for date in dates]
-    with _refusals(), contract.output_locked(out, TOOL), bounded_read_cache(), RasterSeries(
-            paths, roles, options.bands, options.resolution, log) as series:
+    _say_what_is_withheld(dates, roles, log)
+    rasters = [date.raster for date in dates]
+    with _refusals(), contract.output_locked(out, TOOL), read_environment(), RasterSeries(
+            rasters, roles, options.bands, options.resolution, log) as series:
         plan = _plan(series, [date.label for date in dates], options, log)
         # Everything but the model's id can be checked against an existing output before a large model loads.
         known = _stored_options(series, plan, options, "")
@@ -207,12 +215,13 @@ def _checked(dates: Sequence[DateInput], out: Path, options: RegionOptions) -> l
     if len(dates) < 2:
         raise contract.RunRefused("a run needs two or more dates")
     options.check()
-    names = [Path(date.path).name for date in dates]
+    names = [date.raster.name for date in dates]
     contract.check_time_order([date.label for date in dates], names)
     roles = contract.date_roles(len(dates), [date.label for date in dates])
-    inputs: dict[str, Path | None] = {role: Path(date.path) for role, date in zip(roles, dates)}
-    if len(set(map(str, inputs.values()))) < len(dates) and len(dates) > 2:
+    if len({date.raster.gdal_path for date in dates}) < len(dates) and len(dates) > 2:
         raise contract.RunRefused("the same raster is given for two dates: give one raster per date")
+    # A remote raster is no file of this machine: only local ones can be what an output would overwrite.
+    inputs: dict[str, Path | None] = {role: date.raster.local for role, date in zip(roles, dates)}
     try:
         check_run_paths({**inputs, "--area": options.area_file}, {"--out": out, "--report": options.report})
     except ValueError as error:
@@ -220,11 +229,21 @@ def _checked(dates: Sequence[DateInput], out: Path, options: RegionOptions) -> l
     return roles
 
 
+def _say_what_is_withheld(dates: Sequence[DateInput], roles: Sequence[str], log: Log) -> None:
+    """Say which rasters' addresses are recorded without part of what was given (a URL's user, password or query
+    string: a signed URL's signature), so that no one looks for it in the output."""
+    for role, date in zip(roles, dates):
+        if date.raster.withholds_credentials:
+            log(f"{role} is read from {date.raster.shown}; what its address holds beyond the path (a user, password "
+                "or query string) is used to read it and never written (not to the GeoPackage, its options or the "
+                "report)")
+
+
 def _plan(series: RasterSeries, given: Sequence[DateLabel | None], options: RegionOptions, log: Log) -> _Plan:
     """The run's dates (from the rasters' metadata where not given), intervals, grid and tiles."""
     labels = _labels(series, given, log)
     intervals = contract.run_intervals(len(series.dates), options.first_to_last)
-    dating = contract.Dating.of(labels, [date.path.name for date in series.dates], intervals)
+    dating = contract.Dating.of(labels, [date.location.name for date in series.dates], intervals)
     grid = TileGrid(series.grid.width, series.grid.height, series.grid.gdal_transform, options.tile_size,
                     contract.overlap_px(options.overlap, options.tile_size))
     area = _area(series, options, log)
@@ -246,9 +265,9 @@ def _labels(series: RasterSeries, given: Sequence[DateLabel | None], log: Log) -
         if label is None:
             label = date_from_metadata({**date.dataset.tags(), **date.dataset.tags(ns="IMAGERY")})
             if label is not None:
-                log(f"{date.role} ({date.path.name}) is dated {label} by its metadata")
+                log(f"{date.role} ({date.location.name}) is dated {label} by its metadata")
         labels.append(label)
-    contract.check_time_order(labels, [date.path.name for date in series.dates])
+    contract.check_time_order(labels, [date.location.name for date in series.dates])
     return labels
 
 
@@ -322,7 +341,7 @@ def _write_report(series: RasterSeries, plan: _Plan, out: Path, path: Path, capt
     rgb, (x, y, width, height) = series.overview(plan.tiles, OVERVIEW_SIZE)
     overview = Overview(rgb, plan.grid.bounds(Tile(0, 0, x, y, width, height)))
     wanted = {t.tile_id for t in plan.tiles}
-    facts = {date.role: str(date.path) for date in series.dates}
+    facts = {date.role: date.location.shown for date in series.dates}
     facts.update({"GeoPackage": str(out), "model": captioning.model_id, "CRS": crs_name(series.grid.crs),
                   "written": timestamp()})
     note = f"Note on the model: {captioning.model_note}." if captioning.model_note else ""

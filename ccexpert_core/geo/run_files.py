@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import sys
@@ -23,6 +24,8 @@ LOCK_SUFFIX = ".lock"
 #: What SQLite keeps beside a database while a transaction writes it (rollback journal mode); a "hot" one, left by
 #: a process that died mid-commit, holds the pages to put back.
 JOURNAL_SUFFIX = "-journal"
+#: A URL (``s3://``, ``https://``; once made a path, ``https:/``) or a GDAL virtual path: nowhere a run writes.
+_NOT_LOCAL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+:/|/vsi)")
 
 
 def same_file(first: Path, second: Path) -> bool:
@@ -37,13 +40,18 @@ def same_file(first: Path, second: Path) -> bool:
 
 
 def check_run_paths(inputs: Mapping[str, Path | None], outputs: Mapping[str, Path | None]) -> None:
-    """Refuse outputs that would overwrite an input or each other, that are folders, or whose folder is missing.
+    """Refuse outputs that would overwrite an input or each other, that are folders, or whose folder is missing, and
+    outputs that are no local files (a URL, a GDAL virtual path).
 
-    Keys name the paths as the user gave them (``"--report"``, ``"BEFORE"``); ``None`` values are ignored. Raises
-    ``ValueError`` before anything is written.
+    Keys name the paths as the user gave them (``"--report"``, ``"BEFORE"``); ``None`` values are ignored (a remote
+    input is given as None: no local output can be it). Raises ``ValueError`` before anything is written.
     """
     given_outputs = [(name, Path(path)) for name, path in outputs.items() if path is not None]
     given_inputs = [(name, Path(path)) for name, path in inputs.items() if path is not None]
+    for name, path in given_outputs:
+        if _NOT_LOCAL.match(str(path)):
+            raise ValueError(f"{name} {path} is not a file on this machine: a run writes its outputs to local files "
+                             f"(a URL or GDAL path is read only); give a local path for {name}")
     for index, (name, path) in enumerate(given_outputs):
         for other_name, other in given_inputs + given_outputs[index + 1 :]:
             if same_file(path, other):

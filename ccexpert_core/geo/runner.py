@@ -112,16 +112,17 @@ class Captioning(Protocol):
 
 
 def read_batch(dates: RasterSeries, tiles: Sequence[Tile], reading: Reading, needed: Needed | None = None) -> ReadBatch:
-    """Read each tile's dates; a tile that cannot be read is failed, an interval with too much nodata in either of
-    its dates skipped, the others left to caption. Thumbnails only when asked for (the report)."""
+    """Read each tile's dates (tiles side by side together: :meth:`RasterSeries.read_tiles`); a tile that cannot be
+    read (a remote read that failed after GDAL's retries, say) is failed, so that a rerun reads it again, an interval
+    with too much nodata in either of its dates skipped, the others left to caption. Thumbnails only when asked for
+    (the report)."""
     judged: list[TileOutcome] = []
     to_caption: list[ReadTile] = []
-    for tile in tiles:
+    unread: dict[int, tuple[RasterioError, list[str]]] = {}  # each failed read and its tiles, said once
+    for tile, read in zip(tiles, dates.read_tiles(tiles)):
         wanted = range(len(reading.intervals)) if needed is None or tile.tile_id not in needed else needed[tile.tile_id]
-        try:
-            read = dates.read_dates(tile)
-        except RasterioError as error:
-            reading.log(f"warning: tile {tile.tile_id} could not be read: {error}")
+        if isinstance(read, RasterioError):
+            unread.setdefault(id(read), (read, []))[1].append(tile.tile_id)
             judged.extend(TileOutcome(tile, FAILED, interval=k) for k in wanted)
             continue
         images = tuple(rgb for rgb, _ in read)
@@ -137,6 +138,8 @@ def read_batch(dates: RasterSeries, tiles: Sequence[Tile], reading: Reading, nee
         if to_do:
             work = TileWork(images, tuple(reading.intervals[k] for k in to_do))
             to_caption.append(ReadTile(tile, work, tuple(to_do)))
+    for error, ids in unread.values():
+        reading.log(f"warning: {'tile' if len(ids) == 1 else 'tiles'} {', '.join(ids)} could not be read: {error}")
     return ReadBatch(judged, to_caption)
 
 

@@ -30,8 +30,9 @@ def main(before: str, after: str, out: str, options_json: str) -> None:
         value_range = options.get("value_range")
         pair.fit_stretch(tiles, None if value_range is None else tuple(value_range))
         arrays = {}
-        for tile in tiles:
-            (before_rgb, before_valid), (after_rgb, after_valid) = pair.read_dates(tile)
+        # As a run reads them: the tiles side by side in a row in one window per date.
+        for tile, read in zip(tiles, pair.read_tiles(tiles)):
+            (before_rgb, before_valid), (after_rgb, after_valid) = read
             arrays[f"{tile.tile_id}/before"] = before_rgb
             arrays[f"{tile.tile_id}/after"] = after_rgb
             arrays[f"{tile.tile_id}/nodata"] = np.float64(max(nodata_share(before_valid), nodata_share(after_valid)))
