@@ -49,7 +49,7 @@ from .captions_gpkg import (
 from .change_map import tile_changes
 from .errors import BackendUnavailable, CaptionRunError
 from .png import encode_tile
-from .shared_modules import captions, inflight, pixels, run_contract, run_files, schema
+from .shared_modules import captions, inflight, pixels, run_contract, run_files, schema, sources
 from .shared_modules import grid as tiling
 from .tile_reader import RasterSeriesReader, crs_name, crs_text, format_bounds
 
@@ -73,7 +73,8 @@ class Feedback(Protocol):
 
 @dataclass(frozen=True)
 class RasterInput:
-    """A raster as GDAL opens it, and the name written to the layer (the file's name, as the command writes it)."""
+    """A raster as GDAL opens it, and the name written to the layer (the file's name, as the command writes it: a
+    URL's without its query string)."""
 
     source: str
     name: str
@@ -81,12 +82,12 @@ class RasterInput:
     @classmethod
     def from_source(cls, source: str) -> "RasterInput":
         """A raster named by its file (QGIS appends ``|option`` parts to some sources)."""
-        return cls(source, Path(source.split("|")[0]).name or source)
+        return cls(source, sources.RasterLocation.of(source.split("|")[0]).name)
 
     @property
-    def path(self) -> Path:
-        """The file itself, without QGIS's ``|option`` parts."""
-        return Path(self.source.split("|")[0])
+    def location(self) -> sources.RasterLocation:
+        """Where the raster is (a file, or a URL), without QGIS's ``|option`` parts."""
+        return sources.RasterLocation.of(self.source.split("|")[0])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,7 +222,7 @@ def _check(job: Job) -> None:
     """Options, dates and paths, before anything is opened: an output that is an input is refused here."""
     if len(job.rasters) < 2:
         raise CaptionRunError("choose two or more rasters, one per date")
-    if len({raster.path for raster in job.rasters}) < len(job.rasters):
+    if len({raster.location.gdal_path for raster in job.rasters}) < len(job.rasters):
         raise CaptionRunError("the same raster is chosen for two dates: choose one raster per date")
     if job.in_flight is not None and job.in_flight < 1:
         raise CaptionRunError(f"the requests in flight must be at least 1, not {job.in_flight}")
@@ -238,7 +239,7 @@ def _check(job: Job) -> None:
         _dating(job)
     try:
         run_files.check_run_paths(
-            {f"the {role} raster": raster.path for role, raster in zip(job.roles(), job.rasters)},
+            {f"the {role} raster": raster.location.local for role, raster in zip(job.roles(), job.rasters)},
             {"the output GeoPackage": Path(job.output)},
         )
     except ValueError as error:

@@ -9,12 +9,18 @@ the first three bands are read by default and one band is repeated to grey; data
 are invalid. Those rules on values are the command's own module, bundled (``pixels``); this one reads with GDAL.
 Not thread-safe: a reader is used by one thread at a time; :meth:`RasterSeriesReader.copy` gives another thread
 its own (GDAL datasets cannot be shared between threads).
+
+A raster is any source GDAL opens: a file, or a COG over HTTP or object storage (``/vsicurl/``, ``/vsis3/``… or a
+URL; the bundled ``sources`` says where it is). A remote one is opened and read with GDAL's settings for remote
+reads (retries with back-off, merged ranges, no side files looked for) on the reading thread only, under whatever
+the user or QGIS set, so that QGIS's own layers are read as before; messages name it without its credentials.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +28,7 @@ from osgeo import gdal, gdal_array, osr
 
 from .errors import CaptionRunError
 from .shared_modules import grid as tiling
-from .shared_modules import pixels, run_contract
+from .shared_modules import pixels, run_contract, sources
 
 Log = Callable[[str], None]
 Window = tuple[int, int, int, int]  # x, y, width, height in grid pixels
@@ -128,14 +134,39 @@ class PixelGrid:
         return PixelGrid(self.wkt, (x0, math.copysign(size, a), 0.0, y0, 0.0, math.copysign(size, e)), width, height)
 
 
+@contextmanager
+def remote_settings(location: sources.RasterLocation, opening: bool = False) -> Iterator[None]:
+    """GDAL's settings for reading a remote raster (``sources.CLOUD_DEFAULTS``; on ``opening``, no side files looked
+    for), set on this thread alone while it opens or reads ``location``, under what the user or QGIS set."""
+    if not location.remote:
+        yield
+        return
+    wanted = sources.cloud_defaults(lambda key: gdal.GetConfigOption(key) is not None)
+    if opening and gdal.GetConfigOption(sources.READDIR_OPTION) is None:
+        wanted[sources.READDIR_OPTION] = sources.REMOTE_READDIR
+    before = {key: gdal.GetThreadLocalConfigOption(key) for key in wanted}
+    for key, value in wanted.items():
+        gdal.SetThreadLocalConfigOption(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            gdal.SetThreadLocalConfigOption(key, value)
+
+
 def open_raster(source: str, role: str) -> gdal.Dataset:
-    """Open a georeferenced raster, with errors that say which input is wrong and why."""
-    dataset = gdal.OpenEx(source, gdal.OF_RASTER | gdal.OF_READONLY)
+    """Open a georeferenced raster (a file, a URL or a GDAL path), with errors that say which input is wrong and why
+    (never with a URL's credentials)."""
+    location = sources.RasterLocation.of(source)
+    with remote_settings(location, opening=True):
+        # Verbose: GDAL says why (no such file, the server's answer), not only that it could not open it.
+        dataset = gdal.OpenEx(location.gdal_path, gdal.OF_RASTER | gdal.OF_READONLY | gdal.OF_VERBOSE_ERROR)
     if dataset is None:
-        raise CaptionRunError(f"{role} raster {source} cannot be read: {gdal.GetLastErrorMsg() or 'unknown format'}")
+        said = location.redact(gdal.GetLastErrorMsg()) or "unknown format"
+        raise CaptionRunError(f"{role} raster {location} cannot be read: {said}")
     if not dataset.GetProjection():
         raise CaptionRunError(
-            f"{role} raster {source} has no coordinate reference system in the file: give a georeferenced raster "
+            f"{role} raster {location} has no coordinate reference system in the file: give a georeferenced raster "
             "(e.g. a GeoTIFF with a CRS)"
         )
     return dataset
@@ -161,6 +192,7 @@ class DateSource:
 
     def __init__(self, source: str, role: str, target: PixelGrid, bands: Sequence[int] | None, log: Log) -> None:
         self.source, self.role = source, role
+        self.location = sources.RasterLocation.of(source)
         self.dataset = open_raster(source, role)
         try:
             self.bands = pixels.pick_bands(self.dataset.RasterCount, bands, role, log)
@@ -183,10 +215,13 @@ class DateSource:
         x, y, width, height = window
         buf_height, buf_width = out_shape or (height, width)
         size = dict(buf_xsize=buf_width, buf_ysize=buf_height, resample_alg=gdal.GRIORA_NearestNeighbour)
-        data = self.view.ReadAsArray(x, y, width, height, band_list=list(self.bands), **size)
-        masks = [self.view.GetRasterBand(b).GetMaskBand().ReadAsArray(x, y, width, height, **size) for b in self.bands]
+        with remote_settings(self.location):
+            data = self.view.ReadAsArray(x, y, width, height, band_list=list(self.bands), **size)
+            masks = [self.view.GetRasterBand(b).GetMaskBand().ReadAsArray(x, y, width, height, **size)
+                     for b in self.bands]
         if data is None or any(m is None for m in masks):
-            raise CaptionRunError(f"{self.role} raster {self.source} cannot be read: {gdal.GetLastErrorMsg()}")
+            said = self.location.redact(gdal.GetLastErrorMsg())
+            raise CaptionRunError(f"{self.role} raster {self.location} cannot be read: {said}")
         return data.reshape(len(self.bands), buf_height, buf_width), np.stack(masks)
 
     def fit_stretch(self, window: Window, value_range: tuple[float, float] | None) -> None:

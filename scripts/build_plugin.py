@@ -3,13 +3,14 @@
 The zip holds one folder, ``ccexpert_qgis/``, with the plugin's modules, ``metadata.txt``, ``icon.png``, ``LICENSE``
 and ``bundled/`` — copies of ``ccexpert_core/geo/grid.py``, ``ccexpert_core/geo/pixels.py``,
 ``ccexpert_core/geo/schema.py``, ``ccexpert_core/protocol.py``, ``ccexpert_core/inflight.py``,
-``ccexpert_core/geo/run_files.py``, ``ccexpert_core/geo/dates.py``, ``ccexpert_core/captions.py``,
-``ccexpert_core/geo/search.py`` and ``ccexpert_core/geo/calibration.py``, which the plugin imports from there (one
-tiler, one set of pixel rules, one captions layer schema and style, one wire format, one scheduler of batches in
-flight, one set of checks on a run's files, one reading of dates, one change kind from a caption's words, one
-ranking of tiles for a query, one calibration of p_right; nothing to install in QGIS's Python). They sit side by side
-in bundled/, so a module may import another bundled one relatively (``from . import schema``). The README's plugin
-section goes in as ``help.md`` with the screenshots it shows (``docs/``), for the dialog's Help to show offline.
+``ccexpert_core/geo/run_files.py``, ``ccexpert_core/geo/dates.py``, ``ccexpert_core/geo/sources.py``,
+``ccexpert_core/captions.py``, ``ccexpert_core/geo/search.py`` and ``ccexpert_core/geo/calibration.py``, which the
+plugin imports from there (one tiler, one set of pixel rules, one captions layer schema and style, one wire format,
+one scheduler of batches in flight, one set of checks on a run's files, one reading of dates, one reading of where a
+raster is, one change kind from a caption's words, one ranking of tiles for a query, one calibration of p_right;
+nothing to install in QGIS's Python). They sit side by side in bundled/, so a module may import another bundled one
+relatively (``from . import schema``). The README's plugin section goes in as ``help.md`` with the screenshots it
+shows (``docs/``), for the dialog's Help to show offline.
 
 Usage: python3 scripts/build_plugin.py [--out DIR]   → DIR/ccexpert_qgis-VERSION.zip (default DIR: dist)
 """
@@ -42,6 +43,7 @@ BUNDLED = {
     "run_files.py": REPO / "ccexpert_core" / "geo" / "run_files.py",
     "dates.py": REPO / "ccexpert_core" / "geo" / "dates.py",
     "run_contract.py": REPO / "ccexpert_core" / "geo" / "run_contract.py",
+    "sources.py": REPO / "ccexpert_core" / "geo" / "sources.py",
     "captions.py": REPO / "ccexpert_core" / "captions.py",
     "search.py": REPO / "ccexpert_core" / "geo" / "search.py",
     "calibration.py": REPO / "ccexpert_core" / "geo" / "calibration.py",

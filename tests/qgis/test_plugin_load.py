@@ -43,7 +43,7 @@ def test_the_zip_holds_what_the_plugin_repository_requires_and_installs_from_zip
         for source in ("ccexpert_core/geo/grid.py", "ccexpert_core/geo/pixels.py", "ccexpert_core/geo/schema.py",
                        "ccexpert_core/protocol.py", "ccexpert_core/inflight.py", "ccexpert_core/geo/run_files.py",
                        "ccexpert_core/geo/dates.py", "ccexpert_core/captions.py", "ccexpert_core/geo/search.py",
-                       "ccexpert_core/geo/calibration.py"):
+                       "ccexpert_core/geo/calibration.py", "ccexpert_core/geo/sources.py"):
             assert zipped.read(f"ccexpert_qgis/bundled/{Path(source).name}") == (REPO / source).read_bytes()
         plugins = tmp_path / "plugins"
         zipped.extractall(plugins)  # what QGIS's "Install from ZIP" does, into the profile's plugins folder
