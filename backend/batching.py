@@ -278,12 +278,13 @@ class DynamicBatcher(Generic[Item, Result]):
 
     # ----- the collector -----
     async def _collect(self) -> None:
-        assert self._formed is not None
+        formed = self._formed
+        assert formed is not None
         loop = asyncio.get_running_loop()
         while True:
             await self._wait_for_work(loop)
             # Only so many batches ahead of the model: the rest waits in the queue, where batches keep filling.
-            await self._wait_until(lambda: self._formed.qsize() < self.prepare_ahead)
+            await self._wait_until(lambda: formed.qsize() < self.prepare_ahead)
             await self._fill(loop, loop.time() + self.max_wait_s)
             taken = self._take(loop.time())
             if taken:
@@ -292,21 +293,23 @@ class DynamicBatcher(Generic[Item, Result]):
                 pairs = sum(item.pairs for item in taken)
                 self._ahead_pairs += pairs
                 prepared = loop.run_in_executor(self._preparers, self._prepare, [item.item for item in taken])
-                self._formed.put_nowait(_Batch(taken, pairs, prepared))
+                formed.put_nowait(_Batch(taken, pairs, prepared))
 
     async def _fill(self, loop: asyncio.AbstractEventLoop, fill_until: float) -> None:
         """Wait until a full batch is waiting, or until the model would otherwise run out of work: nothing formed
         ahead of it and ``max_wait_ms`` passed. A batch less than full is only formed where the model needs it."""
-        assert self._formed is not None
+        formed = self._formed
+        assert formed is not None
         while self._pending_pairs < self.max_batch:
-            nothing_ahead = self._formed.empty()
+            nothing_ahead = formed.empty()
             remaining = fill_until - loop.time()
             if nothing_ahead and remaining <= 0:
                 return
-            await self._wait_until(
-                lambda ahead=nothing_ahead: self._pending_pairs >= self.max_batch or self._formed.empty() != ahead,
-                remaining if nothing_ahead else None,
-            )
+
+            def ready(ahead: bool = nothing_ahead) -> bool:
+                return self._pending_pairs >= self.max_batch or formed.empty() != ahead
+
+            await self._wait_until(ready, remaining if nothing_ahead else None)
 
     async def _wait_for_work(self, loop: asyncio.AbstractEventLoop) -> None:
         while not self._pending:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,7 +34,7 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, detail: str, field: str | None = None, headers: dict[str, str] | None = None
+    status: int, code: str, detail: str, field: str | None = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The JSON error body every failure uses."""
     body: protocol.ErrorBody = {"error": code, "detail": detail}

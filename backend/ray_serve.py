@@ -120,8 +120,8 @@ def _deploy(plan: WorkerPlan, model: str | None, dtype: str | None, settings: Se
     options: dict[str, Any] = {"num_cpus": plan.num_cpus}
     if plan.num_gpus:
         options["num_gpus"] = plan.num_gpus
-    api = serve.deployment(BackendReplica, name="backend", num_replicas=plan.workers, ray_actor_options=options,
-                           max_ongoing_requests=MAX_ONGOING_REQUESTS)
+    api = serve.deployment(name="backend", num_replicas=plan.workers, ray_actor_options=options,
+                           max_ongoing_requests=MAX_ONGOING_REQUESTS)(BackendReplica)
     try:
         serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
         # The UI first: once /v1/health answers, everything does.

@@ -6,8 +6,9 @@ pydantic model with the same fields, so /docs and response validation follow the
 
 from __future__ import annotations
 
+import types
 import typing
-from typing import Any
+from typing import Any, Protocol, cast
 
 from fastapi import FastAPI
 from pydantic import BaseModel, create_model
@@ -15,23 +16,32 @@ from pydantic import BaseModel, create_model
 from ccexpert_core import protocol
 
 
+class _TypedDictClass(Protocol):
+    """A TypedDict class's keys that must be present."""
+
+    __required_keys__: frozenset[str]
+
+
 def _translate(hint: Any) -> Any:
+    # The generic aliases are built at run time (list[...] of a value): types.GenericAlias is what list[...] makes.
     if typing.is_typeddict(hint):
         return model_of(hint)
     if typing.get_origin(hint) is list:
-        return list[_translate(typing.get_args(hint)[0])]
+        return types.GenericAlias(list, (_translate(typing.get_args(hint)[0]),))
     if typing.get_origin(hint) is dict:
         key, value = typing.get_args(hint)
-        return dict[key, _translate(value)]
+        return types.GenericAlias(dict, (key, _translate(value)))
     return hint
 
 
 def model_of(typed_dict: type) -> type[BaseModel]:
     """A pydantic model with the TypedDict's fields; keys that are not required become optional."""
+    # Only TypedDict classes come here (typing.is_typeddict), which a plain ``type`` does not say.
+    required = cast(_TypedDictClass, typed_dict).__required_keys__
     fields: dict[str, Any] = {}
     for name, hint in typing.get_type_hints(typed_dict).items():
         hint = _translate(hint)
-        fields[name] = (hint, ...) if name in typed_dict.__required_keys__ else (hint | None, None)
+        fields[name] = (hint, ...) if name in required else (hint | None, None)
     return create_model(typed_dict.__name__, __doc__=typed_dict.__doc__, **fields)
 
 
