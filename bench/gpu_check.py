@@ -19,6 +19,7 @@ import platform
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ def build(shape: str, device: torch.device, dtype: torch.dtype, vocabulary: int,
     fresh random weights there: no checkpoint, no download, no full-size copy on the CPU."""
     tokenizer = real_size_tokenizer(vocabulary)
     config = preset_config(
-        shape, vocab_size=len(tokenizer), image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        shape, vocab_size=len(tokenizer), image_token_index=cast(int, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     )
     with torch.device("meta"):
         model = CCExpertForConditionalGeneration(config)
@@ -60,7 +61,8 @@ def build(shape: str, device: torch.device, dtype: torch.dtype, vocabulary: int,
     # The library's initialisation, buffers included (rotary frequencies, position ids), which to_empty leaves
     # as whatever the memory held.
     model.init_weights()
-    model = model.to(dtype).eval()
+    # transformers wraps PreTrainedModel.to in functools.wraps, which typeshed types as no method (no self)
+    model = model.to(dtype).eval()  # type: ignore[arg-type]
     processor = PairProcessor(tokenizer, config.vision_config.image_size, config.tokens_per_image)
     return Captioner(model, processor, model_id=f"random {shape}", max_new_tokens=answer_tokens)
 

@@ -122,6 +122,12 @@ def test_non_square_token_grid_is_refused(dim: DifferenceAwareIntegration) -> No
         dim(a, a)
 
 
+def test_a_dim_without_layers_is_refused_when_built() -> None:
+    # Its change features are the layers' output: with none, the first forward pass had nothing to return.
+    with pytest.raises(ValueError, match="at least one Change Aware Transformer layer"):
+        DifferenceAwareIntegration(WIDTH, HEADS, depth=0)
+
+
 def test_change_summary_is_off_by_default_and_adds_one_vector_to_every_token() -> None:
     assert DifferenceAwareIntegration(WIDTH, HEADS).summary is None  # the paper's DIM
     torch.manual_seed(0)

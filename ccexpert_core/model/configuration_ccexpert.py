@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub.dataclasses import strict
-from transformers import LlavaOnevisionConfig
+from transformers import LlavaOnevisionConfig, PreTrainedConfig
 
 #: The base model type a CCExpert can be built from (its config is adopted, the DIM added).
 BASE_MODEL_TYPE = "llava_onevision"
@@ -61,6 +61,12 @@ class CCExpertConfig(LlavaOnevisionConfig):
     dim_change_summary: bool = False
     change_head: bool = False
     change_types: list[str] | None = None
+
+    if TYPE_CHECKING:
+        # The base's __post_init__ makes both sub-configs configs (from a dict or its defaults): after construction
+        # they are never a dict or None. Declared for the type checker only: the dataclass's fields stay the base's.
+        vision_config: PreTrainedConfig
+        text_config: PreTrainedConfig
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)

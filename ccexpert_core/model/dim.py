@@ -201,6 +201,8 @@ class DifferenceAwareIntegration(nn.Module):
         num_change_types: int = 0,
     ) -> None:
         super().__init__()
+        if depth < 1:  # the change features are the layers' output: without one there are none
+            raise ValueError(f"the DIM needs at least one Change Aware Transformer layer, got depth={depth}")
         self.width = width
         self.change_init = ChangeFeatureInit(width)
         self.layers = nn.ModuleList(ChangeAwareLayer(width, num_heads, mlp_ratio) for _ in range(depth))
@@ -223,11 +225,12 @@ class DifferenceAwareIntegration(nn.Module):
         pe = self.position_encoding(tokens, levels_a)
         image_a = levels_a.reshape(n_levels * batch, tokens, width)
         image_b = levels_b.reshape(n_levels * batch, tokens, width)
-        queries = None
+        queries: torch.Tensor | None = None
         for layer in self.layers:
             # Δ is recomputed from the current A and B at the start of every layer (one shared module).
             delta = self.change_init(image_a, image_b)
             image_a, image_b, queries = layer(queries, delta, image_a, image_b, pe)
+        assert queries is not None  # depth >= 1 (checked when built)
         shape = (n_levels, batch, tokens, width)
         image_a, image_b, change = image_a.view(shape), image_b.view(shape), queries.view(shape)
         weights = self.adjust(image_a, image_b, change)

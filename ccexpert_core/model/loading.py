@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypedDict, Unpack, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -12,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.model.configuration_ccexpert import BASE_MODEL_TYPE, CCExpertConfig
 from ccexpert_core.model.modeling_ccexpert import CCExpertForConditionalGeneration
-from ccexpert_core.model.presets import preset_config
+from ccexpert_core.model.presets import DimOverrides, preset_config
 from ccexpert_core.model.processing_ccexpert import PairProcessor
 from ccexpert_core.model.tokenizer import IMAGE_TOKEN, build_word_tokenizer
 
@@ -28,23 +29,32 @@ def processor_for(config: CCExpertConfig, tokenizer_source: str | Path) -> PairP
     return PairProcessor.from_pretrained(tokenizer_source, config.vision_config.image_size, config.tokens_per_image)
 
 
-def _tokenizer_fields(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+class _TokenizerFields(TypedDict):
+    vocab_size: int
+    image_token_index: int
+    pad_token_id: int | None
+    eos_token_id: int | None
+
+
+def _tokenizer_fields(tokenizer: PreTrainedTokenizerBase) -> _TokenizerFields:
     """Config fields that follow from a tokenizer built here."""
-    return dict(
+    return _TokenizerFields(
         vocab_size=len(tokenizer),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_index=cast(int, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)),  # one token: one id
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
 
 
-def build_tiny_model(seed: int = 0, **overrides: object) -> tuple[CCExpertForConditionalGeneration, PairProcessor]:
+def build_tiny_model(
+    seed: int = 0, **overrides: Unpack[DimOverrides]
+) -> tuple[CCExpertForConditionalGeneration, PairProcessor]:
     """A ``tiny`` preset model with random (seeded) weights and its word-level tokenizer."""
     return build_preset_model("tiny", seed=seed, **overrides)
 
 
 def build_preset_model(
-    name: str, seed: int = 0, vocabulary_texts: Iterable[str] = (), **overrides: object
+    name: str, seed: int = 0, vocabulary_texts: Iterable[str] = (), **overrides: Unpack[DimOverrides]
 ) -> tuple[CCExpertForConditionalGeneration, PairProcessor]:
     """A small preset (``tiny``, ``demo``) with random (seeded) weights and a word-level tokenizer that knows
     the words of ``vocabulary_texts`` (e.g. the training captions) besides its base vocabulary."""
@@ -100,7 +110,8 @@ def load_model(
                 f"'{text}': only {', '.join('preset:' + p for p in SMALL_PRESETS)} can be built with random weights"
             )
         model, processor = build_preset_model(name)
-        return model.to(device=device, dtype=dtype), processor
+        # transformers wraps PreTrainedModel.to in functools.wraps, which typeshed types as no method (no self)
+        return model.to(device=device, dtype=dtype), processor  # type: ignore[call-arg]
     path = Path(text).expanduser()
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
         if not path.exists():
@@ -116,7 +127,7 @@ def load_model(
             f"cannot load the model '{text}': {error}. Give a local model folder, or a hub id on a machine that "
             "can reach the hub."
         ) from None
-    return model.to(device).eval(), processor
+    return model.to(device).eval(), processor  # type: ignore[arg-type]  # PreTrainedModel.to: see above
 
 
 def count_parameters(model: CCExpertForConditionalGeneration) -> dict[str, int]:
@@ -135,9 +146,11 @@ def count_parameters(model: CCExpertForConditionalGeneration) -> dict[str, int]:
     }
 
 
-def preset_on_meta(name: str, **overrides: object) -> CCExpertForConditionalGeneration:
+def preset_on_meta(name: str, **overrides: Unpack[DimOverrides]) -> CCExpertForConditionalGeneration:
     """A preset's model with no memory behind its weights (the meta device): for counting and inspection."""
-    extra = _tokenizer_fields(build_word_tokenizer()) if name in SMALL_PRESETS else {}
-    config = preset_config(name, **extra, **overrides)
+    if name in SMALL_PRESETS:
+        config = preset_config(name, **_tokenizer_fields(build_word_tokenizer()), **overrides)
+    else:
+        config = preset_config(name, **overrides)
     with torch.device("meta"):
         return CCExpertForConditionalGeneration(config)

@@ -80,6 +80,7 @@ class CCExpertModel(LlavaOnevisionModel):
 
     def __init__(self, config: CCExpertConfig) -> None:
         super().__init__(config)
+        assert config.dim_num_heads is not None  # CCExpertConfig sets it from the vision width when not given
         self.dim = (
             DifferenceAwareIntegration(
                 width=config.vision_config.hidden_size,
@@ -140,14 +141,18 @@ class CCExpertModel(LlavaOnevisionModel):
         features, pairs in order, before and after interleaved (the prompt's order)."""
         change = weights = score = kind = None
         if self.dim is None:
+            assert vision.features is not None  # encode_images keeps the features where there is no DIM
             features = _interleave(vision.features[before], vision.features[after])
         else:
+            assert vision.levels is not None  # and the DIM's levels where there is one
             out = self.dim(vision.levels[:, before], vision.levels[:, after])
             features = _interleave(out.image_a, out.image_b)
             change, weights, score, kind = out.change, out.level_weights, out.change_score, out.change_type_score
         projected = self.multi_modal_projector(features)
         return CCExpertImageOutput(
-            pooler_output=tuple(projected),
+            # transformers types pooler_output as a Tensor; its own LLaVA-OneVision puts per-image features there as
+            # a tuple too, which its forward concatenates.
+            pooler_output=tuple(projected),  # type: ignore[arg-type]
             change_features=change,
             level_weights=weights,
             change_score=score,
@@ -180,7 +185,10 @@ class CCExpertModel(LlavaOnevisionModel):
         return output
 
     def _dim_layers(self) -> list[int]:
-        return list(self.config.dim_vision_layers) if self.dim is not None else []
+        if self.dim is None:
+            return []
+        assert self.config.dim_vision_layers is not None  # CCExpertConfig sets the default levels when not given
+        return list(self.config.dim_vision_layers)
 
 
 class CCExpertForConditionalGeneration(LlavaOnevisionForConditionalGeneration):

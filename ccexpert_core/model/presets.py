@@ -4,7 +4,7 @@ a fresh model on a GPU machine)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from transformers import Qwen2Config, SiglipVisionConfig
 
@@ -69,8 +69,30 @@ BASE_CHECKPOINTS = {
 }
 
 
+class DimOverrides(TypedDict, total=False):
+    """The DIM's settings a preset's model may be built with instead of the preset's (see :class:`CCExpertConfig`)."""
+
+    dim_enabled: bool
+    dim_vision_layers: list[int] | None
+    dim_depth: int
+    dim_num_heads: int | None
+    dim_mlp_ratio: int
+    dim_change_summary: bool
+    change_head: bool
+    change_types: list[str] | None
+
+
+class ConfigOverrides(DimOverrides, total=False):
+    """The config fields :func:`preset_config` sets besides the preset's: the DIM's and the tokenizer's special
+    token ids (a model built here has its tokenizer's)."""
+
+    pad_token_id: int | None
+    eos_token_id: int | None
+
+
 def preset_config(
-    name: str, *, vocab_size: int | None = None, image_token_index: int | None = None, **overrides: Any
+    name: str, *, vocab_size: int | None = None, image_token_index: int | None = None,
+    **overrides: Unpack[ConfigOverrides],
 ) -> CCExpertConfig:
     """The CCExpertConfig of a preset. ``tiny`` and ``demo`` need their tokenizer's ``vocab_size`` and
     ``image_token_index``;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -191,9 +192,10 @@ class PairProcessor:
         return BatchFeature({"input_ids": input_ids, "attention_mask": attention, "labels": labels,
                              "pixel_values": self.pixel_values(images)})
 
-    def decode(self, token_ids: Sequence[int]) -> str:
+    def decode(self, token_ids: list[int]) -> str:
         """The caption text of generated token ids (special tokens skipped, as the reference decodes)."""
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return cast(str, text).strip()  # one sequence decodes to one string (a list of them, to a list)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the tokenizer files next to a model."""
