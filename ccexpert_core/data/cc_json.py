@@ -24,8 +24,8 @@ def _image_path(folder: Path, path: str) -> Path:
 
 
 def _pair(record: Any, folder: Path, where: str) -> PairSample:
-    captions = require_field(record, "change_caption", (list, str), where)
-    captions = require_captions([captions] if isinstance(captions, str) else captions, f"{where}: 'change_caption'")
+    given = require_field(record, "change_caption", (list, str), where)
+    captions = require_captions([given] if isinstance(given, str) else given, f"{where}: 'change_caption'")
     flag = record.get("change_flag")
     if flag not in (None, 0, 1):  # True/False compare equal to 1/0, so they pass too
         raise CCExpertError(f"{where}: 'change_flag' should be 0 or 1, got {flag!r}")

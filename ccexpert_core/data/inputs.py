@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from ccexpert_core.errors import CCExpertError
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def read_text(path: Path) -> str:
@@ -71,12 +74,16 @@ _JSON_NAMES = {
 }
 
 
-def json_type(value: Any) -> str:
+def json_type(value: object) -> str:
     """How JSON calls the type of ``value`` (for messages)."""
     return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)
 
 
-def require_field(record: Any, name: str, kinds: type | tuple[type, ...], where: str) -> Any:
+@overload
+def require_field(record: object, name: str, kinds: type[T], where: str) -> T: ...
+@overload
+def require_field(record: object, name: str, kinds: tuple[type[T], type[U]], where: str) -> T | U: ...
+def require_field(record: object, name: str, kinds: type | tuple[type, ...], where: str) -> object:
     """``record[name]`` checked to be one of ``kinds``; otherwise a :class:`CCExpertError` starting with ``where``."""
     if not isinstance(record, dict):
         raise CCExpertError(f"{where}: expected a JSON object, got {json_type(record)}")
@@ -91,7 +98,7 @@ def require_field(record: Any, name: str, kinds: type | tuple[type, ...], where:
     return value
 
 
-def require_captions(value: Any, where: str) -> tuple[str, ...]:
+def require_captions(value: object, where: str) -> tuple[str, ...]:
     """A non-empty list of non-empty strings, as a tuple; otherwise a :class:`CCExpertError` starting with ``where``."""
     if not isinstance(value, list) or not value or not all(isinstance(c, str) and c.strip() for c in value):
         raise CCExpertError(f"{where}: expected a non-empty list of non-empty caption strings")

@@ -39,13 +39,13 @@ class LevirCCEntry:
 
 def _entry(record: Any, where: str) -> LevirCCEntry:
     sentences = require_field(record, "sentences", list, where)
-    captions = []
+    joined = []
     for i, sentence in enumerate(sentences):
         tokens = require_field(sentence, "tokens", list, f"{where}.sentences[{i}]")
         if not all(isinstance(token, str) for token in tokens):
             raise CCExpertError(f"{where}.sentences[{i}]: 'tokens' should be a list of strings")
-        captions.append(" ".join(tokens))
-    captions = require_captions(captions, f"{where}.sentences")
+        joined.append(" ".join(tokens))
+    captions = require_captions(joined, f"{where}.sentences")
     # The file's own flag is the dataset's label; a file without one falls back on the captions.
     flag = record.get("changeflag")
     if flag not in (None, 0, 1):

@@ -65,8 +65,12 @@ class SamplingStrategy:
         """How many of ``available`` pairs this strategy takes."""
         if self.kind == "all":
             return available
-        # round() first: 1.1% of 7000 is 77.00000000000001 in floating point, which must not round up to 78.
-        wanted = math.ceil(round(self.percent * available / 100, 6)) if self.percent is not None else self.count
+        if self.percent is not None:
+            # round() first: 1.1% of 7000 is 77.00000000000001 in floating point, which must not round up to 78.
+            wanted = math.ceil(round(self.percent * available / 100, 6))
+        else:
+            assert self.count is not None  # parse gives every kind but "all" a count or a percent
+            wanted = self.count
         return min(wanted, available)
 
     def apply(self, pairs: Sequence[PairSample], rng: random.Random) -> list[PairSample]:

@@ -21,8 +21,11 @@ ALL = "all"
 class CaptionedPair(Protocol):
     """Anything with reference captions and a change flag (a LEVIR-CC entry, a :class:`PairSample`)."""
 
-    captions: tuple[str, ...]
-    changed: bool
+    @property
+    def captions(self) -> tuple[str, ...]: ...
+
+    @property
+    def changed(self) -> bool: ...
 
 
 def pair_stats(pairs: Sequence[CaptionedPair]) -> dict[str, Any]:

@@ -114,7 +114,7 @@ class SceneGenerator:
     def random_layout(self, rng: np.random.Generator) -> Layout:
         """A before-date layout: nine random zones and zero to two roads along zone borders."""
         zones = [[self._random_zone(rng) for _ in range(3)] for _ in range(3)]
-        roads = []
+        roads: list[tuple[str, int, int]] = []
         for _ in range(int(rng.integers(0, 3))):
             road = (str(rng.choice(["h", "v"])), int(rng.integers(1, 3)), int(rng.integers(8, 13)))
             if all(r[:2] != road[:2] for r in roads):
@@ -256,7 +256,8 @@ class SceneGenerator:
         layout = self.random_layout(rng)
         labels = self.labels(layout)
         image = self.render(layout, labels, rng)
-        images, changes = [self.nuisance(image, rng)], []
+        images = [self.nuisance(image, rng)]
+        changes: list[str | None] = []
         for step in range(1, dates):
             changed = None
             if rng.random() < change_share:

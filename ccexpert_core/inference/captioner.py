@@ -224,7 +224,9 @@ class Captioner:
         image."""
         if not work:
             raise CCExpertError("no images given")
-        images, before, after = [], [], []
+        images: list[ImageInput] = []
+        before: list[int] = []
+        after: list[int] = []
         for tile in work:
             row_of = {date: len(images) + position for position, date in enumerate(tile.used_dates())}
             images.extend(tile.images[date] for date in tile.used_dates())

@@ -117,8 +117,10 @@ class PairProcessor:
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.tokens_per_image = tokens_per_image
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(IM_END)
+        # One token: one id (convert_tokens_to_ids is typed for a list of tokens too); None where the tokenizer has
+        # no such token.
+        self.image_token_id = cast("int | None", tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+        self.end_of_turn_id = cast(int, tokenizer.convert_tokens_to_ids(IM_END))
         unknown = tokenizer.unk_token_id
         if self.image_token_id is None or (unknown is not None and self.image_token_id == unknown):
             raise CCExpertError(f"the tokenizer has no {IMAGE_TOKEN} token: is this a LLaVA-OneVision tokenizer?")
