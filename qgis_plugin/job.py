@@ -27,8 +27,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -196,15 +195,6 @@ def model_words(info: Mapping[str, Any]) -> str:
     return f"{name} ({note})" if note else name
 
 
-@contextmanager
-def _refusals() -> Iterator[None]:
-    """The run contract's refusals as the plugin's errors."""
-    try:
-        yield
-    except run_contract.RunRefused as error:
-        raise CaptionRunError(str(error)) from None
-
-
 def _dating(job: Job) -> run_contract.Dating:
     """The job's dates (parsed, in time order where all are known), rasters and intervals."""
     return run_contract.Dating.of(run_contract.parse_labels(job.labels(), job.names()), job.names(), job.intervals)
@@ -234,7 +224,7 @@ def _check(job: Job) -> None:
         raise CaptionRunError("give the output layer a name")
     if not job.output.strip():
         raise CaptionRunError("choose an output GeoPackage file")
-    with _refusals():
+    with run_contract.refused_as(CaptionRunError):
         job.check()
         _dating(job)
     try:
@@ -264,14 +254,14 @@ def _tiles(
     reader: RasterSeriesReader, job: Job, log: Callable[[str], None]
 ) -> tuple[tiling.TileGrid, list[tiling.Tile]]:
     """The run's grid and the tiles of its area."""
-    with _refusals():
+    with run_contract.refused_as(CaptionRunError):
         overlap = run_contract.overlap_px(job.overlap, job.tile_size)
     try:
         grid = tiling.TileGrid(reader.grid.width, reader.grid.height, reader.grid.transform, job.tile_size, overlap)
         area = tile_area(job.area, log) if job.area else tiling.Area.from_bounds(reader.overlap_bounds)
     except ValueError as error:
         raise CaptionRunError(str(error)) from None
-    with _refusals():
+    with run_contract.refused_as(CaptionRunError):
         run_contract.check_tile_count(grid, area.bounds, job)
     tiles = grid.tiles(area)
     if not tiles:
@@ -380,7 +370,7 @@ def plan_job(job: Job, timed: BackendClient | None = None, backends: int = 1) ->
         if timed is None or not pending:
             return plan
         reader.fit_stretch(tiles, job.value_range)
-        with _refusals():
+        with run_contract.refused_as(CaptionRunError):
             size = job.tiles_per_batch(intervals, timed.limits.max_pairs_per_request)
         prepared = _prepare(reader, pending[:size], needed, job, timed.compress, _as_series(job, [timed]))
     if not prepared.requests:  # every pair of those tiles is skipped for nodata: nothing to time
@@ -429,7 +419,8 @@ def run_job(
     log = feedback.pushInfo
     try:
         _check(job)
-        with _refusals(), run_contract.output_locked(Path(job.output), TOOL), _reader(job, log) as reader:
+        refused = run_contract.refused_as(CaptionRunError)
+        with refused, run_contract.output_locked(Path(job.output), TOOL), _reader(job, log) as reader:
             grid, tiles = _tiles(reader, job, log)
             summary.tiles = len(tiles)
             with _Backends(job, feedback.isCanceled) as backends:
@@ -479,7 +470,7 @@ class _Backends:
         self.model_id, self.model_name = str(first["model_id"]), str(first.get("model_name") or first["model_id"])
         self.model_note: str | None = first.get("model_note")
         intervals = len(job.intervals)
-        with _refusals():
+        with run_contract.refused_as(CaptionRunError):
             #: Tiles per request: every interval of a tile goes in the same request as its images.
             self.tiles_per_batch = job.tiles_per_batch(
                 intervals, min(client.limits.max_pairs_per_request for client in self.clients))

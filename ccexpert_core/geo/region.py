@@ -13,8 +13,7 @@ transaction, whatever the order. Memory is bounded by the batches in flight, wha
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,15 +111,6 @@ class _Plan:
         return self.dating.intervals
 
 
-@contextmanager
-def _refusals() -> Iterator[None]:
-    """The contract's refusals as the command's errors (one line, exit 2)."""
-    try:
-        yield
-    except contract.RunRefused as error:
-        raise CCExpertError(str(error)) from None
-
-
 class _Writer:
     """Turns finished batches into features and writes them (and, for a series, each tile's history), and stops
     the run as the contract's failure policy says."""
@@ -186,11 +176,11 @@ def caption_dates(
     runs). Raises :class:`~ccexpert_core.errors.CCExpertError` for bad input; work written before an error is kept.
     """
     out = Path(out)
-    with _refusals():
+    with contract.refused_as(CCExpertError):
         roles = _checked(dates, out, options)
     _say_what_is_withheld(dates, roles, log)
     rasters = [date.raster for date in dates]
-    with _refusals(), contract.output_locked(out, TOOL), read_environment(), RasterSeries(
+    with contract.refused_as(CCExpertError), contract.output_locked(out, TOOL), read_environment(), RasterSeries(
             rasters, roles, options.bands, options.resolution, log) as series:
         plan = _plan(series, [date.label for date in dates], options, log)
         # Everything but the model's id can be checked against an existing output before a large model loads.

@@ -43,6 +43,15 @@ class RunRefused(ValueError):
     """The run cannot go ahead as asked; the message says what to change."""
 
 
+@contextmanager
+def refused_as(error: Callable[[str], Exception]) -> Iterator[None]:
+    """Within the block, the contract's refusals are raised as the tool's own ``error`` (one line for the user)."""
+    try:
+        yield
+    except RunRefused as refusal:
+        raise error(str(refusal)) from None
+
+
 # ----- the run's settings -----
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
