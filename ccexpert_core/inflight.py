@@ -14,10 +14,10 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Work = TypeVar("Work")
 Prepared = TypeVar("Prepared")
@@ -31,7 +31,7 @@ _POLL_S = 0.1
 QUEUED_MODEL_BATCHES = 3
 
 
-def default_in_flight(info: dict, batch_size: int) -> int:
+def default_in_flight(info: Mapping[str, Any], batch_size: int) -> int:
     """Requests to keep open at one backend (its ``/v1/info`` body): enough for :data:`QUEUED_MODEL_BATCHES` of
     its model batches of ``batching.max_batch`` pairs, in requests of ``batch_size`` pairs; at least two."""
     model_batch = int((info.get("batching") or {}).get("max_batch") or 16)

@@ -27,6 +27,7 @@ import shapely
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.warp import transform
+from shapely.geometry.base import BaseGeometry
 
 from ccexpert_core.errors import CCExpertError
 from ccexpert_core.geo.grid import Area
@@ -119,7 +120,7 @@ def to_crs(polygon: shapely.Polygon, source: CRS, target: CRS, name: str, source
     return moved
 
 
-def checked_polygon(polygon: shapely.Polygon, name: str, log: Log) -> shapely.Geometry:
+def checked_polygon(polygon: shapely.Polygon, name: str, log: Log) -> BaseGeometry:
     """``polygon`` if it is valid; else its repair by ``make_valid`` (noted through ``log``), or
     :class:`CCExpertError` where the repair would change what it means (see the module's docstring)."""
     if polygon.is_valid:
@@ -155,12 +156,12 @@ def validity_reason(reason: str) -> str:
     return f"{what} at ({float(match['x']):.12g}, {float(match['y']):.12g})"
 
 
-def _repaired(polygon: shapely.Polygon) -> shapely.Geometry:
+def _repaired(polygon: shapely.Polygon) -> BaseGeometry:
     """make_valid's polygons, without the lines and points that collapsed parts leave."""
     return shapely.union_all(_polygons(shapely.make_valid(polygon, method="linework")))
 
 
-def _polygons(geometry: shapely.Geometry) -> list[shapely.Polygon]:
+def _polygons(geometry: BaseGeometry) -> list[shapely.Polygon]:
     if isinstance(geometry, shapely.Polygon):
         return [] if geometry.is_empty else [geometry]
     if isinstance(geometry, (shapely.MultiPolygon, shapely.GeometryCollection)):
@@ -179,7 +180,7 @@ def area_from_polygons(polygons: Sequence[tuple[str, shapely.Polygon]], log: Log
 
     def intersects(corners: np.ndarray) -> np.ndarray:
         rings = np.concatenate([corners, corners[:, :1]], axis=1)
-        return shapely.intersects(union, shapely.polygons(rings))
+        return np.asarray(shapely.intersects(union, shapely.polygons(rings)))  # one per ring: an array
 
     xmin, ymin, xmax, ymax = (float(v) for v in union.bounds)
     return Area((xmin, ymin, xmax, ymax), intersects)

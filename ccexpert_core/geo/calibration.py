@@ -75,7 +75,7 @@ METHOD = (
 )
 
 
-def _logit(confidence: np.ndarray | float) -> np.ndarray:
+def _logit(confidence: np.ndarray | Sequence[float] | float) -> np.ndarray:
     clipped = np.clip(np.asarray(confidence, dtype=np.float64), _EDGE, 1 - _EDGE)
     return np.log(clipped) - np.log1p(-clipped)
 

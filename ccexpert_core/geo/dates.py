@@ -37,7 +37,9 @@ class DateLabel:
         match = _LABEL.match(text.strip())
         if not match:
             raise ValueError(f"'{text}' is not a date: write a year (2016), a month (2016-05) or a day (2016-05-12)")
-        year, month, day = (int(part) if part else None for part in match.groups())
+        year_text, month_text, day_text = match.groups()
+        year = int(year_text)  # the pattern's one group that is always there
+        month, day = (int(part) if part else None for part in (month_text, day_text))
         try:
             if month is None:
                 return cls(date(year, 1, 1), date(year, 12, 31), match.group(0))

@@ -197,7 +197,7 @@ class BackendEngine:
         self.compress = any(client.compress for client in self.clients)
         # A series goes as one (each image sent once) where every backend speaks the series route.
         self._series = all(info.get("series") for info in infos)
-        self._failover = Failover(
+        self._failover: Failover[BackendClient, EncodedBatch, list[list[CaptionResult]]] = Failover(
             self.clients, lambda client, encoded: encoded.send(client, self._series and encoded.is_series),
             lambda error: isinstance(error, BackendUnavailable), budget_s=retry_budget_s,
             on_down=lambda client, error: log(

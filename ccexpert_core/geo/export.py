@@ -166,9 +166,10 @@ def _read_layer(path: Path, layer: str) -> _Layer:
 
 def _selected(
     features: Sequence[_Feature], include_unreviewed: bool
-) -> tuple[list[tuple[_Feature, str, str]], Counter]:
+) -> tuple[list[tuple[_Feature, str, str]], Counter[str]]:
     """(feature, caption to learn, why it is in) of the features to export; and the features left out, by reason."""
-    chosen, left_out = [], Counter()
+    chosen: list[tuple[_Feature, str, str]] = []
+    left_out: Counter[str] = Counter()
     for feature in features:
         review = feature.review_status
         if review == schema.CORRECTED:

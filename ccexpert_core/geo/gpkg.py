@@ -129,7 +129,7 @@ def blob_bounds(blob: bytes) -> Bounds:
 
 
 def _bound(index: int) -> Callable[[bytes | None], float | None]:
-    return lambda blob: None if is_empty(blob) else blob_bounds(blob)[index]
+    return lambda blob: None if blob is None or is_empty(blob) else blob_bounds(blob)[index]
 
 
 def _register_spatial_functions(connection: sqlite3.Connection) -> None:
