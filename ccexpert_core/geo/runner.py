@@ -33,6 +33,9 @@ from ccexpert_core.series import Interval, TileWork
 Log = Callable[[str], None]
 Prepared = TypeVar("Prepared")
 
+#: Reader threads for rasters read over a network: a read waits for the server more than it works.
+REMOTE_READERS = 4
+
 #: Which of the run's intervals each tile still needs, by tile id (tiles not named need them all).
 Needed = Mapping[str, Sequence[int]]
 
@@ -184,7 +187,8 @@ class _Prepared(Generic[Prepared]):
 
 class LocalCaptioning(Generic[Prepared]):
     """Reader threads (each with its own rasters) read and prepare batches while the engine captions earlier ones,
-    with up to ``engine.in_flight`` batches open at once. Memory is bounded: at most ``in_flight + readers``
+    with up to ``engine.in_flight`` batches open at once; rasters read over a network get :data:`REMOTE_READERS`
+    readers, whose reads mostly wait for answers. Memory is bounded: at most ``in_flight + readers``
     batches are read or open at any time."""
 
     def __init__(self, engine: CaptionEngine[Prepared], readers: int = 2) -> None:
@@ -200,6 +204,8 @@ class LocalCaptioning(Generic[Prepared]):
         self, source: SeriesSource, reading: Reading, batches: Iterable[Sequence[Tile]], needed: Needed | None = None,
     ) -> Iterator[BatchOutcome]:
         """Yield each batch's outcome as it finishes (see :class:`Captioning`)."""
+        remote = any(location.remote for location in source.locations)
+        readers = max(self.readers, REMOTE_READERS) if remote else self.readers
         # Rasters are not thread-safe: each reader borrows rasters of its own from this queue.
         opened_sets: queue.Queue[RasterSeries] = queue.Queue()
         opened: list[RasterSeries] = []
@@ -224,7 +230,7 @@ class LocalCaptioning(Generic[Prepared]):
 
         try:
             for done in run_in_flight(
-                batches, prepare, call, in_flight=max(1, self.engine.in_flight), preparers=self.readers,
+                batches, prepare, call, in_flight=max(1, self.engine.in_flight), preparers=readers,
             ):
                 yield finish_batch(done.prepared.read, done.result, batch_error(done.error))
         finally:
