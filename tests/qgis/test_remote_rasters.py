@@ -1,7 +1,7 @@
 """The plugin reads rasters GDAL opens by URL as it reads files: a layer whose source is a COG over HTTP (a
 ``/vsicurl/`` path, as QGIS gives a raster added from a URL, or a plain URL) is read tile for tile into the same
-pixels as the file on disk, a run over such sources records the files' names (never a signed URL's query string)
-and the output is refused as an input as before, GDAL's settings for remote reads stay on the reading thread (QGIS's
+pixels as the file on disk, a run over such sources records the files' names (never a signed URL's query string),
+the review dock reads its tiles again by URL, and the output is refused as an input as before, GDAL's settings for remote reads stay on the reading thread (QGIS's
 other layers keep theirs), and a URL that does not answer is one message without its credentials.
 
 COGs are served by bench/range_server.py (standard library: it runs on QGIS's Python) on 127.0.0.1; the backend is
@@ -20,6 +20,8 @@ from range_files import RangeFiles, serve
 
 from qgis_plugin.errors import CaptionRunError
 from qgis_plugin.job import Job, RasterInput, run_job
+from qgis_plugin.review_pixels import RunPixels
+from qgis_plugin.review_store import CaptionsFile, read_options
 from qgis_plugin.shared_modules import grid as tiling
 from qgis_plugin.shared_modules import sources
 from qgis_plugin.tile_reader import RasterSeriesReader
@@ -83,6 +85,16 @@ def test_a_run_over_urls_records_the_files_names_and_never_the_query_string(
     assert names == {("before.tif", "after.tif")}
     dataset = None
     assert SECRET.encode() not in output.read_bytes()
+    # The review dock reads the layer's tiles again by the same URLs, into the pixels of the files on disk.
+    local = tiles_read([str(path) for path in scene])
+    pixels = RunPixels(read_options(CaptionsFile(str(output), "captions")), rasters[0], "BEFORE", set(local),
+                       (-1e9, -1e9, 1e9, 1e9))
+    try:
+        for tile in pixels.tiles.tiles():
+            np.testing.assert_array_equal(pixels.read(rasters[0], "BEFORE", tile), local[tile.tile_id][0])
+            np.testing.assert_array_equal(pixels.read(rasters[1], "AFTER", tile), local[tile.tile_id][2])
+    finally:
+        pixels.close()
     # A run over URLs still refuses to write over its local input.
     local = RasterInput.from_source(str(scene[0]))
     refused = run_job(Job(rasters=(local, rasters[1]), output=str(scene[0]), backend_urls=(standin.url,),
