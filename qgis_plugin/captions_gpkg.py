@@ -27,16 +27,6 @@ from .shared_modules import grid as tiling
 from .shared_modules import run_contract, schema
 from .tile_reader import same_crs
 
-#: The one record of a tile and interval, both tools'.
-TileRecord = run_contract.TileRecord
-
-#: The command's layer name; its options table is named for it.
-DEFAULT_LAYER = schema.CAPTIONS_LAYER
-CAPTIONED = schema.CAPTIONED
-SKIPPED_NODATA = schema.SKIPPED_NODATA
-FAILED = schema.FAILED
-FINAL_STATUSES = schema.FINAL_STATUSES
-
 # How OGR declares the schema's types so that a GeoPackage gets the same SQL types as caption-region writes:
 # OFTInteger64 → INTEGER (a plain OFTInteger would be MEDIUMINT), OFTInteger + boolean → BOOLEAN, OFTReal → REAL,
 # OFTDateTime → DATETIME, OFTString → TEXT.
@@ -76,7 +66,7 @@ def other_options(path: str, stored: Mapping[str, str], options: Mapping[str, st
 def companion_layer(layer_name: str, kind: str) -> str:
     """The name of a captions layer's ``history`` or ``changes`` layer: the command's names beside its
     ``captions``, prefixed by the layer's name otherwise (two captions layers in one file keep theirs apart)."""
-    return kind if layer_name == DEFAULT_LAYER else f"{layer_name}_{kind}"
+    return kind if layer_name == schema.CAPTIONS_LAYER else f"{layer_name}_{kind}"
 
 
 def _literal(text: str) -> str:
@@ -219,7 +209,7 @@ class CaptionsGeoPackage:
 
     def finished_keys(self) -> set[tuple[str, int]]:
         """(tile_id, interval) of the features already captioned or skipped."""
-        self.layer.SetAttributeFilter(f"status IN ({', '.join(_literal(s) for s in FINAL_STATUSES)})")
+        self.layer.SetAttributeFilter(f"status IN ({', '.join(_literal(s) for s in schema.FINAL_STATUSES)})")
         try:
             return {(feature.GetField("tile_id"), feature.GetField("interval")) for feature in self.layer}
         finally:
@@ -229,7 +219,7 @@ class CaptionsGeoPackage:
         """Ids of the tiles whose first interval (a two-date run's only one) is already captioned or skipped."""
         return {tile_id for tile_id, interval in self.finished_keys() if interval == 0}
 
-    def _written(self, records: Sequence[TileRecord]) -> dict[tuple[str, int], int]:
+    def _written(self, records: Sequence[run_contract.TileRecord]) -> dict[tuple[str, int], int]:
         """The fids of the features these records write again, by key."""
         ids = ", ".join(_literal(tile_id) for tile_id in {record.tile.tile_id for record in records})
         self.layer.SetAttributeFilter(f"tile_id IN ({ids})")
@@ -238,7 +228,9 @@ class CaptionsGeoPackage:
         finally:
             self.layer.SetAttributeFilter(None)
 
-    def write(self, records: Sequence[TileRecord], history: Mapping[int, tuple[int, int]] | None = None) -> None:
+    def write(
+        self, records: Sequence[run_contract.TileRecord], history: Mapping[int, tuple[int, int]] | None = None,
+    ) -> None:
         """Write a batch in one transaction: its features (a feature written before is updated, its review kept,
         never duplicated), their change areas and, with ``history`` (a series' intervals that compare a date with
         the next: :meth:`run_contract.Dating.consecutive`), the history of each of its tiles; a kill or a full disk
@@ -263,7 +255,9 @@ class CaptionsGeoPackage:
             if told is not None and history:
                 self._write_history(told, records, history, now)
 
-    def _write_features(self, records: Sequence[TileRecord], written: Mapping[tuple[str, int], int], now: str) -> None:
+    def _write_features(
+        self, records: Sequence[run_contract.TileRecord], written: Mapping[tuple[str, int], int], now: str,
+    ) -> None:
         before_source, after_source, model_id = self.sources
         for record in records:
             key = (record.tile.tile_id, record.interval)
@@ -312,7 +306,7 @@ class CaptionsGeoPackage:
             )
         return layer
 
-    def _write_changes(self, layer: ogr.Layer, records: Sequence[TileRecord], now: str) -> None:
+    def _write_changes(self, layer: ogr.Layer, records: Sequence[run_contract.TileRecord], now: str) -> None:
         """Each record's changed places replace what the ``changes`` layer held for its tile and interval (nothing
         where its change map shows no change)."""
         model_id = self.sources[2]
@@ -334,7 +328,8 @@ class CaptionsGeoPackage:
                                       f"{gdal.GetLastErrorMsg()}")
 
     def _write_history(
-        self, layer: ogr.Layer, records: Sequence[TileRecord], consecutive: Mapping[int, tuple[int, int]], now: str,
+        self, layer: ogr.Layer, records: Sequence[run_contract.TileRecord], consecutive: Mapping[int, tuple[int, int]],
+        now: str,
     ) -> None:
         """The ``history`` feature of each tile of ``records`` from what the captions layer holds of its
         ``consecutive`` intervals (the analyst's caption where one was given); a tile's history is replaced."""

@@ -36,15 +36,7 @@ from osgeo import gdal
 
 from .area import tile_area
 from .backend_client import BackendClient, Request, RequestThreads, pairs_body, series_body
-from .captions_gpkg import (
-    CAPTIONED,
-    DEFAULT_LAYER,
-    FAILED,
-    SKIPPED_NODATA,
-    CaptionsGeoPackage,
-    TileRecord,
-    other_options,
-)
+from .captions_gpkg import CaptionsGeoPackage, other_options
 from .change_map import tile_changes
 from .errors import BackendUnavailable, CaptionRunError
 from .png import encode_tile
@@ -104,7 +96,7 @@ class Job(run_contract.RunSettings):
     token: str = field(default="", repr=False)
     #: Polygons in the first raster's CRS (rings of (x, y), exterior first); None: wherever every raster has pixels.
     area: tuple[tiling.Polygon, ...] | None = None
-    layer_name: str = DEFAULT_LAYER
+    layer_name: str = schema.CAPTIONS_LAYER
     #: Requests kept open at each backend; None: enough for ``inflight.QUEUED_MODEL_BATCHES`` of its model
     #: batches.
     in_flight: int | None = None
@@ -153,7 +145,8 @@ class JobSummary:
     #: Tiles whose every interval was done before this run.
     already_done: int = 0
     #: Features (tile and interval) written by this run, by status.
-    counts: dict[str, int] = field(default_factory=lambda: {CAPTIONED: 0, SKIPPED_NODATA: 0, FAILED: 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {schema.CAPTIONED: 0, schema.SKIPPED_NODATA: 0, schema.FAILED: 0})
     canceled: bool = False
     error: str | None = None
     #: The backend's model: its id (stored with each feature), its name and what to know about it, in words.
@@ -184,7 +177,7 @@ class JobSummary:
             return self.error
         if self.error:
             return f"{self.error.rstrip('.')}. {done}. Kept in {where}: run again to resume."
-        failed = self.counts.get(FAILED, 0)
+        failed = self.counts.get(schema.FAILED, 0)
         return f"{done}. Written to {where}" + (f": run again to caption the {failed} failed." if failed else ".")
 
 
@@ -565,7 +558,7 @@ class _LayerCategories:
             key = (feature.GetField("tile_id"), feature.GetField("interval"))
             self._categories[key] = schema.category(feature.GetField("status"), feature.GetField("change_detected"))
 
-    def update(self, records: Sequence[TileRecord]) -> None:
+    def update(self, records: Sequence[run_contract.TileRecord]) -> None:
         """Count a written batch (a feature written again leaves its earlier category)."""
         for record in records:
             key = (record.tile.tile_id, record.interval)
@@ -581,7 +574,7 @@ class _LayerCategories:
 
 def _records(
     grid: tiling.TileGrid, prepared: _Prepared, results: list[dict[str, Any]] | None, dating: run_contract.Dating,
-) -> list[TileRecord]:
+) -> list[run_contract.TileRecord]:
     """The batch's records, one per tile and interval: skipped, captioned with its result, or failed where
     ``results`` is None."""
     answered = dict(zip(prepared.to_caption, results or []))
@@ -592,15 +585,16 @@ def _records(
         for k in prepared.needed[tile.tile_id]:
             dated = dating.fields(k)
             if (tile, k) not in sent:
-                records.append(TileRecord(tile, footprint, SKIPPED_NODATA, interval=k, **dated))
+                records.append(run_contract.TileRecord(tile, footprint, schema.SKIPPED_NODATA, interval=k, **dated))
             elif (tile, k) not in answered:
-                records.append(TileRecord(tile, footprint, FAILED, interval=k, **dated))
+                records.append(run_contract.TileRecord(tile, footprint, schema.FAILED, interval=k, **dated))
             else:
                 result = answered[tile, k]
                 caption = str(result["caption"])
                 change_map = result.get("change_map")
-                records.append(TileRecord(
-                    tile, footprint, CAPTIONED, caption, bool(result["change_detected"]), float(result["confidence"]),
+                records.append(run_contract.TileRecord(
+                    tile, footprint, schema.CAPTIONED, caption, bool(result["change_detected"]),
+                    float(result["confidence"]),
                     interval=k, change_kind=result.get("change_kind") or captions.change_kind(caption),
                     changes=None if change_map is None else tile_changes(change_map, grid.transform, tile), **dated,
                 ))

@@ -21,10 +21,9 @@ from qgis.core import (
 )
 
 from .area import polygons_in_crs, rectangle_in_crs
-from .captions_gpkg import DEFAULT_LAYER
 from .errors import CaptionRunError
 from .job import RETRY_BUDGET_S, Job, RasterInput
-from .shared_modules import protocol, run_contract
+from .shared_modules import protocol, run_contract, schema
 
 SETTINGS_GROUP = "ccexpert"
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8000"
@@ -71,7 +70,7 @@ class CaptionParams:
     #: The QGIS authentication configuration holding the backend token ("" for none).
     auth_config_id: str = ""
     output: str = ""
-    layer_name: str = DEFAULT_LAYER
+    layer_name: str = schema.CAPTIONS_LAYER
     batch_size: int = 8
     #: A series of three or more dates: also caption the first date against the last (as --first-to-last).
     first_to_last: bool = False

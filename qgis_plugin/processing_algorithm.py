@@ -32,17 +32,17 @@ from qgis.core import (
 
 from .area import polygons_in_crs, rectangle_in_crs
 from .auth import is_session_token, load_token
-from .captions_gpkg import CAPTIONED, DEFAULT_LAYER, FAILED, SKIPPED_NODATA, companion_layer
+from .captions_gpkg import companion_layer
 from .errors import CaptionRunError
 from .job import Job, run_job
 from .params import AreaMode, CaptionParams, parse_backend_urls, parse_bands, raster_input, run_title
 from .qgis_compat import DOUBLE, INTEGER, POLYGON_SOURCE, RASTER_SOURCE, ProcessingException, project
 from .result_layer import layer_uri, style_and_keep
-from .shared_modules import run_contract
+from .shared_modules import run_contract, schema
 from .styling import style_changes_layer, style_history_layer
 from .temporal import set_temporal
 
-_COUNTS = {"CAPTIONED": CAPTIONED, "SKIPPED_NODATA": SKIPPED_NODATA, "FAILED": FAILED}
+_COUNTS = {"CAPTIONED": schema.CAPTIONED, "SKIPPED_NODATA": schema.SKIPPED_NODATA, "FAILED": schema.FAILED}
 
 
 class _StyleLayer(QgsProcessingLayerPostProcessorInterface):
@@ -225,7 +225,7 @@ class CaptionChangesAlgorithm(QgsProcessingAlgorithm):
             overlap=self.parameterAsString(parameters, "OVERLAP", context) or "0",
             resolution=resolution or None, bands=parse_bands(self.parameterAsString(parameters, "BANDS", context)),
             value_range=value_range, batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
-            layer_name=self.parameterAsString(parameters, "LAYER_NAME", context) or DEFAULT_LAYER,
+            layer_name=self.parameterAsString(parameters, "LAYER_NAME", context) or schema.CAPTIONS_LAYER,
             in_flight=self.parameterAsInt(parameters, "IN_FLIGHT", context) or None,
             retry_budget_s=self.parameterAsDouble(parameters, "RETRY_BUDGET", context),
             first_to_last=self.parameterAsBoolean(parameters, "FIRST_TO_LAST", context) and len(layers) > 2,

@@ -21,11 +21,11 @@ from qgis.PyQt.QtWidgets import QApplication
 
 from qgis_plugin import classFactory
 from qgis_plugin.calibration_gpkg import refit
-from qgis_plugin.captions_gpkg import CaptionsGeoPackage, TileRecord
+from qgis_plugin.captions_gpkg import CaptionsGeoPackage
 from qgis_plugin.locator import PREFIX, CaptionsLocatorFilter
 from qgis_plugin.review_panel import ReviewPanel
 from qgis_plugin.review_store import CaptionsFile, Order, read_items, search_entry
-from qgis_plugin.shared_modules import calibration, schema, search
+from qgis_plugin.shared_modules import calibration, run_contract, schema, search
 from qgis_plugin.shared_modules import grid as tiling
 
 from conftest import CCEXPERT, require_project_venv
@@ -56,12 +56,12 @@ def write_series(path: Path) -> Path:
             x, y = 431000.0 + tile.x, 4829000.0 - tile.y
             ring = [(x, y), (x + 8, y), (x + 8, y - 8), (x, y - 8), (x, y)]
             if k == SIDE * SIDE - 1:
-                records.append(TileRecord(tile, ring, schema.SKIPPED_NODATA, interval=interval, date_before=before,
+                records.append(run_contract.TileRecord(tile, ring, schema.SKIPPED_NODATA, interval=interval, date_before=before,
                                           date_after=after))
                 continue
             changed = k % 5 != 4
             which = (k + interval) % len(CAPTIONS)
-            records.append(TileRecord(
+            records.append(run_contract.TileRecord(
                 tile, ring, schema.CAPTIONED, CAPTIONS[which] if changed else NO_CHANGE, changed,
                 0.3 + 0.69 * ((k * 7 + interval) % 36) / 35, interval, before, after,
                 KINDS[which] if changed else None,

@@ -34,11 +34,11 @@ from qgis.PyQt.QtWidgets import QApplication
 
 from ccexpert_core.captions import is_no_change
 from qgis_plugin import classFactory
-from qgis_plugin.captions_gpkg import CaptionsGeoPackage, TileRecord
+from qgis_plugin.captions_gpkg import CaptionsGeoPackage
 from qgis_plugin.review_panel import CHANGE_COLOUR, ReviewPanel, pixels_of
 from qgis_plugin.review_store import NO_CHANGE_CAPTION, Order
 from qgis_plugin.shared_modules import grid as tiling
-from qgis_plugin.shared_modules import schema
+from qgis_plugin.shared_modules import run_contract, schema
 from qgis_plugin.tile_reader import RasterSeriesReader
 
 from conftest import CCEXPERT, SCREENSHOTS, VENV_PYTHON, add_raster, require_project_venv
@@ -327,7 +327,7 @@ def test_runs_again_keep_the_review(panel: ReviewPanel, project: QgsProject, run
     tiles = {tile.tile_id: tile for tile in grid.tiles()}
     with CaptionsGeoPackage(str(path), "captions", layer.crs().toWkt(), options, "before.tif", "after.tif",
                             options["model_id"]) as writer:
-        writer.write([TileRecord(tiles[tile], grid.footprint(tiles[tile]), schema.CAPTIONED, "two new houses", True,
+        writer.write([run_contract.TileRecord(tiles[tile], grid.footprint(tiles[tile]), schema.CAPTIONED, "two new houses", True,
                                  0.9) for tile in ("r0_c0", "r0_c1")])
     rows = review_rows(path)
     assert {tile: rows[tile][0] for tile in ("r0_c0", "r0_c1")} == {"r0_c0": "two new houses",
