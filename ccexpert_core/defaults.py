@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ccexpert_core.inference import Captioner
 
-#: The demo model that ships inside the package (rebuilt by ``ccexpert train --recipe demo``).
+#: The demo model that ships inside the package (rebuilt by ``training/recipes/demo.sh``, which runs
+#: ``ccexpert train --recipe demo`` and installs its model here).
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 #: A tiny model with random weights, for a checkout without the demo model.
 UNTRAINED_PRESET = "preset:tiny"

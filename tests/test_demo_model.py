@@ -22,7 +22,7 @@ HELD_OUT = 200
 def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert FRESH_SEED not in (TRAIN_SEED, VAL_SEED, HELD_OUT_SEED)
     if not (DEMO_MODEL_DIR / "config.json").is_file():
-        pytest.skip("no demo model in ccexpert_core/demo_model yet: build it with `ccexpert train --recipe demo`")
+        pytest.skip("no demo model in ccexpert_core/demo_model yet: build it with training/recipes/demo.sh")
     pairs = read_cc_json(write_dataset(tmp_path_factory.mktemp("fresh"), HELD_OUT, seed=FRESH_SEED))
     references = {pair.uid: list(pair.captions) for pair in pairs}
     results = Captioner.load(DEMO_MODEL_DIR, device="cpu").caption(
