@@ -48,7 +48,8 @@ def lora_config(
             "o_proj, gate_proj, up_proj, down_proj)"
         )
     return LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern.pattern,
+        # peft annotates lora_alpha as an int; it only scales by alpha / rank, and a float alpha is ours to give.
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern.pattern,  # type: ignore[arg-type]
         modules_to_save=[name for name in modules if name in present], bias="none",
     )
 
@@ -68,7 +69,7 @@ def save_adapter(model: PeftModel, processor: PairProcessor, folder: Path, base:
     apply to."""
     folder = Path(folder)
     try:
-        model.save_pretrained(folder)
+        model.save_pretrained(str(folder))
         processor.save_pretrained(folder)
     except OSError as error:
         raise CCExpertError(f"cannot write the adapter to {folder}: {error}") from None

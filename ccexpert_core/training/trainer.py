@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -11,15 +11,17 @@ from transformers import Trainer, TrainerCallback
 from ccexpert_core.data import PairSample
 from ccexpert_core.evaluation import CaptionScorer, evaluate
 from ccexpert_core.inference import Captioner
-from ccexpert_core.model import PairProcessor
+from ccexpert_core.model import CCExpertForConditionalGeneration, PairProcessor
 from ccexpert_core.training.dataset import NO_KIND, UNCHANGED, CaptionDataset
 from ccexpert_core.training.trainable import parameter_groups
 
 
-def base_model(model: torch.nn.Module) -> torch.nn.Module:
+def base_model(model: torch.nn.Module) -> CCExpertForConditionalGeneration:
     """The CCExpert inside a peft wrapper (its LoRA layers in place, so it computes with the adapters), or
     ``model`` itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)
+    # The trainer is only ever given a CCExpert, or a peft wrapper of one.
+    return cast(CCExpertForConditionalGeneration, model if get_base_model is None else get_base_model())
 
 
 class EpochCallback(TrainerCallback):
@@ -78,11 +80,14 @@ class CCExpertTrainer(Trainer):
         """AdamW (or ``args.optim``) over the groups of :func:`parameter_groups`: the vision tower and LoRA adapters
         at their own absolute rates, the rest at the base rate."""
         if self.optimizer is None:
+            model = model or self.model
+            assert model is not None  # the Trainer was given one
             groups = parameter_groups(
-                base_model(model or self.model), self.base_learning_rate, self.vision_learning_rate,
-                self.args.weight_decay, self.adapter_learning_rate,
+                base_model(model), self.base_learning_rate, self.vision_learning_rate, self.args.weight_decay,
+                self.adapter_learning_rate,
             )
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model or self.model)
+            # transformers types the model a PreTrainedModel; its own create_optimizer passes peft wrappers too.
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)  # type: ignore[arg-type]
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
