@@ -35,17 +35,33 @@ RETRY_BUDGET_S = 60.0
 
 class CaptionEngine(Protocol[Prepared]):
     """Captions batches of tiles: each a series of H×W×3 uint8 images (two for a pair) and the intervals (i, j)
-    to caption; one result per tile and interval, in order."""
+    to caption; one result per tile and interval, in order. Its values are read, never set, by the run (read-only
+    here, so an engine may hold narrower ones: a backend always has a pair limit)."""
 
-    model_id: str
-    #: Batches this engine takes at once (calls of :meth:`caption_prepared` from different threads).
-    in_flight: int
-    #: What a user must know about the model's captions (the demo model's synthetic training), if anything.
-    model_note: str | None
-    #: Other ids outputs of this same model were written under (older versions stored the model's path).
-    former_ids: tuple[str, ...]
-    #: Pairs one batch may hold at most (a backend's request limit), None where any number may.
-    max_pairs: int | None
+    @property
+    def model_id(self) -> str:
+        """The id outputs record."""
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Batches this engine takes at once (calls of :meth:`caption_prepared` from different threads)."""
+        ...
+
+    @property
+    def model_note(self) -> str | None:
+        """What a user must know about the model's captions (the demo model's synthetic training), if anything."""
+        ...
+
+    @property
+    def former_ids(self) -> tuple[str, ...]:
+        """Other ids outputs of this same model were written under (older versions stored the model's path)."""
+        ...
+
+    @property
+    def max_pairs(self) -> int | None:
+        """Pairs one batch may hold at most (a backend's request limit), None where any number may."""
+        ...
 
     def prepare(self, tiles: Tiles, tile_ids: Sequence[str]) -> Prepared:
         """CPU work for a batch, thread-safe, before any model or network is used."""

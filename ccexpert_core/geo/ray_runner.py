@@ -29,10 +29,10 @@ import json
 import os
 import socket
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -188,14 +188,16 @@ class RayCaptioning:
 
     def run(
         self, source: SeriesSource, reading: Reading, batches: Iterable[Sequence[Tile]], needed: Needed | None = None,
-    ) -> Iterator[BatchOutcome]:
+    ) -> Generator[BatchOutcome, None, None]:
         """Yield each batch's outcome as it comes back from the cluster (see
         :class:`~ccexpert_core.geo.runner.Captioning`)."""
         work = [list(batch) for batch in batches]
         if not work:
             return
         dataset = self._dataset(_absolute(source), replace(reading, log=lambda message: None), work, needed or {})
-        stream = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+        # Ray types iter_batches as an Iterable; iterating it gives a generator, whose close() is used below.
+        batches_out = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+        stream = cast(Generator[dict[str, np.ndarray], None, None], batches_out)
         seen: set[int] = set()
         try:
             while True:
@@ -240,7 +242,8 @@ class RayCaptioning:
         # One block per batch: the unit of reading, captioning and retrying.
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         read = dataset.map_batches(
-            _read_batches, batch_size=1, num_cpus=1,
+            # Ray types fn for every batch format; with the default one it is handed dicts of numpy arrays.
+            _read_batches, batch_size=1, num_cpus=1,  # type: ignore[arg-type]
             compute=TaskPoolStrategy(size=READERS_PER_WORKER * self.plan.workers),
             fn_kwargs={"source": source, "reading": reading, "trace": trace},
         )

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from ccexpert_core.errors import CCExpertError, FailedTilesError
 from ccexpert_core.geo import run_contract as contract
@@ -46,6 +47,14 @@ TOOL = "ccexpert caption-region"
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int], None]
+
+
+class RunHooks(TypedDict, total=False):
+    """:func:`caption_dates`' keyword arguments that :func:`caption_region` passes on."""
+
+    log: Log
+    progress: Progress | None
+    max_batches: int | None
 
 
 def log_to_stderr(message: str) -> None:
@@ -151,7 +160,7 @@ class _Writer:
 
 def caption_region(
     before: Path, after: Path, out: Path, open_captioning: Callable[[], Captioning],
-    options: RegionOptions = RegionOptions(), **keywords: object,
+    options: RegionOptions = RegionOptions(), **keywords: Unpack[RunHooks],
 ) -> RegionSummary:
     """:func:`caption_dates` of two rasters (their dates from their metadata, if it says)."""
     dates = [DateInput(RasterLocation.of(before)), DateInput(RasterLocation.of(after))]

@@ -12,7 +12,7 @@ the run's intervals they are.
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -92,21 +92,34 @@ class ReadBatch:
 
 
 class Captioning(Protocol):
-    """Where a run's tiles are read and captioned, and by which model (its id is what outputs record)."""
+    """Where a run's tiles are read and captioned, and by which model (its id is what outputs record). The run reads
+    its values, never sets them (read-only here, so a Ray run may hold them as properties)."""
 
-    model_id: str
-    #: What a user must know about the model's captions (the demo model's synthetic training), if anything.
-    model_note: str | None
-    #: Other ids outputs of this same model were written under (older versions stored the model's path).
-    former_ids: tuple[str, ...]
-    #: Pairs one batch may hold at most (a backend's request limit), None where any number may.
-    max_pairs: int | None
+    @property
+    def model_id(self) -> str:
+        """The id outputs record."""
+        ...
+
+    @property
+    def model_note(self) -> str | None:
+        """What a user must know about the model's captions (the demo model's synthetic training), if anything."""
+        ...
+
+    @property
+    def former_ids(self) -> tuple[str, ...]:
+        """Other ids outputs of this same model were written under (older versions stored the model's path)."""
+        ...
+
+    @property
+    def max_pairs(self) -> int | None:
+        """Pairs one batch may hold at most (a backend's request limit), None where any number may."""
+        ...
 
     def run(
         self, source: SeriesSource, reading: Reading, batches: Iterable[Sequence[Tile]], needed: Needed | None = None,
-    ) -> Iterator[BatchOutcome]:
+    ) -> Generator[BatchOutcome, None, None]:
         """A :class:`BatchOutcome` per batch, each exactly once, in whatever order they finish; closing the
-        iterator stops the work. ``needed`` limits a tile to some of the run's intervals (a resumed series)."""
+        generator stops the work. ``needed`` limits a tile to some of the run's intervals (a resumed series)."""
         ...
 
     def describe(self) -> str | None:
@@ -202,7 +215,7 @@ class LocalCaptioning(Generic[Prepared]):
 
     def run(
         self, source: SeriesSource, reading: Reading, batches: Iterable[Sequence[Tile]], needed: Needed | None = None,
-    ) -> Iterator[BatchOutcome]:
+    ) -> Generator[BatchOutcome, None, None]:
         """Yield each batch's outcome as it finishes (see :class:`Captioning`)."""
         remote = any(location.remote for location in source.locations)
         readers = max(self.readers, REMOTE_READERS) if remote else self.readers
