@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from ccexpert_core import protocol
@@ -298,7 +299,7 @@ class _GuardedServer(uvicorn.Server):
         await super().startup(sockets=sockets)
 
 
-def serve(app: Any, host: str, port: int, log_level: str, limits: ConnectionLimits) -> None:
+def serve(app: ASGIApp, host: str, port: int, log_level: str, limits: ConnectionLimits) -> None:
     """Run ``app`` with uvicorn on ``host:port`` until interrupted, with the guards of this module."""
     http = guarded_protocol_class(limits)
     config = uvicorn.Config(

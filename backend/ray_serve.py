@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from ray import serve
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.state import ServerSettings
 from ccexpert_core import protocol
@@ -58,7 +58,7 @@ class BackendReplica:
         captioner = Captioner.load(model or default_model(), device="auto", dtype=dtype)
         self.backend_app = create_app(captioner, settings)  # ("app" is Serve's name for what the next method gives)
 
-    def __serve_build_asgi_app__(self) -> Any:
+    def __serve_build_asgi_app__(self) -> ASGIApp:
         """The app Serve sends this replica's requests to."""
         if self.backend_app.state.backend.settings.ui:
             return _UnprefixedApp(self.backend_app)
@@ -69,7 +69,7 @@ class _UnprefixedApp:
     """The UI's app as ``ccexpert serve`` serves it: Serve marks ``/ui`` as its route prefix (``root_path``), but the
     app mounts the UI at ``/ui`` itself and must see the whole path."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
