@@ -55,10 +55,16 @@ REQUIRED_METADATA = (
 )
 
 
+class _CaseSensitiveParser(configparser.ConfigParser):
+    """Keys kept as written (qgisMinimumVersion), where ConfigParser lowercases them."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def read_metadata() -> configparser.SectionProxy:
     """metadata.txt's [general] section, checked for the fields the QGIS plugin repository requires."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # keys are case-sensitive (qgisMinimumVersion)
+    parser = _CaseSensitiveParser(interpolation=None)
     parser.read(METADATA, encoding="utf-8")
     general = parser["general"]
     missing = [key for key in REQUIRED_METADATA if not general.get(key, "").strip()]
