@@ -33,12 +33,44 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NotRequired, TypedDict, Unpack
 
 import numpy as np
 import requests
 from PIL import Image
 
 from ccexpert_core import protocol
+
+#: A multipart form's images, as requests takes them: (field, (file name, bytes)).
+Files = list[tuple[str, tuple[str, bytes]]]
+
+
+class Form(TypedDict):
+    """A request's multipart body, as requests.post takes it."""
+
+    files: Files
+    data: NotRequired[dict[str, str]]
+
+
+class HalfOpen(TypedDict):
+    """What :func:`half_open` saw."""
+
+    held: int
+    probes: dict[str, int]
+    after: str
+    descriptors: int
+    log_bytes: int
+    emfile_lines: int
+
+
+class Load(TypedDict):
+    """What :func:`load` saw: outcomes by kind, the backend's counters and its memory (MB before, peak, after)."""
+
+    outcomes: dict[str, int]
+    internal_errors: int
+    computed: int
+    withdrawn: int
+    rss: tuple[float, float, float]
 
 OPEN_FILE_LIMIT = 1024
 TOKEN = "bench-token"
@@ -99,7 +131,7 @@ def probe(url: str) -> str:
     return "ok" if all(answer.status_code == 200 for answer in answers) else "other"
 
 
-def half_open(process: subprocess.Popen, url: str, log: Path, count: int, hold_s: float) -> dict[str, object]:
+def half_open(process: subprocess.Popen, url: str, log: Path, count: int, hold_s: float) -> HalfOpen:
     """Hold ``count`` connections that never finish their request line; probe meanwhile and after."""
     host, port = url.removeprefix("http://").split(":")
     log_before = log.stat().st_size
@@ -138,14 +170,14 @@ def png(seed: int, size: int = 256) -> bytes:
     return buffer.getvalue()
 
 
-def partial_series(images: list[bytes], index: int) -> dict[str, object]:
+def partial_series(images: list[bytes], index: int) -> Form:
     """A request of 2 tiles of 3 dates asking for interval 0-1 only."""
     files = [(protocol.FIELD_IMAGE, (f"i{k}.png", images[(index + k) % 8])) for k in range(6)]
     return {"files": files, "data": {protocol.FIELD_DATES: "3", protocol.FIELD_INTERVALS: "0-1"}}
 
 
 def load(process: subprocess.Popen, url: str, clients: int, seconds: float, settle_s: float,
-         poison: bool = False) -> dict[str, object]:
+         poison: bool = False) -> Load:
     """``clients`` threads sending one-pair requests for ``seconds`` (with ``poison``, client 0 sends partial series
     requests); statuses, work and memory."""
     images = [png(seed) for seed in range(8)]
@@ -202,14 +234,14 @@ def load(process: subprocess.Popen, url: str, clients: int, seconds: float, sett
     }
 
 
-def repeated_interval(url: str, repeats: int) -> dict[str, object]:
+def repeated_interval(url: str, repeats: int) -> dict[str, tuple[int, float]]:
     """One series request naming interval 0-1 ``repeats`` times, and a one-pair request sent just after it."""
     small = [png(seed, 64) for seed in range(2)]
     files = [(protocol.FIELD_IMAGE, (f"i{k}.png", small[k])) for k in range(2)]
     data = {protocol.FIELD_DATES: "2", protocol.FIELD_INTERVALS: ",".join(["0-1"] * repeats)}
     answers: dict[str, tuple[int, float]] = {}
 
-    def send(name: str, path: str, **body: object) -> None:
+    def send(name: str, path: str, **body: Unpack[Form]) -> None:
         began = time.perf_counter()
         try:
             status = requests.post(url + path, headers=AUTH, timeout=600, **body).status_code

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -35,7 +36,8 @@ CAPTION = "many buildings have been built along the road"
 
 
 def _gpu_like(wait_s: float) -> None:
-    """Replace the Captioner's model stage by a wait of ``wait_s`` per call (in the backend process)."""
+    """Replace the Captioner's model stage by a wait of ``wait_s`` per call (in the backend process, for the rest of
+    its life: the patches are never stopped)."""
     import torch
 
     from ccexpert_core.captions import CaptionResult
@@ -52,12 +54,12 @@ def _gpu_like(wait_s: float) -> None:
                 sequences=row.expand(pairs, -1), log_probs=torch.full((pairs, len(row)), -0.1),
                 change_maps=None, change_kinds=None, per_tile=prepared.per_tile,
             )
-        cls.generate = generate
+        mock.patch.object(cls, "generate", generate).start()
     else:  # the older Captioner: its _generate did the model's call and the decoding
         def _generate(self, input_ids, attention_mask, change_maps, **image_inputs):  # noqa: ANN001, ANN202
             time.sleep(wait_s)
             return [CaptionResult.from_caption(CAPTION, 0.9) for _ in range(input_ids.shape[0])]
-        cls._generate = _generate
+        mock.patch.object(cls, "_generate", _generate).start()
 
 
 def serve(wait_s: float, serve_args: list[str]) -> int:

@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--prior-sd", help="the prior's three deviations (intercept, slope, changed shift)")
     args = parser.parse_args()
     if args.prior_sd:
-        calibration.PRIOR_SD = tuple(float(value) for value in args.prior_sd.split(","))
+        intercept, slope, changed_shift = (float(value) for value in args.prior_sd.split(","))
+        calibration.PRIOR_SD = (intercept, slope, changed_shift)
     started = time.perf_counter()
     data = captioned(args.pairs)
     captioning_s = time.perf_counter() - started

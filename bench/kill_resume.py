@@ -35,6 +35,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, NotRequired, TypedDict
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 #: The stand-in engine's change map for every tile: a changed corner, so that each feature has a change area.
@@ -45,6 +47,58 @@ DATES = ("2016", "2018", "2021")
 KILLED = -signal.SIGKILL
 #: The child's last line: how many times it called extend_extent.
 WRITES = "kill_resume: extend_extent calls:"
+
+
+class Contents(TypedDict):
+    """What :func:`contents` reads of a run's GeoPackage."""
+
+    integrity: str
+    gdal_layers: list[str]
+    tables: list[str]
+    #: Each layer's feature count and its R-tree's entries (None: no R-tree).
+    indexed: dict[str, tuple[int, int | None]]
+    captions: list[tuple]
+    history: list[tuple]
+    changes: list[tuple]
+
+
+#: What of :class:`Contents` must equal an uninterrupted run's.
+COMPARED: tuple[Literal["captions", "history", "changes", "tables", "gdal_layers"], ...] = (
+    "captions", "history", "changes", "tables", "gdal_layers",
+)
+
+
+class Kills(TypedDict):
+    """The runs killed at every write point, and how many resumed whole."""
+
+    points: int
+    killed: int
+    hot_journal: int
+    whole: int
+    not_whole: list[dict[str, object]]
+    seconds: NotRequired[float]
+
+
+class DiskFull(TypedDict):
+    """The runs stopped by a disk full at every page, their first exits, and how many resumed whole."""
+
+    pages: int
+    stopped: int
+    first_exits: dict[int, int]
+    whole: int
+    not_whole: list[dict[str, object]]
+    seconds: NotRequired[float]
+
+
+class Probe(TypedDict):
+    """What :func:`probe` found (and :func:`main` prints, with the machine)."""
+
+    tiles: int
+    dates: int
+    batch_size: int
+    kills: Kills
+    disk_full: DiskFull
+    machine: NotRequired[str]
 
 
 def limited_connect(max_pages: int | None = None, cache_pages: int | None = None) -> Callable[..., sqlite3.Connection]:
@@ -72,18 +126,21 @@ def _child(kill_at: int, max_pages: int | None, argv: list[str]) -> int:
     sys.path.insert(0, str(REPO / "tests"))
     from geo_fixtures import FakeEngine
 
-    engine.load_model_engine = lambda *args: FakeEngine(change_map=CHANGE_MAP)
-    sqlite3.connect = limited_connect(max_pages, SMALL_CACHE_PAGES if kill_at else None)
     extend_extent, calls = GeoPackage.extend_extent, [0]
 
-    def extend_then_die(package: GeoPackage, *args: object) -> None:
-        extend_extent(package, *args)
+    def extend_then_die(package: GeoPackage, name: str, bounds: tuple[float, float, float, float]) -> None:
+        extend_extent(package, name, bounds)
         calls[0] += 1
         if calls[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    GeoPackage.extend_extent = extend_then_die  # type: ignore[method-assign]
-    code = cli.main(["caption-region", *argv])
+    # The stand-ins in place of the model, the disk and the writer's extent update (patched as tests patch).
+    with (
+        mock.patch.object(engine, "load_model_engine", lambda *args: FakeEngine(change_map=CHANGE_MAP)),
+        mock.patch.object(sqlite3, "connect", limited_connect(max_pages, SMALL_CACHE_PAGES if kill_at else None)),
+        mock.patch.object(GeoPackage, "extend_extent", extend_then_die),
+    ):
+        code = cli.main(["caption-region", *argv])
     print(f"{WRITES} {calls[0]}", file=sys.stderr)
     return code
 
@@ -119,7 +176,7 @@ def hot_journal(out: Path) -> bool:
     return journal.is_file() and journal.read_bytes()[:8] == bytes.fromhex("d9d505f920a163d7")
 
 
-def contents(out: Path) -> dict[str, object]:
+def contents(out: Path) -> Contents:
     """What a run's GeoPackage says, timestamps left out: its features, history and change areas, the layers GDAL
     lists, each layer's R-tree size against its features, and SQLite's integrity check."""
     import pyogrio
@@ -134,7 +191,7 @@ def contents(out: Path) -> dict[str, object]:
         indexed = {name: (connection.execute(f"SELECT count(*) FROM {name}").fetchone()[0],
                           connection.execute(f"SELECT count(*) FROM rtree_{name}_geom").fetchone()[0]
                           if f"rtree_{name}_geom" in tables else None) for name in layers}
-        return {
+        return Contents({
             "integrity": connection.execute("PRAGMA integrity_check").fetchone()[0],
             "gdal_layers": sorted(str(name) for name, _ in pyogrio.list_layers(out)),
             "tables": layers,
@@ -144,19 +201,19 @@ def contents(out: Path) -> dict[str, object]:
             "history": rows("SELECT tile_id, timeline, changes, first_change, intervals, geom FROM history "
                             "ORDER BY tile_id", "history"),
             "changes": rows('SELECT tile_id, "interval", geom FROM changes ORDER BY tile_id, "interval"', "changes"),
-        }
+        })
 
 
-def differences(got: dict[str, object], wanted: dict[str, object]) -> list[str]:
+def differences(got: Contents, wanted: Contents) -> list[str]:
     """What of ``got`` is not as an uninterrupted run leaves it (empty: whole)."""
-    found = [key for key in ("captions", "history", "changes", "tables", "gdal_layers") if got[key] != wanted[key]]
+    found: list[str] = [key for key in COMPARED if got[key] != wanted[key]]
     if got["integrity"] != "ok":
         found.append(f"integrity {got['integrity']}")
     found += [f"R-tree of {name}" for name, (features, index) in got["indexed"].items() if features != index]
     return found
 
 
-def probe(folder: Path, tiles_per_side: int, batch_size: int) -> dict[str, object]:
+def probe(folder: Path, tiles_per_side: int, batch_size: int) -> Probe:
     """Kill at every write point and fill the disk at every page, resume each, count the whole ones."""
     reference = folder / "reference.gpkg"
     uninterrupted = run_killed(series_args(folder, reference, tiles_per_side, batch_size))
@@ -164,7 +221,7 @@ def probe(folder: Path, tiles_per_side: int, batch_size: int) -> dict[str, objec
     wanted = contents(reference)
     # Every extend_extent call of an uninterrupted run is a point to kill at.
     points = int(uninterrupted.stderr.strip().splitlines()[-1].removeprefix(WRITES))
-    kills = {"points": points, "killed": 0, "hot_journal": 0, "whole": 0, "not_whole": []}
+    kills = Kills(points=points, killed=0, hot_journal=0, whole=0, not_whole=[])
     started = time.monotonic()
     for at in range(1, points + 1):
         out = folder / f"killed_{at}.gpkg"
@@ -179,7 +236,7 @@ def probe(folder: Path, tiles_per_side: int, batch_size: int) -> dict[str, objec
             kills["not_whole"].append({"kill_at": at, "found": found})
     kills["seconds"] = round(time.monotonic() - started, 1)
     pages = reference.stat().st_size // 4096
-    full = {"pages": pages, "stopped": 0, "first_exits": {}, "whole": 0, "not_whole": []}
+    full = DiskFull(pages=pages, stopped=0, first_exits={}, whole=0, not_whole=[])
     started = time.monotonic()
     for limit in range(1, pages + 1):
         out = folder / f"full_{limit}.gpkg"
@@ -193,8 +250,7 @@ def probe(folder: Path, tiles_per_side: int, batch_size: int) -> dict[str, objec
         if found:
             full["not_whole"].append({"max_pages": limit, "first_exit": first.returncode, "found": found})
     full["seconds"] = round(time.monotonic() - started, 1)
-    return {"tiles": tiles_per_side ** 2, "dates": len(DATES), "batch_size": batch_size, "kills": kills,
-            "disk_full": full}
+    return Probe(tiles=tiles_per_side ** 2, dates=len(DATES), batch_size=batch_size, kills=kills, disk_full=full)
 
 
 def main() -> None:

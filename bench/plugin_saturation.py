@@ -43,6 +43,8 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -91,6 +93,7 @@ def standin(batch_s: float, max_batch: int, max_wait_ms: float) -> Iterator[str]
          "--max-wait-ms", str(max_wait_ms)],
         stdout=subprocess.PIPE, text=True,
     )
+    assert process.stdout is not None  # stdout=PIPE
     try:
         line = process.stdout.readline().split()
         if line[:1] != ["ready"]:
@@ -142,8 +145,8 @@ def make_job(job_module, before: Path, after: Path, output: Path, url: str, batc
     return job_module.Job(**values)
 
 
-def run(job_module, job) -> tuple[float, float, object]:
-    """Wall and process CPU seconds of one run_job, and its summary."""
+def run(job_module, job) -> tuple[float, float, Any]:
+    """Wall and process CPU seconds of one run_job, and its summary (whichever plugin version's)."""
     wall, cpu = time.perf_counter(), time.process_time()
     summary = job_module.run_job(job, Feedback())
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -212,15 +215,18 @@ def instrument(stages: Stages) -> None:
     blocking = client.QgsBlockingNetworkRequest
     timed_post = stages.timed("HTTP (client side)", blocking.post)
 
-    class TimedRequest(blocking):
-        def post(self, *args, **kwargs):
-            return timed_post(self, *args, **kwargs)
+    def post(self, *args, **kwargs):
+        return timed_post(self, *args, **kwargs)
 
-    client.QgsBlockingNetworkRequest = TimedRequest
-    stages._undo.append(functools.partial(setattr, client, "QgsBlockingNetworkRequest", blocking))
     loads = stages.timed("parse answers (JSON)", json.loads)
-    client.json = type("TimedJson", (), {"loads": staticmethod(loads), "dumps": staticmethod(json.dumps)})
-    stages._undo.append(functools.partial(setattr, client, "json", json))
+    stand_ins = {
+        "QgsBlockingNetworkRequest": type("TimedRequest", (blocking,), {"post": post}),
+        "json": type("TimedJson", (), {"loads": staticmethod(loads), "dumps": staticmethod(json.dumps)}),
+    }
+    for name, stand_in in stand_ins.items():
+        patcher = mock.patch.object(client, name, stand_in)
+        patcher.start()
+        stages._undo.append(patcher.stop)
 
 
 def encoder_costs(before: Path, repeats: int = 20) -> list[tuple[str, float, int]]:
@@ -273,11 +279,12 @@ def real_backend(job_module, before: Path, after: Path, folder: Path, args: argp
     server = start_serve(HERE.parent / ".venv" / "bin" / "ccexpert", ["--no-ui"], folder / "serve.log")
     try:
         rasters = [gdal.Open(str(path)) for path in (before, after)]
-        pairs = [
-            tuple(tiff_bytes(raster.ReadAsArray(col * TILE, row * TILE, TILE, TILE).transpose(1, 2, 0).copy())
-                  for raster in rasters)
-            for row in range(args.rows) for col in range(args.columns)
-        ]
+
+        def tile(raster, row: int, col: int) -> bytes:
+            return tiff_bytes(raster.ReadAsArray(col * TILE, row * TILE, TILE, TILE).transpose(1, 2, 0).copy())
+
+        pairs = [(tile(rasters[0], row, col), tile(rasters[1], row, col))
+                 for row in range(args.rows) for col in range(args.columns)]
         size = args.batch_size
         requests = [pairs_body(pairs[i : i + size], [str(k) for k in range(i, min(i + size, len(pairs)))])
                     for i in range(0, len(pairs), size)]

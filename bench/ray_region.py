@@ -34,6 +34,7 @@ from ccexpert_core.geo.engine import load_model_engine
 from ccexpert_core.geo.ray_runner import RayRegion
 from ccexpert_core.geo.region import RegionOptions, caption_region
 from ccexpert_core.geo.runner import on_this_machine
+from ccexpert_core.geo.sources import RasterLocation
 from ccexpert_core.geo.synthetic import synthetic_pair, write_geotiff
 from ccexpert_core.ray_cluster import prepare_ray
 
@@ -103,7 +104,8 @@ def main() -> None:
         def run(progress: Callable[[int, int], None]) -> None:
             region = RayRegion("local", workers, 0.0, log=quiet)  # the session started above
             caption_region(before, after, out(),
-                           lambda: region.open(default_model(), [("BEFORE", before), ("AFTER", after)]),
+                           lambda: region.open(default_model(), [("BEFORE", RasterLocation.of(before)),
+                                                                 ("AFTER", RasterLocation.of(after))]),
                            options, log=quiet, progress=progress)
         return run
 

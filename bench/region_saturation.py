@@ -52,6 +52,7 @@ def start_standin(batch_s: float, max_batch: int) -> tuple[subprocess.Popen, str
         [sys.executable, str(STANDIN), "--batch-s", str(batch_s), "--max-batch", str(max_batch)],
         stdout=subprocess.PIPE, text=True,
     )
+    assert process.stdout is not None  # stdout=PIPE
     port = process.stdout.readline().split()[1]
     return process, f"http://127.0.0.1:{port}"
 
@@ -136,7 +137,10 @@ def real_backend(code: Path, before: Path, after: Path, folder: Path, tiles: int
             grid = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, TILE)
             chosen = grid.tiles()[:tiles]
             pair.fit_stretch(grid.tiles(), None)
-            encoded = [tuple(encode_array(rgb, False) for rgb, _ in pair.read_dates(tile)) for tile in chosen]
+            encoded: list[tuple[bytes, bytes]] = []
+            for tile in chosen:
+                (before_rgb, _), (after_rgb, _) = pair.read_dates(tile)  # a pair: two dates
+                encoded.append((encode_array(before_rgb, False), encode_array(after_rgb, False)))
         client = BackendClient(server.url)
         client.info()
         batches = [encoded[i : i + 8] for i in range(0, len(encoded), 8)]

@@ -25,7 +25,7 @@ import numpy as np
 from affine import Affine
 
 from ccexpert_core.captions import CaptionResult
-from ccexpert_core.geo.engine import InProcessEngine
+from ccexpert_core.geo.engine import CaptionEngine, Engine, InProcessEngine
 from ccexpert_core.geo.grid import TileGrid
 from ccexpert_core.geo.raster import RasterSeries
 from ccexpert_core.geo.region import RegionOptions, caption_region
@@ -57,7 +57,7 @@ def load_engine(tokens: int) -> InProcessEngine:
     return InProcessEngine(captioner)
 
 
-def time_region(before: Path, after: Path, out: Path, engine: InProcessEngine, batch_size: int) -> tuple[int, float]:
+def time_region(before: Path, after: Path, out: Path, engine: CaptionEngine, batch_size: int) -> tuple[int, float]:
     out.unlink(missing_ok=True)
     start = time.perf_counter()
     summary = caption_region(before, after, out, lambda: on_this_machine(engine), RegionOptions(batch_size=batch_size),
@@ -70,13 +70,16 @@ def time_captioner_alone(before: Path, after: Path, engine: InProcessEngine, bat
     with RasterSeries([before, after], log=lambda m: None) as pair:
         tiles = TileGrid(pair.grid.width, pair.grid.height, pair.grid.gdal_transform, 384).tiles()
         pair.fit_stretch(tiles, None)
-        pairs = [tuple(rgb for rgb, _ in pair.read_dates(tile)) for tile in tiles]
+        pairs = []
+        for tile in tiles:
+            (before_rgb, _), (after_rgb, _) = pair.read_dates(tile)  # a pair: two dates
+            pairs.append((before_rgb, after_rgb))
     start = time.perf_counter()
     engine.captioner.caption(pairs, batch_size=batch_size)
     return len(pairs), time.perf_counter() - start
 
 
-class NullEngine:
+class NullEngine(Engine):
     """Answers at once: what is left of a region run is the pipeline's own work (read, map, thumbnails, write)."""
 
     model_id = "null"

@@ -21,14 +21,22 @@ import argparse
 import json
 import os
 import re
-import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 API = "/v1"
 _TILE_ID = re.compile(rb'name="tile_ids"\r\n\r\n([^\r]*)\r\n')
+
+
+@dataclass
+class _Job:
+    """A request's pairs still to run on the fake GPU, and the event its handler waits on."""
+
+    pairs: int
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class FakeGpu:
@@ -36,18 +44,18 @@ class FakeGpu:
 
     def __init__(self, batch_s: float, max_batch: int, max_wait_s: float) -> None:
         self.batch_s, self.max_batch, self.max_wait_s = batch_s, max_batch, max_wait_s
-        self._waiting: deque[list] = deque()  # [pairs left to run, done event]
+        self._waiting: deque[_Job] = deque()
         self._arrived = threading.Condition()
         self.batches: list[int] = []
         threading.Thread(target=self._run, daemon=True).start()
 
     def caption(self, pairs: int) -> None:
         """Block until ``pairs`` pairs went through the fake model."""
-        job = [pairs, threading.Event()]
+        job = _Job(pairs)
         with self._arrived:
             self._waiting.append(job)
             self._arrived.notify()
-        job[1].wait()
+        job.done.wait()
 
     def _run(self) -> None:
         while True:
@@ -55,20 +63,20 @@ class FakeGpu:
                 while not self._waiting:
                     self._arrived.wait()
                 deadline = time.monotonic() + self.max_wait_s
-                while sum(job[0] for job in self._waiting) < self.max_batch and time.monotonic() < deadline:
+                while sum(job.pairs for job in self._waiting) < self.max_batch and time.monotonic() < deadline:
                     self._arrived.wait(max(0.0, deadline - time.monotonic()))
                 taken, finished = 0, []
                 while self._waiting and taken < self.max_batch:
                     job = self._waiting[0]
-                    step = min(job[0], self.max_batch - taken)
-                    job[0] -= step
+                    step = min(job.pairs, self.max_batch - taken)
+                    job.pairs -= step
                     taken += step
-                    if job[0] == 0:
+                    if job.pairs == 0:
                         finished.append(self._waiting.popleft())
             time.sleep(self.batch_s)
             self.batches.append(taken)
             for job in finished:
-                job[1].set()
+                job.done.set()
 
 
 class StandIn:
@@ -209,4 +217,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -246,7 +246,9 @@ class Bin:
     right: float
 
 
-def reliability(predicted: Sequence[float], right: Sequence[bool], bins: int = 10) -> list[Bin]:
+def reliability(
+    predicted: Sequence[float] | np.ndarray, right: Sequence[bool] | np.ndarray, bins: int = 10
+) -> list[Bin]:
     """Equal-width bins of ``predicted`` over [0, 1] (the last one closed), the empty ones left out."""
     values, truth = np.asarray(predicted, dtype=np.float64), np.asarray(right, dtype=np.float64)
     index = np.minimum((values * bins).astype(int), bins - 1)
@@ -259,7 +261,9 @@ def reliability(predicted: Sequence[float], right: Sequence[bool], bins: int = 1
     return found
 
 
-def calibration_error(predicted: Sequence[float], right: Sequence[bool], bins: int = 10) -> float:
+def calibration_error(
+    predicted: Sequence[float] | np.ndarray, right: Sequence[bool] | np.ndarray, bins: int = 10
+) -> float:
     """Expected calibration error: the count-weighted mean gap between the mean prediction and the share right,
     over :func:`reliability`'s bins."""
     found = reliability(predicted, right, bins)
