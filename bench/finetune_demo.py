@@ -106,7 +106,7 @@ def follows(model: Path, pairs_json: Path) -> dict[str, float]:
             "says_the_correction_pct": round(100 * same / len(corrected), 1)}
 
 
-def held_out(model: Path, scorer: CaptionScorer) -> dict[str, float]:
+def held_out(model: Path, scorer: CaptionScorer) -> dict[str, float | str]:
     """S*m and friends of a model on the demo recipe's held-out pairs (seed 1000, never trained on)."""
     pairs = read_cc_json(held_out_set(REPO / "out" / "demo-recipe"))
     results = Captioner.load(model, device="cpu").caption([(p.before_path, p.after_path) for p in pairs], 16)

@@ -42,7 +42,7 @@ def _pair(record: Any, folder: Path, where: str) -> PairSample:
     )
 
 
-def pairs_from_records(data: Any, source: Path, check_images: bool = True) -> list[PairSample]:
+def pairs_from_records(data: object, source: Path, check_images: bool = True) -> list[PairSample]:
     """The pairs of an already parsed CC JSON document (``source`` is the file it came from)."""
     source = Path(source)
     if not isinstance(data, list):

@@ -59,7 +59,7 @@ def _entry(record: Any, where: str) -> LevirCCEntry:
     )
 
 
-def entries_from_json(data: Any, source: Path) -> list[LevirCCEntry]:
+def entries_from_json(data: object, source: Path) -> list[LevirCCEntry]:
     """The entries of an already parsed captions file (``source`` names it in errors)."""
     images = require_field(data, "images", list, str(source))
     return [_entry(record, f"{source}: images[{i}]") for i, record in enumerate(images)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from ccexpert_core.data.inputs import some
 from ccexpert_core.errors import CCExpertError
@@ -17,7 +16,7 @@ def evaluate(
     allow_missing: bool = False,
     scorer: CaptionScorer | None = None,
     source: str = "predictions",
-) -> dict[str, Any]:
+) -> dict[str, float]:
     """Score ``predictions`` against ``references`` (both keyed by pair id, one prediction per pair).
 
     Returns :data:`~ccexpert_core.evaluation.scorers.METRICS` (×100), ``pairs`` (how many were scored),
@@ -53,7 +52,7 @@ def evaluate(
     }
 
 
-def format_table(result: Mapping[str, Any]) -> str:
+def format_table(result: Mapping[str, float]) -> str:
     """The result of :func:`evaluate` as a two-column text table (scores to 2 decimals)."""
     rows = [(name, f"{result[name]:.2f}") for name in (*METRICS, "change_accuracy")]
     rows += [

@@ -40,7 +40,7 @@ MAX_REPAIR_CHANGE = 0.01
 _REASON = re.compile(r"^(?P<what>.*?)\s*\[(?P<x>\S+) (?P<y>\S+)\]$")
 
 
-def geojson_polygons(geometry: Mapping[str, Any], name: str) -> list[tuple[str, shapely.Polygon]]:
+def geojson_polygons(geometry: Mapping[str, object], name: str) -> list[tuple[str, shapely.Polygon]]:
     """The polygons of a GeoJSON Polygon or MultiPolygon, each named for messages (``name``, or ``name, polygon 2``
     for the parts of a MultiPolygon); empty ones are left out, as RFC 7946 allows.
 
@@ -186,7 +186,7 @@ def area_from_polygons(polygons: Sequence[tuple[str, shapely.Polygon]], log: Log
     return Area((xmin, ymin, xmax, ymax), intersects)
 
 
-def json_excerpt(value: Any) -> str:
+def json_excerpt(value: object) -> str:
     """A JSON value as a message quotes it, cut short (the file may be large)."""
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
