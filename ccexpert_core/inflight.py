@@ -14,15 +14,23 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 Work = TypeVar("Work")
 Prepared = TypeVar("Prepared")
 Result = TypeVar("Result")
 Endpoint = TypeVar("Endpoint")
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+Resource = TypeVar("Resource", bound=_Closable)
 
 #: How long the loop waits for something to finish before it looks at ``should_stop`` again.
 _POLL_S = 0.1
@@ -76,6 +84,36 @@ class _Pool:
         if wait:
             for thread in self._threads:
                 thread.join()
+
+
+class Copies(Generic[Resource]):
+    """Copies of something only one thread at a time may use (GDAL's datasets), one per preparing thread: a thread
+    borrows an idle copy, or a new one made on first need, and gives it back when its batch is read."""
+
+    def __init__(self, make: Callable[[], Resource]) -> None:
+        self._make = make
+        self._idle: queue.SimpleQueue[Resource] = queue.SimpleQueue()
+        self._made = 0
+        self._count = threading.Lock()
+
+    @contextmanager
+    def borrowed(self) -> Iterator[Resource]:
+        """An idle copy (or a new one) for the block."""
+        try:
+            copy = self._idle.get_nowait()
+        except queue.Empty:
+            copy = self._make()
+            with self._count:
+                self._made += 1
+        try:
+            yield copy
+        finally:
+            self._idle.put(copy)
+
+    def close(self) -> None:
+        """Close every copy, each once its thread has given it back (a read still going takes milliseconds)."""
+        for _ in range(self._made):
+            self._idle.get().close()
 
 
 @dataclass(frozen=True)

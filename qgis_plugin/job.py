@@ -660,20 +660,11 @@ def _caption_in_flight(
     the backends failed is written as failed (the next run does it again)."""
     feedback, summary = writer.feedback, writer.summary
     writer.report()
-    # GDAL datasets are not thread-safe: each reader thread borrows rasters of its own from this queue.
-    readers: queue.SimpleQueue[RasterSeriesReader] = queue.SimpleQueue()
-    opened: list[RasterSeriesReader] = []
+    readers = inflight.Copies(reader.copy)
 
     def prepare(tiles: list[tiling.Tile]) -> _Prepared:
-        try:
-            own = readers.get_nowait()
-        except queue.Empty:
-            own = reader.copy()
-            opened.append(own)
-        try:
+        with readers.borrowed() as own:
             return _prepare(own, tiles, needed, job, backends.compress, backends.series)
-        finally:
-            readers.put(own)
 
     def call(prepared: _Prepared) -> tuple[str, list[dict[str, Any]]]:
         return backends.caption(prepared.requests) if prepared.requests else ("", [])
@@ -700,5 +691,4 @@ def _caption_in_flight(
     finally:
         finished.close()  # nothing new starts, and the requests still open are not waited for
         log_notes()
-        for _ in opened:
-            readers.get().close()
+        readers.close()

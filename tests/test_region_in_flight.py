@@ -25,6 +25,7 @@ from ccexpert_core.geo.captions_layer import CAPTIONED, read_tiles
 from ccexpert_core.geo.engine import Engine
 from ccexpert_core.geo.region import RegionOptions, caption_region
 from ccexpert_core.geo.runner import on_this_machine
+from ccexpert_core.inflight import Copies
 
 from geo_fixtures import pair_pixels, write_pair
 from standin import start_standin
@@ -177,3 +178,39 @@ def test_the_backend_decodes_exactly_the_pixels_that_were_read(tmp_path: Path, c
     for rgb in (pixels.before, pixels.after):
         decoded = decode_image(encode_array(rgb, compress), Limits(), 384, "before[0]")
         assert np.array_equal(np.asarray(decoded), rgb)
+
+
+def test_reader_threads_borrow_rasters_of_their_own_and_all_are_closed_after_the_last_read() -> None:
+    class Rasters:
+        def __init__(self) -> None:
+            self.closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    made: list[Rasters] = []
+    copies = Copies(lambda: made.append(Rasters()) or made[-1])
+    both_reading, second_done = threading.Barrier(2), threading.Event()
+    seen: list[Rasters] = []
+    open_while_lent: list[bool] = []
+
+    def read(last: bool) -> None:
+        with copies.borrowed() as rasters:
+            seen.append(rasters)
+            both_reading.wait()
+            if last:
+                second_done.wait()
+                open_while_lent.append(not rasters.closed)
+    first = threading.Thread(target=read, args=(False,))
+    second = threading.Thread(target=read, args=(True,))
+    first.start(), second.start()
+    first.join()
+    with copies.borrowed() as again:  # an idle copy is lent again, not a new one made
+        assert again is seen[0] or again is seen[1]
+    closing = threading.Thread(target=copies.close)
+    closing.start()
+    assert len(made) == 2 and seen[0] is not seen[1]
+    second_done.set()  # the copy still lent comes back, and close() can close it
+    closing.join()
+    second.join()
+    assert open_while_lent == [True] and all(rasters.closed for rasters in made)

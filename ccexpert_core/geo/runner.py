@@ -11,7 +11,6 @@ the run's intervals they are.
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -27,7 +26,7 @@ from ccexpert_core.geo.pixels import nodata_share
 from ccexpert_core.geo.raster import RasterSeries, SeriesSource
 from ccexpert_core.geo.report import thumbnail
 from ccexpert_core.geo.run_contract import skipped
-from ccexpert_core.inflight import run_in_flight
+from ccexpert_core.inflight import Copies, run_in_flight
 from ccexpert_core.series import Interval, TileWork
 
 Log = Callable[[str], None]
@@ -219,20 +218,11 @@ class LocalCaptioning(Generic[Prepared]):
         """Yield each batch's outcome as it finishes (see :class:`Captioning`)."""
         remote = any(location.remote for location in source.locations)
         readers = max(self.readers, REMOTE_READERS) if remote else self.readers
-        # Rasters are not thread-safe: each reader borrows rasters of its own from this queue.
-        opened_sets: queue.Queue[RasterSeries] = queue.Queue()
-        opened: list[RasterSeries] = []
+        rasters = Copies(source.open)
 
         def prepare(tiles: Sequence[Tile]) -> _Prepared[Prepared]:
-            try:
-                dates = opened_sets.get_nowait()
-            except queue.Empty:
-                dates = source.open()
-                opened.append(dates)
-            try:
+            with rasters.borrowed() as dates:
                 read = read_batch(dates, tiles, reading, needed)
-            finally:
-                opened_sets.put(dates)
             if not read.to_caption:
                 return _Prepared(read, None)
             ids = [t.tile.tile_id for t in read.to_caption]
@@ -247,9 +237,7 @@ class LocalCaptioning(Generic[Prepared]):
             ):
                 yield finish_batch(done.prepared.read, done.result, batch_error(done.error))
         finally:
-            # Every set comes back to the queue once its reader is done with it (a read takes milliseconds).
-            for _ in opened:
-                opened_sets.get().close()
+            rasters.close()
 
 
 def on_this_machine(engine: CaptionEngine[Prepared]) -> LocalCaptioning[Prepared]:
