@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     header = None if args.require_header is None else tuple(p.strip() for p in args.require_header.split(":", 1))
     query = None if args.require_query is None else tuple(args.require_query.split("=", 1))
-    server = RangeServer(args.root, args.latency_ms / 1000, header, query)  # type: ignore[arg-type]
+    server = RangeServer(args.root, args.latency_ms / 1000, header, query)
     print(f"ready {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

@@ -86,8 +86,7 @@ class CCExpertTrainer(Trainer):
                 base_model(model), self.base_learning_rate, self.vision_learning_rate, self.args.weight_decay,
                 self.adapter_learning_rate,
             )
-            # transformers types the model a PreTrainedModel; its own create_optimizer passes peft wrappers too.
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)  # type: ignore[arg-type]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
